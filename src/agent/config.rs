@@ -1,0 +1,493 @@
+//! `cordon.toml`, the agent's configuration: parsed into a raw serde struct, then validated into
+//! [`Config`] with every bad value reported at once, each naming its field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pki::{ServiceName, TrustDomain};
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML, or has unknown or mistyped fields.
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// The file parsed, but values are wrong; one line per bad field.
+    #[error("{path}: invalid configuration:\n  {}", .problems.join("\n  "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    discovery_dir: PathBuf,
+    policy: PathBuf,
+    state_dir: PathBuf,
+    decision_log: Option<PathBuf>,
+    admin: Option<String>,
+    host: Option<String>,
+    #[serde(default)]
+    lockdown: bool,
+    tls: RawTls,
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+    #[serde(default, rename = "upstream")]
+    upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    ca_dir: Option<PathBuf>,
+    /// Lifetime of leaves issued locally from `ca_dir`, in days.
+    days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    connect_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    drain_timeout_s: Option<u64>,
+    max_connections: Option<usize>,
+    close_denied_on_enforce: Option<bool>,
+    recorder_capacity: Option<usize>,
+    flush_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    listen: String,
+    app: String,
+    lockdown: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    service: String,
+    listen: String,
+    identity: String,
+}
+
+/// Where this host's certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// `<dir>/<identity>/cert.pem` and `key.pem`, issued elsewhere (`cordon cert issue`), verified
+    /// against the CA bundle `ca`.
+    Files { ca: PathBuf, dir: PathBuf },
+    /// A local CA directory (`cordon ca init`): the agent issues and renews its own leaves.
+    LocalCa { ca_dir: PathBuf, days: u32 },
+}
+
+/// Data plane limits and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Deadline for a TCP connect to a backend before failing over to the next one.
+    pub connect_timeout: Duration,
+    /// Deadline for a TLS handshake (and the first byte on inbound), so a silent peer cannot hold
+    /// a connection slot.
+    pub handshake_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long open connections may take to finish.
+    pub drain_timeout: Duration,
+    /// Connections open at once per listener; past it, accepts wait.
+    pub max_connections: usize,
+    /// Close open connections of callers that a new policy denies in enforce mode.
+    pub close_denied_on_enforce: bool,
+    /// Recorder channel capacity; a full channel drops (and counts) events.
+    pub recorder_capacity: usize,
+    /// How often the recorder writes a batch to the ledger.
+    pub flush_interval: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(1000),
+            handshake_timeout: Duration::from_millis(5000),
+            idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            close_denied_on_enforce: true,
+            recorder_capacity: 65_536,
+            flush_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// A service served on this host: inbound mTLS in front of the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: ServiceName,
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+    pub lockdown: bool,
+}
+
+/// A service dialled from this host through a local port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub service: ServiceName,
+    pub listen: SocketAddr,
+    pub identity: ServiceName,
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub trust_domain: TrustDomain,
+    pub discovery_dir: PathBuf,
+    pub policy: PathBuf,
+    pub state_dir: PathBuf,
+    pub decision_log: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
+    /// The name this host's ledger rows carry.
+    pub host: String,
+    pub tls: TlsSource,
+    pub proxy: ProxySettings,
+    pub services: Vec<ServiceConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths are taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        validate(raw, base).map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
+    }
+
+    /// Every identity this host needs a certificate for: its services and its upstreams' callers.
+    pub fn identities(&self) -> Vec<ServiceName> {
+        let mut ids: Vec<ServiceName> = self
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(self.upstreams.iter().map(|u| u.identity.clone()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Where the ledger lives.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir.join("ledger.db")
+    }
+}
+
+fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
+    let mut problems = Vec::new();
+    let path = |field: &str, p: PathBuf, problems: &mut Vec<String>| -> PathBuf {
+        if p.as_os_str().is_empty() {
+            problems.push(format!("{field}: must not be empty"));
+        }
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+
+    let trust_domain =
+        TrustDomain::new(&raw.trust_domain).map_err(|e| problems.push(format!("trust_domain: {e}"))).ok();
+    let discovery_dir = path("discovery_dir", raw.discovery_dir, &mut problems);
+    let policy = path("policy", raw.policy, &mut problems);
+    let state_dir = path("state_dir", raw.state_dir, &mut problems);
+    let decision_log = raw.decision_log.map(|p| path("decision_log", p, &mut problems));
+
+    // Listener addresses, by who claims them, to refuse two listeners on one address.
+    let mut listeners: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut claim = |field: String, addr: SocketAddr, problems: &mut Vec<String>| {
+        if let Some(other) = listeners.get(&addr) {
+            problems.push(format!("{field}: {addr} is already the listen address of {other}"));
+        } else {
+            listeners.insert(addr, field);
+        }
+    };
+    let parse_addr = |field: &str, value: &str, problems: &mut Vec<String>| -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!("{field}: {value:?} is not an IP:port address"));
+                None
+            }
+        }
+    };
+
+    let admin = raw.admin.as_deref().and_then(|a| parse_addr("admin", a, &mut problems));
+    if let Some(a) = admin {
+        claim("admin".into(), a, &mut problems);
+    }
+
+    let host = match raw.host {
+        Some(h) if h.trim().is_empty() => {
+            problems.push("host: must not be empty".into());
+            String::new()
+        }
+        Some(h) => h,
+        None => local_hostname(),
+    };
+
+    let tls = match (raw.tls.ca, raw.tls.dir, raw.tls.ca_dir) {
+        (Some(ca), Some(dir), None) => Some(TlsSource::Files {
+            ca: path("tls.ca", ca, &mut problems),
+            dir: path("tls.dir", dir, &mut problems),
+        }),
+        (None, None, Some(ca_dir)) => {
+            let days = raw.tls.days.unwrap_or(crate::pki::DEFAULT_LEAF_DAYS);
+            if days == 0 {
+                problems.push("tls.days: must be at least 1".into());
+            }
+            Some(TlsSource::LocalCa { ca_dir: path("tls.ca_dir", ca_dir, &mut problems), days })
+        }
+        _ => {
+            problems.push("tls: set either `ca` and `dir`, or `ca_dir` alone".into());
+            None
+        }
+    };
+
+    let mut proxy = ProxySettings::default();
+    let p = raw.proxy;
+    let positive = |field: &str, v: Option<u64>, problems: &mut Vec<String>| -> Option<u64> {
+        match v {
+            Some(0) => {
+                problems.push(format!("proxy.{field}: must be greater than 0"));
+                None
+            }
+            v => v,
+        }
+    };
+    if let Some(v) = positive("connect_timeout_ms", p.connect_timeout_ms, &mut problems) {
+        proxy.connect_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = positive("handshake_timeout_ms", p.handshake_timeout_ms, &mut problems) {
+        proxy.handshake_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = positive("idle_timeout_s", p.idle_timeout_s, &mut problems) {
+        proxy.idle_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = p.drain_timeout_s {
+        proxy.drain_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = positive("max_connections", p.max_connections.map(|v| v as u64), &mut problems) {
+        proxy.max_connections = v as usize;
+    }
+    if let Some(v) = positive("recorder_capacity", p.recorder_capacity.map(|v| v as u64), &mut problems) {
+        proxy.recorder_capacity = v as usize;
+    }
+    if let Some(v) = positive("flush_interval_ms", p.flush_interval_ms, &mut problems) {
+        proxy.flush_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = p.close_denied_on_enforce {
+        proxy.close_denied_on_enforce = v;
+    }
+
+    let mut services = Vec::new();
+    let mut served_names = BTreeMap::new();
+    for (i, s) in raw.services.into_iter().enumerate() {
+        let field = |f: &str| format!("service[{i}].{f}");
+        let name =
+            ServiceName::new(&s.name).map_err(|e| problems.push(format!("{}: {e}", field("name")))).ok();
+        if let Some(n) = &name
+            && let Some(prev) = served_names.insert(n.clone(), i)
+        {
+            problems.push(format!("{}: service {n:?} is already served by service[{prev}]", field("name")));
+        }
+        let listen = parse_addr(&field("listen"), &s.listen, &mut problems);
+        let app = parse_addr(&field("app"), &s.app, &mut problems);
+        if let Some(l) = listen {
+            claim(field("listen"), l, &mut problems);
+        }
+        if let (Some(l), Some(a)) = (listen, app)
+            && l == a
+        {
+            problems.push(format!("{}: the app cannot be cordon's own listener {l}", field("app")));
+        }
+        if let (Some(name), Some(listen), Some(app)) = (name, listen, app) {
+            services.push(ServiceConfig { name, listen, app, lockdown: s.lockdown.unwrap_or(raw.lockdown) });
+        }
+    }
+
+    let mut upstreams = Vec::new();
+    for (i, u) in raw.upstreams.into_iter().enumerate() {
+        let field = |f: &str| format!("upstream[{i}].{f}");
+        let service = ServiceName::new(&u.service)
+            .map_err(|e| problems.push(format!("{}: {e}", field("service"))))
+            .ok();
+        let identity = ServiceName::new(&u.identity)
+            .map_err(|e| problems.push(format!("{}: {e}", field("identity"))))
+            .ok();
+        let listen = parse_addr(&field("listen"), &u.listen, &mut problems);
+        if let Some(l) = listen {
+            claim(field("listen"), l, &mut problems);
+        }
+        if let (Some(service), Some(listen), Some(identity)) = (service, listen, identity) {
+            upstreams.push(UpstreamConfig { service, listen, identity });
+        }
+    }
+
+    if services.is_empty() && upstreams.is_empty() && problems.is_empty() {
+        problems.push("no [[service]] and no [[upstream]]: the agent would have nothing to do".into());
+    }
+
+    match (problems.is_empty(), trust_domain, tls) {
+        (true, Some(trust_domain), Some(tls)) => Ok(Config {
+            trust_domain,
+            discovery_dir,
+            policy,
+            state_dir,
+            decision_log,
+            admin,
+            host,
+            tls,
+            proxy,
+            services,
+            upstreams,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// This machine's host name, for ledger rows; `localhost` when it cannot be read.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+trust_domain  = "example.internal"
+discovery_dir = "/var/run/synapse/services"
+policy        = "policy.toml"
+state_dir     = "/var/lib/cordon"
+decision_log  = "/var/log/cordon/decisions.jsonl"
+admin         = "127.0.0.1:9901"
+host          = "db-1"
+
+[tls]
+ca  = "/etc/cordon/tls/ca.pem"
+dir = "/etc/cordon/tls"
+
+[[service]]
+name     = "db"
+listen   = "0.0.0.0:14000"
+app      = "127.0.0.1:5432"
+lockdown = true
+
+[[upstream]]
+service  = "db"
+listen   = "127.0.0.1:3219"
+identity = "web"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/cordon/cordon.toml"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "example.internal");
+        assert_eq!(c.policy, PathBuf::from("/etc/cordon/policy.toml"), "relative to the config file");
+        assert_eq!(c.services[0].listen, "0.0.0.0:14000".parse().unwrap());
+        assert!(c.services[0].lockdown);
+        assert_eq!(c.upstreams[0].identity.as_str(), "web");
+        assert_eq!(c.identities().len(), 2);
+        assert_eq!(c.ledger_path(), PathBuf::from("/var/lib/cordon/ledger.db"));
+        assert_eq!(c.proxy, ProxySettings::default());
+        assert_eq!(c.host, "db-1");
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let text = GOOD.replace("lockdown = true", "lockdwn = true");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("/etc/cordon/cordon.toml"), "{err}");
+        assert!(err.contains("lockdwn"), "{err}");
+        assert!(err.contains("line 18"), "{err}");
+    }
+
+    #[test]
+    fn each_bad_field_is_named_and_all_are_reported_at_once() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("trust_domain  = \"example.internal\"", "trust_domain = \"Bad Domain\"", "trust_domain:"),
+            ("admin         = \"127.0.0.1:9901\"", "admin = \"localhost\"", "admin:"),
+            ("listen   = \"0.0.0.0:14000\"", "listen = \"0.0.0.0:99999\"", "service[0].listen:"),
+            ("app      = \"127.0.0.1:5432\"", "app = \"db:5432\"", "service[0].app:"),
+            ("name     = \"db\"", "name = \"d b\"", "service[0].name:"),
+            ("identity = \"web\"", "identity = \"*\"", "upstream[0].identity:"),
+            ("listen   = \"127.0.0.1:3219\"", "listen = \"0.0.0.0:14000\"", "upstream[0].listen:"),
+            ("dir = \"/etc/cordon/tls\"", "ca_dir = \"/etc/cordon/ca\"", "tls:"),
+            ("host          = \"db-1\"", "host = \" \"", "host:"),
+            ("[tls]", "[proxy]\nmax_connections = 0\n[tls]", "proxy.max_connections:"),
+        ];
+        for (from, to, field) in cases {
+            assert!(GOOD.contains(from), "fixture lost {from}");
+            let found = problems(&GOOD.replace(from, to));
+            assert!(found.iter().any(|p| p.starts_with(field)), "{field} not named in {found:?}");
+        }
+        let mut all = GOOD.to_string();
+        for (from, to, _) in &cases[..4] {
+            all = all.replace(from, to);
+        }
+        assert_eq!(problems(&all).len(), 4, "every problem reported in one go");
+    }
+
+    #[test]
+    fn duplicate_listeners_and_services_are_refused() {
+        let text = format!(
+            "{GOOD}\n[[service]]\nname = \"db\"\nlisten = \"127.0.0.1:3219\"\napp = \"127.0.0.1:1\"\n"
+        );
+        let found = problems(&text);
+        assert!(found.iter().any(|p| p.contains("already served by service[0]")), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.contains("already the listen address of upstream[0].listen")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_config_with_nothing_to_do_is_refused() {
+        let text = GOOD.split("[[service]]").next().unwrap();
+        assert!(problems(text)[0].contains("nothing to do"));
+    }
+}

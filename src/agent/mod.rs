@@ -1,0 +1,3 @@
+//! The agent: wires config, discovery, policy, TLS, proxies, recorder and admin together.
+
+pub mod config;

@@ -1,0 +1,91 @@
+//! The command line: parse, run, map the outcome to an exit code in one place.
+//!
+//! Exit codes: 0 success; 1 a negative answer (a denied `check`, a refused `mode` flip);
+//! 2 an error (bad input, unreadable file). A closed stdout (`cordon graph | head`) is success.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cordon",
+    version,
+    about = "Mutual-TLS segmentation for SmartStack-style fleets: learn who talks to whom, review, enforce one service at a time",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "CORDON_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `cordon=debug`.
+    #[arg(long, global = true, default_value = "info", env = "CORDON_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// What a command reports back besides errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 1: the command answered "no" (denied, refused).
+    No,
+}
+
+/// Parses the process arguments, runs the command and maps the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    match run(cli.command) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::No) => ExitCode::from(1),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "cordon: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(command: Command) -> anyhow::Result<Outcome> {
+    match command {}
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Sets up tracing on stderr; a bad filter falls back to `info` with a warning.
+pub fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let (env_filter, bad) = match EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e)),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Some(e) = bad {
+        tracing::warn!(filter, error = %e, "bad --log filter, using info");
+    }
+}

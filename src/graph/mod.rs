@@ -1,0 +1,1 @@
+//! Graph analysis over the ledger: the who-talks-to-whom graph, proposals, diffs and reports.

@@ -1,0 +1,38 @@
+//! What the data plane tells the recorder about a connection.
+
+use std::time::{Duration, SystemTime};
+
+use crate::policy::{Identified, Mode, Verdict};
+
+/// One edge of the graph as a connection saw it: the ledger aggregates events by this key and
+/// the hour they fall in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EdgeKey {
+    /// Caller name: a service name, or `ip:A.B.C.D` for an unknown caller.
+    pub source: String,
+    /// Destination service.
+    pub destination: String,
+    pub identified: Identified,
+    /// The destination's mode when the connection was decided.
+    pub mode: Mode,
+    /// What the intentions said, whether or not the mode enforced it.
+    pub verdict: Verdict,
+}
+
+/// A connection opening (counted once, denied ones included) or closing (with its bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Opened {
+        edge: EdgeKey,
+        at: SystemTime,
+    },
+    Closed {
+        edge: EdgeKey,
+        at: SystemTime,
+        /// Bytes from the caller to the destination app.
+        bytes_to_destination: u64,
+        /// Bytes from the destination app back to the caller.
+        bytes_to_source: u64,
+        duration: Duration,
+    },
+}

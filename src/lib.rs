@@ -1,0 +1,14 @@
+//! cordon: mutual-TLS segmentation for SmartStack-style fleets, rolled out learn-first.
+//!
+//! Modules, one per concern: [`pki`] (identities, CA, TLS), [`policy`] (intentions and modes),
+//! [`proxy`] (the data plane), [`ledger`] (the recorded graph), [`graph`] (review), [`agent`]
+//! (wiring) and [`cli`]. The data plane never calls SQLite directly.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod cli;
+pub mod graph;
+pub mod ledger;
+pub mod pki;
+pub mod policy;
+pub mod proxy;

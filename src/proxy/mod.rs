@@ -1,0 +1,1 @@
+//! The data plane: outbound and inbound proxies.
