@@ -79,3 +79,26 @@ impl Recorder {
     /// Flushes everything received and joins the writer thread.
     pub fn shutdown(self) {}
 }
+
+/// A caller of one destination as the ledger recorded it, summed over the window asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedCaller {
+    /// Service name, or `ip:A.B.C.D`.
+    pub source: String,
+    pub identified: crate::policy::Identified,
+    pub connections: u64,
+    pub first_seen: std::time::SystemTime,
+    pub last_seen: std::time::SystemTime,
+    /// Distinct days with traffic (a caller seen on one or two days is a periodic job).
+    pub days_seen: u32,
+}
+
+/// Every caller recorded for `destination` since `since` (the whole history when `None`).
+/// Opens the ledger read-only; the agent writing it at the same time is fine.
+pub fn callers_into(
+    _db: &Path,
+    _destination: &str,
+    _since: Option<std::time::SystemTime>,
+) -> Result<Vec<ObservedCaller>, LedgerError> {
+    todo!("ledger: callers_into")
+}
