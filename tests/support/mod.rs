@@ -18,13 +18,12 @@ pub const TRUST_DOMAIN: &str = "test.internal";
 
 /// Runs the built `cordon` binary with a scrubbed environment; panics with its stderr on failure.
 pub fn cordon(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_cordon"))
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .output()
-        .expect("run cordon");
-    out
+        .expect("run cordon")
 }
 
 pub fn cordon_ok(args: &[&str]) -> String {
