@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent;
+mod status;
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,6 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: local proxies, recorder, decision log and admin endpoint.
     Agent(agent::Args),
+    /// Show what a running agent serves: identities, modes, backends, reloads, recorder health.
+    Status(status::Args),
 }
 
 /// What a command reports back besides errors.
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Agent(args) => agent::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
 
