@@ -290,7 +290,13 @@ impl Worker {
                 let dir = self.scanner.dir().to_path_buf();
                 let mut problems: Vec<FileProblem> =
                     current.problems().iter().filter(|p| p.file != dir).cloned().collect();
-                problems.push(FileProblem { file: dir, message: error_chain(&e) });
+                let message = match &e {
+                    DiscoveryError::ReadDir { source, .. } => {
+                        format!("cannot read the directory ({source}); serving the last snapshot")
+                    }
+                    other => error_chain(other),
+                };
+                problems.push(FileProblem { file: dir, message });
                 (current.service_map().clone(), problems)
             }
         };

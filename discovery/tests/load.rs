@@ -5,13 +5,24 @@ mod common;
 use common::{backend, service_file, write_atomic};
 use cordon_discovery::{DiscoveryError, MAX_FILE_BYTES, load_dir};
 
+/// The error and its sources, as a user sees them printed by the CLI.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
 #[test]
 fn missing_directory_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("synapse-services");
     let err = load_dir(&missing).unwrap_err();
     assert!(matches!(err, DiscoveryError::ReadDir { .. }), "{err:?}");
-    let text = err.to_string();
+    let text = chain(&err);
     assert!(text.contains(&missing.display().to_string()), "{text}");
     assert!(text.contains("No such file"), "{text}");
 }
@@ -21,7 +32,7 @@ fn a_file_instead_of_a_directory_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("services");
     std::fs::write(&file, "[]").unwrap();
-    let err = load_dir(&file).unwrap_err().to_string();
+    let err = chain(&load_dir(&file).unwrap_err());
     assert!(err.contains(&file.display().to_string()) && err.contains("Not a directory"), "{err}");
 }
 

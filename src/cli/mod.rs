@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod discovery;
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -36,7 +38,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Show the services and backends cordon reads from a Synapse discovery directory.
+    Discovery(discovery::Args),
+}
 
 /// What a command reports back besides errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +69,9 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command.
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
-    match command {}
+    match command {
+        Command::Discovery(args) => discovery::run(args),
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
