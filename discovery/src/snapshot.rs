@@ -66,6 +66,13 @@ impl Snapshot {
         Snapshot { dir, services, by_ip, problems, generation }
     }
 
+    /// A snapshot built in memory (generation 1, no problems), for code that takes snapshots
+    /// and wants to be tested without a directory.
+    pub fn from_services(services: impl IntoIterator<Item = (String, Vec<Backend>)>) -> Snapshot {
+        let services = services.into_iter().map(|(name, backends)| (name, backends.into())).collect();
+        Snapshot::new(PathBuf::new(), services, Vec::new(), 1)
+    }
+
     /// The backends of `service`; an empty slice when the service is unknown.
     pub fn backends(&self, service: &str) -> &[Backend] {
         self.services.get(service).map_or(&[], |b| b)

@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{backend, eventually, ports, service_file, write_atomic};
@@ -57,6 +58,39 @@ async fn a_burst_of_rewrites_is_coalesced_without_losing_the_last_one() {
     assert!(publications >= 1);
     assert!(publications < u64::from(WRITES) / 10, "{publications} publications for {WRITES} rewrites");
     assert_eq!(snap.problems(), &[], "atomic renames never expose a partial file");
+}
+
+#[tokio::test]
+async fn a_continuous_stream_of_writes_still_publishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    write_atomic(&dir, "api", &service_file(&[backend("10.0.2.1", 1, None)]));
+    // A long debounce that the writer below never leaves quiet: only the cap on the delay
+    // after a burst's first event can publish while it runs.
+    let options = WatchOptions::new(Duration::from_millis(300));
+    let (_watcher, mut rx) = Watcher::start_with(&dir, options).unwrap();
+    let start = rx.borrow_and_update().generation();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, done) = (stop.clone(), done.clone());
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + 2 * common::DEADLINE;
+            let mut port = 1u16;
+            while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                port = port % 60000 + 1;
+                write_atomic(&dir, "api", &service_file(&[backend("10.0.2.1", port, None)]));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    eventually(&mut rx, "a publication during the stream", |s| s.generation() > start).await;
+    let writer_still_running = !done.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(writer_still_running, "the publication must come while writes are still going on");
 }
 
 #[tokio::test]
