@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
@@ -183,7 +183,11 @@ fn watch_dir(
     wake: SyncSender<Wake>,
     flags: Arc<Flags>,
 ) -> Result<RecommendedWatcher, DiscoveryError> {
-    let own_dir = dir.to_path_buf();
+    // notify reports paths under the watched path made absolute against the current directory.
+    let own_dir = match std::env::current_dir() {
+        Ok(cwd) if dir.is_relative() => cwd.join(dir),
+        _ => dir.to_path_buf(),
+    };
     let handler = move |event: notify::Result<notify::Event>| {
         match event {
             Ok(event) => {
@@ -196,9 +200,8 @@ fn watch_dir(
             }
             Err(e) => tracing::warn!(error = %e, "discovery watch error; rescanning"),
         }
-        match wake.try_send(Wake::Fs) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-        }
+        // Full: a rescan is already due and will see this change too. Disconnected: stopping.
+        let _ = wake.try_send(Wake::Fs);
     };
     let err = |source| DiscoveryError::Watch { dir: dir.to_path_buf(), source };
     let mut watcher = notify::recommended_watcher(handler).map_err(err)?;
