@@ -24,6 +24,8 @@ use crate::{DiscoveryError, FileProblem, Snapshot};
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// How often the whole directory is rescanned even without events.
 pub const DEFAULT_RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// While the directory cannot be read, it is looked for this often (it has no watch to wake us).
+const MISSING_DIR_RETRY: Duration = Duration::from_secs(1);
 /// Wake-ups queued for the rescan thread; when full, a rescan is already due and more are dropped.
 const WAKE_QUEUE: usize = 64;
 
@@ -261,7 +263,12 @@ impl Worker {
             if self.flags.reload.swap(false, Ordering::SeqCst) || deadline <= now {
                 self.rescan();
                 burst = None;
-                next_periodic = Instant::now() + self.options.rescan_every;
+                let period = if self.dir_failed {
+                    MISSING_DIR_RETRY.min(self.options.rescan_every)
+                } else {
+                    self.options.rescan_every
+                };
+                next_periodic = Instant::now() + period;
                 continue;
             }
             match self.wake.recv_timeout(deadline - now) {

@@ -211,6 +211,31 @@ async fn a_vanished_directory_keeps_the_last_snapshot_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_directory_replaced_by_rename_is_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("services");
+    std::fs::create_dir(&dir).unwrap();
+    write_atomic(&dir, "web", &service_file(&[backend("10.0.1.11", 8080, None)]));
+    let (_watcher, mut rx) = Watcher::start(&dir, DEBOUNCE).unwrap();
+
+    // Configuration management swaps in a freshly rendered directory.
+    let fresh = tmp.path().join("services.new");
+    std::fs::create_dir(&fresh).unwrap();
+    write_atomic(&fresh, "api", &service_file(&[backend("10.0.2.21", 9000, None)]));
+    std::fs::rename(&dir, tmp.path().join("services.old")).unwrap();
+    std::fs::rename(&fresh, &dir).unwrap();
+    let snap = eventually(&mut rx, "the new directory's contents", |s| {
+        s.contains("api") && !s.contains("web") && s.problems().is_empty()
+    })
+    .await;
+    assert_eq!(ports(&snap, "api"), [9000]);
+
+    // Changes in the new directory are seen too, not only at the next periodic rescan.
+    write_atomic(&dir, "cache", &service_file(&[backend("10.0.3.14", 6379, None)]));
+    eventually(&mut rx, "cache in the new directory", |s| s.contains("cache")).await;
+}
+
+#[tokio::test]
 async fn starting_on_a_missing_directory_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope");
