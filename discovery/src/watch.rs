@@ -389,3 +389,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths.iter().fold(notify::Event::new(kind), |e, p| e.add_path(PathBuf::from(p)))
+    }
+
+    #[test]
+    fn only_events_that_can_change_a_scan_wake_the_thread() {
+        let dir = Path::new("/run/synapse");
+        let wakes = |kind, paths: &[&str]| relevant(&event(kind, paths), dir);
+        // Our own scans open and read files: those must not cause another scan.
+        assert!(!wakes(EventKind::Access(AccessKind::Open(AccessMode::Any)), &["/run/synapse/web.json"]));
+        assert!(!wakes(EventKind::Access(AccessKind::Close(AccessMode::Read)), &["/run/synapse/web.json"]));
+        // Synapse writing its temp file is not news until the rename.
+        assert!(!wakes(EventKind::Create(CreateKind::File), &["/run/synapse/.web.json.tmp"]));
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(wakes(rename, &["/run/synapse/.web.json.tmp", "/run/synapse/web.json"]));
+        assert!(wakes(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/run/synapse/web.json"]));
+        // The directory itself going away, and overflow notices without paths, always wake.
+        assert!(wakes(EventKind::Remove(notify::event::RemoveKind::Folder), &["/run/synapse"]));
+        assert!(wakes(EventKind::Other, &[]));
+    }
+}
