@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent;
+mod discovery;
 mod status;
 
 /// How log lines are written to stderr.
@@ -44,6 +45,8 @@ pub enum Command {
     Agent(agent::Args),
     /// Show what a running agent serves: identities, modes, backends, reloads, recorder health.
     Status(status::Args),
+    /// Show the services and backends cordon reads from a Synapse discovery directory.
+    Discovery(discovery::Args),
 }
 
 /// What a command reports back besides errors.
@@ -75,6 +78,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Agent(args) => agent::run(args),
         Command::Status(args) => status::run(args),
+        Command::Discovery(args) => discovery::run(args),
     }
 }
 
