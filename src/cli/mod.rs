@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent;
+mod demo;
 mod discovery;
 mod status;
 
@@ -43,6 +44,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: local proxies, recorder, decision log and admin endpoint.
     Agent(agent::Args),
+    /// A whole rollout on loopback, nothing to configure: learn, review, enforce, roll back.
+    Demo(demo::Args),
     /// Show what a running agent serves: identities, modes, backends, reloads, recorder health.
     Status(status::Args),
     /// Show the services and backends cordon reads from a Synapse discovery directory.
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Agent(args) => agent::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Status(args) => status::run(args),
         Command::Discovery(args) => discovery::run(args),
     }
