@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod review;
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -36,7 +38,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Show who talks to whom, as recorded in a ledger.
+    Graph(review::GraphArgs),
+    /// Propose intentions from the recorded graph (policy TOML on stdout).
+    Propose(review::ProposeArgs),
+    /// Per service: would enforcing it now cut off recorded callers?
+    Diff(review::DiffArgs),
+    /// Combine host ledgers into one.
+    Merge(review::MergeArgs),
+}
 
 /// What a command reports back besides errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +75,12 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command.
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
-    match command {}
+    match command {
+        Command::Graph(args) => review::graph(args),
+        Command::Propose(args) => review::propose(args),
+        Command::Diff(args) => review::diff(args),
+        Command::Merge(args) => review::merge(args),
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
