@@ -274,7 +274,10 @@ fn diff_says_which_services_are_ready_and_who_would_be_cut_off() {
     assert!(one.starts_with("api (enforce): ready to enforce\n") && !one.contains("db ("), "{one}");
 }
 
-fn dump(db: &Path) -> Vec<(String, i64, String, String, i64, i64, i64, i64)> {
+/// host, hour, source, destination, connections, bytes back, first and last seen.
+type Row = (String, i64, String, String, i64, i64, i64, i64);
+
+fn dump(db: &Path) -> Vec<Row> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare(
