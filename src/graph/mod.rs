@@ -142,3 +142,6 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
     };
     n.checked_mul(secs).map(Duration::from_secs).filter(|d| !d.is_zero()).ok_or_else(bad)
 }
+
+#[cfg(test)]
+mod tests;
