@@ -113,8 +113,9 @@ pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
     let proposal =
         graph::propose(&observed, args.min_connections, policy.as_ref().map(|p| p as &dyn PolicyView));
     let mut header = vec![format!(
-        "cordon propose: {} intentions from {}, {}",
+        "cordon propose: {} intention{} from {}, {}",
         proposal.intentions.len(),
+        if proposal.intentions.len() == 1 { "" } else { "s" },
         args.db.display(),
         window_words(since)
     )];

@@ -189,6 +189,11 @@ pub fn graph_dot(observed: &Observed) -> String {
     out
 }
 
+/// `1 connection`, `2 connections`.
+fn connections(n: u64) -> String {
+    if n == 1 { "1 connection".to_owned() } else { format!("{n} connections") }
+}
+
 /// A TOML string literal (also used inside comments, so a name can never break a line).
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
@@ -216,7 +221,7 @@ pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
     if proposal.below_threshold > 0 {
         let _ = write!(
             out,
-            "\n# {} more pairs had fewer connections than --min-connections.\n",
+            "\n# {} more pair(s) had fewer connections than --min-connections.\n",
             proposal.below_threshold
         );
     }
@@ -225,11 +230,11 @@ pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
         for u in &proposal.unproven {
             let _ = writeln!(
                 out,
-                "#   {} -> {}  {}: {} connections, {}..{} ({})",
+                "#   {} -> {}  {}: {}, {}..{} ({})",
                 toml_str(&u.source),
                 toml_str(&u.destination),
                 u.identified,
-                u.connections,
+                connections(u.connections),
                 day(u.first_seen),
                 day(u.last_seen),
                 u.reason

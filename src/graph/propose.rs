@@ -36,9 +36,10 @@ impl ProposedIntention {
             (0, _) => "haproxy-log, not proven by a certificate".to_owned(),
             (m, h) => format!("{m} mtls, {h} haproxy-log"),
         };
+        let n = self.connections();
         format!(
-            "proposed from {} connections ({evidence}), {}..{}",
-            self.connections(),
+            "proposed from {n} connection{} ({evidence}), {}..{}",
+            if n == 1 { "" } else { "s" },
             super::format::day(self.first_seen),
             super::format::day(self.last_seen)
         )
@@ -80,7 +81,7 @@ pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&dyn Po
             continue;
         }
         let reason = match e.identified {
-            Identified::PlaintextIp => Some("plaintext, named by its address only"),
+            Identified::PlaintextIp => Some("plaintext, named only by its source address"),
             Identified::Unknown => Some("plaintext from an address discovery does not know"),
             Identified::Mtls | Identified::HaproxyLog => {
                 if ServiceName::new(&e.source).is_err() || ServiceName::new(&e.destination).is_err() {
