@@ -143,6 +143,34 @@ fn a_failed_write_is_counted_and_retried_without_losing_events() {
     assert_eq!(handle.stats().dropped.load(Ordering::Relaxed), 0);
 }
 
+#[test]
+fn while_writes_fail_pending_counters_are_bounded_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (recorder, handle) = Recorder::start(&db, "h", 4096, Duration::from_millis(20)).unwrap();
+    let mut blocker = rusqlite::Connection::open(&db).unwrap();
+    let lock = blocker.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let e = edge("web", "db", Identified::Mtls, Verdict::Allow);
+    let total = ledger::MAX_PENDING_KEYS as u64 + 100;
+    // One distinct hour per event: every event is a new counter.
+    for hour in 0..total {
+        handle.record_wait(Event::Opened { edge: e.clone(), at: at(T0 + hour * HOUR) });
+    }
+    eventually("all events taken", || handle.stats().received.load(Ordering::Relaxed) == total);
+    assert!(handle.stats().write_errors.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        handle.stats().dropped.load(Ordering::Relaxed),
+        100,
+        "only events beyond the bound are dropped"
+    );
+    drop(lock);
+    eventually("the kept counters written", || {
+        handle.stats().written.load(Ordering::Relaxed) == ledger::MAX_PENDING_KEYS as u64
+    });
+    recorder.shutdown();
+    assert_eq!(connections(&db), ledger::MAX_PENDING_KEYS as u64);
+}
+
 /// The child half of the crash test: records, reports what is flushed, keeps recording until
 /// it is killed.
 #[test]

@@ -18,7 +18,7 @@ pub mod schema;
 pub use event::{EdgeKey, Event};
 pub use merge::{MergeStats, merge};
 pub use read::{EdgeTotals, ObservedCaller, callers_into, edge_totals};
-pub use recorder::{Recorder, RecorderHandle, RecorderStats};
+pub use recorder::{MAX_PENDING_KEYS, Recorder, RecorderHandle, RecorderStats};
 
 use std::path::PathBuf;
 

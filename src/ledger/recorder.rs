@@ -118,6 +118,7 @@ impl Recorder {
             pending: HashMap::new(),
             pending_events: 0,
             interval: flush_interval.max(Duration::from_millis(1)),
+            failing: false,
         };
         let thread = std::thread::Builder::new()
             .name("cordon-ledger".into())
@@ -169,6 +170,8 @@ struct Writer {
     /// How many events `pending` holds (for the `written` counter).
     pending_events: u64,
     interval: Duration,
+    /// The last write failed: no early writes until one succeeds again.
+    failing: bool,
 }
 
 impl Writer {
@@ -179,7 +182,8 @@ impl Writer {
             match rx.recv_timeout(wait) {
                 Ok(Msg::Event(event)) => {
                     self.add(event);
-                    if self.pending.len() >= EARLY_FLUSH_KEYS && self.flush() {
+                    // While writes fail, retry only once per interval, not once per event.
+                    if !self.failing && self.pending.len() >= EARLY_FLUSH_KEYS && self.flush() {
                         next_flush = Instant::now() + self.interval;
                     }
                 }
@@ -265,10 +269,12 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.pending.clear();
                 self.pending_events = 0;
+                self.failing = false;
                 true
             }
             Err(e) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.failing = true;
                 tracing::error!(
                     ledger = %self.path.display(),
                     error = %e,
