@@ -67,7 +67,8 @@ fn recorder_throughput(dir: &Path) {
         })
         .collect();
     let db = dir.join("throughput.db");
-    let (recorder, handle) = Recorder::start(&db, "bench", 65_536, Duration::from_secs(1)).unwrap();
+    // A short interval, so that the run includes several batch writes, not only the last one.
+    let (recorder, handle) = Recorder::start(&db, "bench", 65_536, Duration::from_millis(100)).unwrap();
     let started = Instant::now();
     for e in events {
         handle.record_wait(e);

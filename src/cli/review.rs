@@ -35,6 +35,7 @@ pub struct GraphArgs {
     /// Only the last window: 30d, 12h, 90m (default: the whole history).
     #[arg(long, value_parser = graph::parse_window)]
     pub since: Option<std::time::Duration>,
+    /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: GraphFormat,
 }
@@ -42,6 +43,7 @@ pub struct GraphArgs {
 /// Propose intentions from the recorded graph, as policy TOML on stdout.
 #[derive(Debug, Args)]
 pub struct ProposeArgs {
+    /// The ledger (ledger.db, or a merged fleet ledger).
     #[arg(long)]
     pub db: PathBuf,
     /// Only the last window: 30d, 12h, 90m (default: the whole history).
@@ -58,8 +60,10 @@ pub struct ProposeArgs {
 /// Per destination service: would enforcing it now cut off recorded callers?
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// The ledger (ledger.db, or a merged fleet ledger).
     #[arg(long)]
     pub db: PathBuf,
+    /// The policy to judge the recorded callers by (policy.toml).
     #[arg(long)]
     pub policy: PathBuf,
     /// Only the last window: 30d, 12h, 90m (default: the whole history).
