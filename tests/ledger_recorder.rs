@@ -103,6 +103,24 @@ fn dropping_the_recorder_flushes_and_a_restart_adds_to_the_counts() {
 }
 
 #[test]
+fn the_review_reads_while_the_recorder_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (recorder, handle) = Recorder::start(&db, "h", 1024, Duration::from_millis(20)).unwrap();
+    // A fresh ledger reads as empty.
+    assert!(ledger::edge_totals(&db, None).unwrap().is_empty());
+    let e = edge("web", "db", Identified::Mtls, Verdict::Allow);
+    for round in 1..=3u64 {
+        for _ in 0..10 {
+            handle.record(Event::Opened { edge: e.clone(), at: at(T0) });
+        }
+        // Each interval's batch shows up for a reader without stopping the recorder.
+        eventually("the batch to be readable", || connections(&db) == 10 * round);
+    }
+    recorder.shutdown();
+}
+
+#[test]
 fn a_full_channel_counts_drops_and_never_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
