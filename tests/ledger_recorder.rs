@@ -204,12 +204,15 @@ fn crash_child() {
     writeln!(out, "FLUSHED {}", handle.stats().written.load(Ordering::Relaxed)).unwrap();
     out.flush().unwrap();
     drop(out);
-    for i in 0..6_000_000u64 {
-        let other = edge(&format!("svc{}", i % 500), "db", Identified::Mtls, Verdict::Allow);
-        handle.record_wait(Event::Opened { edge: other, at: at(T0 + (i % 48) * HOUR) });
-        if i % 1000 == 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    // Steady traffic with no pause: batches must still be written every interval. Bounded by
+    // the parent's kill (and, should the parent die, by the count).
+    let others: Vec<EdgeKey> =
+        (0..500).map(|i| edge(&format!("svc{i}"), "db", Identified::Mtls, Verdict::Allow)).collect();
+    for i in 0..100_000_000u64 {
+        handle.record_wait(Event::Opened {
+            edge: others[(i % 500) as usize].clone(),
+            at: at(T0 + (i % 48) * HOUR),
+        });
     }
 }
 

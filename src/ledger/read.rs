@@ -1,7 +1,7 @@
 //! Read queries over a ledger: per-edge totals for the review commands and the callers of one
 //! destination for the `cordon mode` preflight. Read-only connections; never blocks the agent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,31 +55,29 @@ pub fn edge_totals(db: &Path, since: Option<SystemTime>) -> Result<Vec<EdgeTotal
     // Names are interned so that the million rows of a big fleet ledger cost no allocation each.
     let mut names = Interner::default();
     let mut index: HashMap<(u32, u32, Identified), usize> = HashMap::new();
-    let mut edges: Vec<(EdgeTotals, Vec<i64>)> = Vec::new();
+    let mut edges: Vec<EdgeTotals> = Vec::new();
+    let mut days = DaySet::default();
     scan(db, None, since, |r| {
         let key = (names.id(r.source), names.id(r.destination), r.identified);
         let i = *index.entry(key).or_insert_with(|| {
-            edges.push((
-                EdgeTotals {
-                    source: r.source.to_owned(),
-                    destination: r.destination.to_owned(),
-                    identified: r.identified,
-                    connections: 0,
-                    bytes_to_destination: 0,
-                    bytes_to_source: 0,
-                    first_seen: from_ms(r.first_ms),
-                    last_seen: from_ms(r.last_ms),
-                    days_seen: 0,
-                    allowed: 0,
-                    would_deny: 0,
-                    denied: 0,
-                    modes: Vec::new(),
-                },
-                Vec::new(),
-            ));
+            edges.push(EdgeTotals {
+                source: r.source.to_owned(),
+                destination: r.destination.to_owned(),
+                identified: r.identified,
+                connections: 0,
+                bytes_to_destination: 0,
+                bytes_to_source: 0,
+                first_seen: from_ms(r.first_ms),
+                last_seen: from_ms(r.last_ms),
+                days_seen: 0,
+                allowed: 0,
+                would_deny: 0,
+                denied: 0,
+                modes: Vec::new(),
+            });
             edges.len() - 1
         });
-        let (edge, days) = &mut edges[i];
+        let edge = &mut edges[i];
         edge.connections += r.connections;
         edge.bytes_to_destination = edge.bytes_to_destination.saturating_add(r.bytes_to_destination);
         edge.bytes_to_source = edge.bytes_to_source.saturating_add(r.bytes_to_source);
@@ -94,18 +92,10 @@ pub fn edge_totals(db: &Path, since: Option<SystemTime>) -> Result<Vec<EdgeTotal
             edge.modes.push(r.mode);
             edge.modes.sort();
         }
-        let day = r.hour.div_euclid(24);
-        if !days.contains(&day) {
-            days.push(day);
+        if days.insert(i, r.hour) {
+            edge.days_seen = edge.days_seen.saturating_add(1);
         }
     })?;
-    let mut edges: Vec<EdgeTotals> = edges
-        .into_iter()
-        .map(|(mut e, days)| {
-            e.days_seen = u32::try_from(days.len()).unwrap_or(u32::MAX);
-            e
-        })
-        .collect();
     edges.sort_by(|a, b| {
         (&a.destination, &a.source, a.identified).cmp(&(&b.destination, &b.source, b.identified))
     });
@@ -119,36 +109,44 @@ pub fn callers_into(
     destination: &str,
     since: Option<SystemTime>,
 ) -> Result<Vec<ObservedCaller>, LedgerError> {
-    let mut groups: HashMap<(String, Identified), (ObservedCaller, Vec<i64>)> = HashMap::new();
+    let mut index: HashMap<(String, Identified), usize> = HashMap::new();
+    let mut callers: Vec<ObservedCaller> = Vec::new();
+    let mut days = DaySet::default();
     scan(db, Some(destination), since, |r| {
-        let (caller, days) = groups.entry((r.source.to_owned(), r.identified)).or_insert_with(|| {
-            let caller = ObservedCaller {
+        let i = *index.entry((r.source.to_owned(), r.identified)).or_insert_with(|| {
+            callers.push(ObservedCaller {
                 source: r.source.to_owned(),
                 identified: r.identified,
                 connections: 0,
                 first_seen: from_ms(r.first_ms),
                 last_seen: from_ms(r.last_ms),
                 days_seen: 0,
-            };
-            (caller, Vec::new())
+            });
+            callers.len() - 1
         });
+        let caller = &mut callers[i];
         caller.connections += r.connections;
         caller.first_seen = caller.first_seen.min(from_ms(r.first_ms));
         caller.last_seen = caller.last_seen.max(from_ms(r.last_ms));
-        let day = r.hour.div_euclid(24);
-        if !days.contains(&day) {
-            days.push(day);
+        if days.insert(i, r.hour) {
+            caller.days_seen = caller.days_seen.saturating_add(1);
         }
     })?;
-    let mut callers: Vec<ObservedCaller> = groups
-        .into_values()
-        .map(|(mut c, days)| {
-            c.days_seen = u32::try_from(days.len()).unwrap_or(u32::MAX);
-            c
-        })
-        .collect();
     callers.sort_by(|a, b| (&a.source, a.identified).cmp(&(&b.source, b.identified)));
     Ok(callers)
+}
+
+/// The distinct UTC days each group was seen on.
+#[derive(Default)]
+struct DaySet {
+    seen: HashSet<(usize, i64)>,
+}
+
+impl DaySet {
+    /// Records that group `i` had traffic in `hour`; true when that day is new for it.
+    fn insert(&mut self, i: usize, hour: i64) -> bool {
+        self.seen.insert((i, hour.div_euclid(24)))
+    }
 }
 
 /// Small integer ids for names, looked up without allocating.

@@ -21,6 +21,8 @@ use super::{EdgeKey, Event, LedgerError, schema};
 
 /// Pending distinct (hour, edge) counters that trigger a write before the interval is up.
 const EARLY_FLUSH_KEYS: usize = 50_000;
+/// The longest wait between retries of a failing write.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Pending distinct counters kept while writes fail; beyond this, new edges are dropped.
 pub const MAX_PENDING_KEYS: usize = 200_000;
 
@@ -119,6 +121,7 @@ impl Recorder {
             pending_events: 0,
             interval: flush_interval.max(Duration::from_millis(1)),
             failing: false,
+            delay: flush_interval.max(Duration::from_millis(1)),
         };
         let thread = std::thread::Builder::new()
             .name("cordon-ledger".into())
@@ -172,19 +175,25 @@ struct Writer {
     interval: Duration,
     /// The last write failed: no early writes until one succeeds again.
     failing: bool,
+    /// Time to the next write: the interval, doubled after each failed write up to
+    /// [`MAX_RETRY_DELAY`], so a locked or full ledger is not hammered.
+    delay: Duration,
 }
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
-        let mut next_flush = Instant::now() + self.interval;
+        let mut next_flush = Instant::now() + self.delay;
         loop {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Msg::Event(event)) => {
                     self.add(event);
-                    // While writes fail, retry only once per interval, not once per event.
-                    if !self.failing && self.pending.len() >= EARLY_FLUSH_KEYS && self.flush() {
-                        next_flush = Instant::now() + self.interval;
+                    // Under steady traffic the receive never times out: the interval is checked
+                    // here too. While writes fail, retry only once per interval, not per event.
+                    let early = !self.failing && self.pending.len() >= EARLY_FLUSH_KEYS;
+                    if early || Instant::now() >= next_flush {
+                        self.flush();
+                        next_flush = Instant::now() + self.delay;
                     }
                 }
                 Ok(Msg::Flush(done)) => {
@@ -205,7 +214,7 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.flush();
-                    next_flush = Instant::now() + self.interval;
+                    next_flush = Instant::now() + self.delay;
                 }
             }
         }
@@ -270,11 +279,13 @@ impl Writer {
                 self.pending.clear();
                 self.pending_events = 0;
                 self.failing = false;
+                self.delay = self.interval;
                 true
             }
             Err(e) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.failing = true;
+                self.delay = (self.delay * 2).min(MAX_RETRY_DELAY.max(self.interval));
                 tracing::error!(
                     ledger = %self.path.display(),
                     error = %e,
