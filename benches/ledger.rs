@@ -48,7 +48,8 @@ fn edge(i: u64, destination: u64) -> EdgeKey {
 
 fn recorder_throughput(dir: &Path) {
     const EVENTS: u64 = 1_000_000;
-    let edges: Vec<EdgeKey> = (0..2_000).map(|i| edge(i, i % 400)).collect();
+    // 400 destinations with five callers each: 2,000 distinct edges.
+    let edges: Vec<EdgeKey> = (0..2_000).map(|i| edge(i, i / CALLERS_PER_SERVICE)).collect();
     let events: Vec<Event> = (0..EVENTS)
         .map(|i| {
             let edge = edges[(i % 2_000) as usize].clone();
