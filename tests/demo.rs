@@ -44,7 +44,11 @@ fn the_demo_learns_proposes_enforces_refuses_and_rolls_back() {
         assert_eq!(policy.decide(s, d).verdict, cordon::policy::Verdict::Allow, "{s} -> {d}");
     }
     assert_eq!(policy.decide("cache", "db").verdict, cordon::policy::Verdict::Deny);
-    assert_eq!(policy.decide("reports", "api").verdict, cordon::policy::Verdict::Deny, "plaintext never allowed");
+    assert_eq!(
+        policy.decide("reports", "api").verdict,
+        cordon::policy::Verdict::Deny,
+        "plaintext never allowed"
+    );
     assert_eq!(policy.mode("db"), cordon::policy::Mode::Learn, "rolled back");
     let text = std::fs::read_to_string(world.join("policy.toml")).unwrap();
     assert!(text.contains("# ") && text.contains("reports"), "plaintext caller listed as a comment:\n{text}");

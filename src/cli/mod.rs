@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod agent;
 mod demo;
 mod discovery;
+mod review;
 mod status;
 
 /// How log lines are written to stderr.
@@ -50,6 +51,14 @@ pub enum Command {
     Status(status::Args),
     /// Show the services and backends cordon reads from a Synapse discovery directory.
     Discovery(discovery::Args),
+    /// Show who talks to whom, as recorded in a ledger.
+    Graph(review::GraphArgs),
+    /// Propose intentions from the recorded graph (policy TOML on stdout).
+    Propose(review::ProposeArgs),
+    /// Per service: would enforcing it now cut off recorded callers?
+    Diff(review::DiffArgs),
+    /// Combine host ledgers into one.
+    Merge(review::MergeArgs),
 }
 
 /// What a command reports back besides errors.
@@ -83,6 +92,10 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Demo(args) => demo::run(args),
         Command::Status(args) => status::run(args),
         Command::Discovery(args) => discovery::run(args),
+        Command::Graph(args) => review::graph(args),
+        Command::Propose(args) => review::propose(args),
+        Command::Diff(args) => review::diff(args),
+        Command::Merge(args) => review::merge(args),
     }
 }
 
