@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -18,7 +18,7 @@ use crate::pki::RejectReason;
 use crate::policy::{Caller, Mode, Outcome};
 
 /// Which proxy a metric is about.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Direction {
     /// In front of a local app, taking mTLS from other hosts.
     Inbound,
@@ -26,15 +26,24 @@ pub enum Direction {
     Outbound,
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
-    direction: Direction,
+    direction: &'static str,
     service: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
-    direction: Direction,
+    direction: &'static str,
     service: String,
     /// `to_destination` (caller to app) or `to_source` (app to caller).
     flow: &'static str,
@@ -50,7 +59,7 @@ struct VerdictLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RejectLabels {
-    direction: Direction,
+    direction: &'static str,
     service: String,
     reason: &'static str,
 }
@@ -145,18 +154,29 @@ impl Metrics {
 
     /// The per-listener handles, resolved once so the per-connection path does no label lookups.
     pub fn listener(self: &Arc<Self>, direction: Direction, service: &str) -> ListenerMetrics {
-        let labels = ServiceLabels { direction, service: service.to_string() };
-        let bytes = |flow| BytesLabels { direction, service: service.to_string(), flow };
+        let labels = ServiceLabels { direction: direction.as_str(), service: service.to_string() };
+        let bytes = |flow| BytesLabels { direction: direction.as_str(), service: service.to_string(), flow };
+        // One statement per handle: `get_or_create` returns a read guard, and a second call on
+        // the same family inside one expression would wait on it forever.
+        let opened = self.opened.get_or_create(&labels).clone();
+        let closed = self.closed.get_or_create(&labels).clone();
+        let open = self.open.get_or_create(&labels).clone();
+        let bytes_to_destination = self.bytes.get_or_create(&bytes("to_destination")).clone();
+        let bytes_to_source = self.bytes.get_or_create(&bytes("to_source")).clone();
+        let connect_failures = self.connect_failures.get_or_create(&labels).clone();
+        let failovers = self.failovers.get_or_create(&labels).clone();
+        let no_backend = self.no_backend.get_or_create(&labels).clone();
+        let policy_closed = self.policy_closed.get_or_create(&labels).clone();
         ListenerMetrics {
-            opened: self.opened.get_or_create(&labels).clone(),
-            closed: self.closed.get_or_create(&labels).clone(),
-            open: self.open.get_or_create(&labels).clone(),
-            bytes_to_destination: self.bytes.get_or_create(&bytes("to_destination")).clone(),
-            bytes_to_source: self.bytes.get_or_create(&bytes("to_source")).clone(),
-            connect_failures: self.connect_failures.get_or_create(&labels).clone(),
-            failovers: self.failovers.get_or_create(&labels).clone(),
-            no_backend: self.no_backend.get_or_create(&labels).clone(),
-            policy_closed: self.policy_closed.get_or_create(&labels).clone(),
+            opened,
+            closed,
+            open,
+            bytes_to_destination,
+            bytes_to_source,
+            connect_failures,
+            failovers,
+            no_backend,
+            policy_closed,
             metrics: self.clone(),
             direction,
             service: service.to_string(),
@@ -204,7 +224,7 @@ impl ListenerMetrics {
         self.metrics
             .handshake_failures
             .get_or_create(&RejectLabels {
-                direction: self.direction,
+                direction: self.direction.as_str(),
                 service: self.service.clone(),
                 reason: reason.as_str(),
             })

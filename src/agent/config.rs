@@ -228,6 +228,10 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
     // Listener addresses, by who claims them, to refuse two listeners on one address.
     let mut listeners: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut claim = |field: String, addr: SocketAddr, problems: &mut Vec<String>| {
+        // Port 0 asks the kernel for a free port: never a clash.
+        if addr.port() == 0 {
+            return;
+        }
         if let Some(other) = listeners.get(&addr) {
             problems.push(format!("{field}: {addr} is already the listen address of {other}"));
         } else {

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod agent;
 mod demo;
 mod discovery;
+mod pki;
+mod policy;
 mod review;
 mod status;
 
@@ -45,6 +47,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: local proxies, recorder, decision log and admin endpoint.
     Agent(agent::Args),
+    /// What the policy says of SOURCE -> DESTINATION: exit 0 allowed, 1 denied, 2 error.
+    Check(policy::CheckArgs),
+    /// Flip a service between learn and enforce, preflighted against recorded traffic.
+    Mode(policy::ModeArgs),
+    /// The built-in CA.
+    #[command(subcommand)]
+    Ca(pki::CaCommand),
+    /// Certificates from the built-in CA.
+    #[command(subcommand)]
+    Cert(pki::CertCommand),
     /// A whole rollout on loopback, nothing to configure: learn, review, enforce, roll back.
     Demo(demo::Args),
     /// Show what a running agent serves: identities, modes, backends, reloads, recorder health.
@@ -89,6 +101,10 @@ pub fn main() -> ExitCode {
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Agent(args) => agent::run(args),
+        Command::Check(args) => policy::check(args),
+        Command::Mode(args) => policy::mode(args),
+        Command::Ca(cmd) => pki::ca(cmd),
+        Command::Cert(cmd) => pki::cert(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Status(args) => status::run(args),
         Command::Discovery(args) => discovery::run(args),

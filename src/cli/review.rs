@@ -3,17 +3,15 @@
 //! Thin: parse arguments, call [`crate::graph`] / [`crate::ledger`], print with
 //! [`crate::graph::format`]. No analysis here.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
 use super::Outcome;
 use crate::graph::{self, PolicyView, format};
-use crate::policy::{Mode, Verdict};
+use crate::policy::Policy;
 
 /// How `cordon graph` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,56 +151,6 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-// TEMPORARY until `crate::policy::Policy` is on this branch: the integrator replaces
-// `load_policy` with `Policy::load` (and `impl PolicyView for Policy`). This reads only
-// `[modes]` and `[[intention]]` source/destination/action, with Consul-style precedence
-// (`a -> b` beats `* -> b` beats `a -> *` beats `* -> *`; no match denies). It is not the policy
-// parser: it does not validate names, duplicates or unknown fields.
-struct InterimPolicy {
-    modes: HashMap<String, Mode>,
-    rules: HashMap<(String, String), Verdict>,
-}
-
-fn load_policy(path: &Path) -> anyhow::Result<InterimPolicy> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read the policy", path.display()))?;
-    let doc: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
-    let mut policy = InterimPolicy { modes: HashMap::new(), rules: HashMap::new() };
-    if let Some(modes) = doc.get("modes").and_then(|m| m.as_table()) {
-        for (service, mode) in modes {
-            let mode = mode.as_str().and_then(|m| m.parse().ok());
-            let Some(mode) = mode else {
-                bail!("{}: [modes] {service:?}: expected \"learn\" or \"enforce\"", path.display())
-            };
-            policy.modes.insert(service.clone(), mode);
-        }
-    }
-    for (i, rule) in doc.get("intention").and_then(|r| r.as_array()).into_iter().flatten().enumerate() {
-        let field = |name: &str| rule.get(name).and_then(|v| v.as_str());
-        let (Some(s), Some(d), Some(a)) = (field("source"), field("destination"), field("action")) else {
-            bail!("{}: intention #{}: needs source, destination and action", path.display(), i + 1)
-        };
-        let verdict: Verdict =
-            a.parse().map_err(|e| anyhow::anyhow!("{}: intention #{}: {e}", path.display(), i + 1))?;
-        policy.rules.insert((s.to_owned(), d.to_owned()), verdict);
-    }
-    Ok(policy)
-}
-
-impl PolicyView for InterimPolicy {
-    fn mode(&self, destination: &str) -> Mode {
-        self.modes.get(destination).or_else(|| self.modes.get("*")).copied().unwrap_or(Mode::Learn)
-    }
-
-    fn verdict(&self, source: &str, destination: &str) -> Verdict {
-        [(source, destination), ("*", destination), (source, "*"), ("*", "*")]
-            .into_iter()
-            .find_map(|(s, d)| self.rules.get(&(s.to_owned(), d.to_owned())).copied())
-            .unwrap_or(Verdict::Deny)
-    }
-
-    fn has_intention(&self, source: &str, destination: &str) -> bool {
-        self.rules.contains_key(&(source.to_owned(), destination.to_owned()))
-    }
+fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    Ok(Policy::load(path)?)
 }

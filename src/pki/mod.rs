@@ -1,10 +1,47 @@
-//! Identity and PKI: SPIFFE service identities, the built-in CA, certificates and TLS configs.
+//! Identity and PKI: SPIFFE service identities, the built-in CA, certificate verification and
+//! the rustls configs of the data plane.
+//!
+//! Owns every certificate and key format cordon reads or writes. Must not log key material.
 
+mod ca;
+pub(crate) mod files;
 mod id;
 mod tls;
+mod verify;
 
+use std::path::PathBuf;
+
+pub use ca::{Ca, Leaf};
 pub use id::{IdError, ServiceId, ServiceName, TrustDomain};
-pub use tls::{PkiError, RejectReason, TlsStore, peer_service_id, server_name};
+pub use tls::TlsStore;
+pub use verify::{
+    RejectReason, SpiffeClientVerifier, SpiffeError, SpiffeServerVerifier, peer_service_id, server_name,
+    spiffe_id_of,
+};
 
 /// Default lifetime of a leaf certificate, in days.
 pub const DEFAULT_LEAF_DAYS: u32 = 7;
+
+/// Why certificates or keys could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// A file could not be written.
+    #[error("{}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    /// A file's content is wrong (not PEM, wrong identity, mismatched key, ...).
+    #[error("{}: {message}", path.display())]
+    BadFile { path: PathBuf, message: String },
+    /// `ca init` would overwrite an existing CA.
+    #[error("{} already holds a CA (ca.pem or ca-key.pem); refusing to overwrite it", dir.display())]
+    CaExists { dir: PathBuf },
+    /// Generating a key or certificate failed.
+    #[error("generating the {what}: {message}")]
+    Generate { what: &'static str, message: String },
+    /// rustls refused to build a config.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}

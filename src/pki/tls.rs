@@ -1,97 +1,476 @@
-//! TLS material for the data plane: rustls configs per identity, reloaded without a restart.
-//! (Interface; the identity issue fills it in.)
+//! TLS material for the data plane: rustls configs per identity, swapped on reload without a
+//! restart. Open connections keep the config they were made with; new ones get the new one.
+//!
+//! Session caches live outside the swapped material, so resumption keeps working across a
+//! certificate rotation.
 
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
+use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::server::ServerSessionMemoryCache;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::ca::Ca;
+use super::files::read;
+use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, spiffe_id_of};
+use super::{PkiError, ServiceId, ServiceName, TrustDomain};
 use crate::agent::config::TlsSource;
-use crate::pki::{ServiceId, ServiceName, TrustDomain};
 
-/// Why a peer's certificate (or a handshake) was refused. The label goes into logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RejectReason {
-    UnknownCa,
-    Expired,
-    NotYetValid,
-    NoUriSan,
-    ManyUriSans,
-    ForeignTrustDomain,
-    UnexpectedService,
-    NoCertificate,
-    BadCertificate,
-    Protocol,
-    Timeout,
-    PlaintextInEnforce,
+/// Sessions remembered per side, for resumption.
+const SESSION_CACHE: usize = 8192;
+
+/// One identity's certificate and the server config presenting it.
+struct Identity {
+    key: Arc<CertifiedKey>,
+    server: Arc<ServerConfig>,
+    not_before: SystemTime,
+    not_after: SystemTime,
 }
 
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::UnknownCa => "unknown_ca",
-            RejectReason::Expired => "expired",
-            RejectReason::NotYetValid => "not_yet_valid",
-            RejectReason::NoUriSan => "no_uri_san",
-            RejectReason::ManyUriSans => "many_uri_sans",
-            RejectReason::ForeignTrustDomain => "foreign_trust_domain",
-            RejectReason::UnexpectedService => "unexpected_service",
-            RejectReason::NoCertificate => "no_certificate",
-            RejectReason::BadCertificate => "bad_certificate",
-            RejectReason::Protocol => "protocol",
-            RejectReason::Timeout => "timeout",
-            RejectReason::PlaintextInEnforce => "plaintext_in_enforce",
-        }
-    }
-
-    /// Classifies a failed handshake's error.
-    pub fn classify(_err: &std::io::Error) -> RejectReason {
-        todo!("pki: classify")
-    }
-}
-
-/// Why TLS material could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PkiError {
-    #[error("{0}")]
-    Todo(String),
+/// Everything loaded at one reload.
+struct Material {
+    roots: Arc<RootCertStore>,
+    identities: HashMap<ServiceName, Identity>,
+    /// Client configs by (our identity, the service we expect), built on first use.
+    clients: Mutex<HashMap<(ServiceName, ServiceName), Arc<ClientConfig>>>,
 }
 
 /// Every identity's certificate, key and CA bundle, as rustls configs that can be swapped.
-pub struct TlsStore {}
+pub struct TlsStore {
+    source: TlsSource,
+    trust_domain: TrustDomain,
+    names: Vec<ServiceName>,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<Material>>,
+    server_sessions: Arc<ServerSessionMemoryCache>,
+    client_sessions: Arc<ClientSessionMemoryCache>,
+}
+
+impl std::fmt::Debug for TlsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStore").field("source", &self.source).field("identities", &self.names).finish()
+    }
+}
+
+fn not_after_of(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|e| e.to_string())?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    Ok((at(x509.validity().not_before), at(x509.validity().not_after)))
+}
+
+fn parse_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        Ok(_) => Err(PkiError::BadFile { path: path.to_owned(), message: "no certificate in it".into() }),
+        Err(e) => Err(PkiError::BadFile { path: path.to_owned(), message: e.to_string() }),
+    }
+}
 
 impl TlsStore {
+    /// Loads every identity's material; any missing or bad file is an error naming it.
     pub fn load(
-        _source: &TlsSource,
-        _trust_domain: &TrustDomain,
-        _identities: &[ServiceName],
+        source: &TlsSource,
+        trust_domain: &TrustDomain,
+        identities: &[ServiceName],
     ) -> Result<Arc<Self>, PkiError> {
-        todo!()
+        let store = TlsStore {
+            source: source.clone(),
+            trust_domain: trust_domain.clone(),
+            names: identities.to_vec(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            current: RwLock::new(Arc::new(Material {
+                roots: Arc::new(RootCertStore::empty()),
+                identities: HashMap::new(),
+                clients: Mutex::new(HashMap::new()),
+            })),
+            server_sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            client_sessions: Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE)),
+        };
+        let (material, problems) = store.build(None);
+        if let Some(first) = problems.into_iter().next() {
+            return Err(first);
+        }
+        *store.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        Ok(Arc::new(store))
     }
-    pub fn server_config(&self, _identity: &ServiceName) -> Option<Arc<rustls::ServerConfig>> {
-        todo!()
+
+    /// The current server config for `identity`: presents its certificate, requires a client
+    /// certificate of our trust domain.
+    pub fn server_config(&self, identity: &ServiceName) -> Option<Arc<ServerConfig>> {
+        self.material().identities.get(identity).map(|i| i.server.clone())
     }
+
+    /// The current client config presenting `identity` and requiring `expected_server`.
     pub fn client_config(
         &self,
-        _identity: &ServiceName,
-        _expected_server: &ServiceName,
-    ) -> Option<Arc<rustls::ClientConfig>> {
-        todo!()
+        identity: &ServiceName,
+        expected_server: &ServiceName,
+    ) -> Option<Arc<ClientConfig>> {
+        let material = self.material();
+        let key = (identity.clone(), expected_server.clone());
+        let mut clients = material.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Some(c.clone());
+        }
+        let id = material.identities.get(identity)?;
+        let expected = ServiceId::new(self.trust_domain.clone(), expected_server.clone());
+        let verifier = SpiffeServerVerifier::new(material.roots.clone(), expected, self.provider.clone());
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(Presents(id.key.clone())));
+        config.resumption = Resumption::store(self.client_sessions.clone());
+        let config = Arc::new(config);
+        clients.insert(key, config.clone());
+        Some(config)
     }
+
+    /// Re-reads (or, from a local CA, re-issues) everything. A bad file is refused with an error
+    /// naming it, and the identity it belongs to keeps its old material.
     pub fn reload(&self) -> Result<(), PkiError> {
-        todo!()
+        let old = self.material();
+        let (material, problems) = self.build(Some(&old));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        match problems.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
+
+    /// Each identity's certificate expiry.
     pub fn expiries(&self) -> Vec<(ServiceName, SystemTime)> {
-        todo!()
+        let m = self.material();
+        let mut v: Vec<_> = m.identities.iter().map(|(n, i)| (n.clone(), i.not_after)).collect();
+        v.sort();
+        v
+    }
+
+    fn material(&self) -> Arc<Material> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Builds fresh material; identities that fail keep `old`'s (when there is one).
+    fn build(&self, old: Option<&Material>) -> (Material, Vec<PkiError>) {
+        let mut problems = Vec::new();
+        let local_ca = match &self.source {
+            TlsSource::LocalCa { ca_dir, .. } => match Ca::load(ca_dir) {
+                Ok(ca) if ca.trust_domain() == &self.trust_domain => Some(ca),
+                Ok(ca) => {
+                    problems.push(PkiError::BadFile {
+                        path: ca_dir.join("trust-domain"),
+                        message: format!(
+                            "the CA is for {}, the agent for {}",
+                            ca.trust_domain(),
+                            self.trust_domain
+                        ),
+                    });
+                    None
+                }
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            },
+            TlsSource::Files { .. } => None,
+        };
+        let roots = match self.load_roots(local_ca.as_ref()) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                problems.push(e);
+                // Without a good CA bundle nothing can be rebuilt: keep everything as it was.
+                return match old {
+                    Some(old) => (
+                        Material {
+                            roots: old.roots.clone(),
+                            identities: old
+                                .identities
+                                .iter()
+                                .map(|(n, i)| {
+                                    (
+                                        n.clone(),
+                                        Identity {
+                                            key: i.key.clone(),
+                                            server: i.server.clone(),
+                                            not_before: i.not_before,
+                                            not_after: i.not_after,
+                                        },
+                                    )
+                                })
+                                .collect(),
+                            clients: Mutex::new(HashMap::new()),
+                        },
+                        problems,
+                    ),
+                    None => (
+                        Material {
+                            roots: Arc::new(RootCertStore::empty()),
+                            identities: HashMap::new(),
+                            clients: Mutex::new(HashMap::new()),
+                        },
+                        problems,
+                    ),
+                };
+            }
+        };
+        let mut identities = HashMap::new();
+        for name in &self.names {
+            let loaded = match (&self.source, &local_ca) {
+                (TlsSource::Files { dir, .. }, _) => self.load_identity_files(&dir.join(name.as_str()), name),
+                (TlsSource::LocalCa { days, ca_dir }, Some(ca)) => {
+                    // Re-issue only when due: a reload for another reason keeps a fresh leaf.
+                    match old
+                        .and_then(|o| o.identities.get(name))
+                        .filter(|i| !renewal_due(i, SystemTime::now()))
+                    {
+                        Some(i) => Ok((i.key.clone(), i.not_before, i.not_after)),
+                        None => self.issue_local(ca, ca_dir, name, *days),
+                    }
+                }
+                (TlsSource::LocalCa { .. }, None) => continue,
+            };
+            let built = loaded.and_then(|(key, not_before, not_after)| {
+                let server = self.server_config_for(&roots, key.clone())?;
+                Ok(Identity { key, server, not_before, not_after })
+            });
+            match built {
+                Ok(identity) => {
+                    identities.insert(name.clone(), identity);
+                }
+                Err(e) => {
+                    problems.push(e);
+                    if let Some(prev) = old.and_then(|o| o.identities.get(name)) {
+                        // Keep serving the old certificate, with the old CA bundle's verifier.
+                        identities.insert(
+                            name.clone(),
+                            Identity {
+                                key: prev.key.clone(),
+                                server: prev.server.clone(),
+                                not_before: prev.not_before,
+                                not_after: prev.not_after,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        (Material { roots, identities, clients: Mutex::new(HashMap::new()) }, problems)
+    }
+
+    fn load_roots(&self, local_ca: Option<&Ca>) -> Result<RootCertStore, PkiError> {
+        let (path, pem) = match (&self.source, local_ca) {
+            (TlsSource::Files { ca, .. }, _) => (ca.clone(), read(ca)?),
+            (TlsSource::LocalCa { ca_dir, .. }, Some(ca)) => {
+                (ca_dir.join("ca.pem"), ca.cert_pem().to_string())
+            }
+            (TlsSource::LocalCa { ca_dir, .. }, None) => {
+                return Err(PkiError::BadFile { path: ca_dir.clone(), message: "CA not loaded".into() });
+            }
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in parse_certs(&path, &pem)? {
+            roots.add(cert).map_err(|e| PkiError::BadFile {
+                path: path.clone(),
+                message: format!("not a usable CA: {e}"),
+            })?;
+        }
+        Ok(roots)
+    }
+
+    fn load_identity_files(
+        &self,
+        dir: &Path,
+        name: &ServiceName,
+    ) -> Result<(Arc<CertifiedKey>, SystemTime, SystemTime), PkiError> {
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        let chain = parse_certs(&cert_path, &read(&cert_path)?)?;
+        let key = PrivateKeyDer::from_pem_slice(read(&key_path)?.as_bytes()).map_err(|e| {
+            PkiError::BadFile { path: key_path.clone(), message: format!("no private key: {e}") }
+        })?;
+        self.certified(chain, key, name, &cert_path, &key_path)
+    }
+
+    fn issue_local(
+        &self,
+        ca: &Ca,
+        ca_dir: &Path,
+        name: &ServiceName,
+        days: u32,
+    ) -> Result<(Arc<CertifiedKey>, SystemTime, SystemTime), PkiError> {
+        let leaf = ca.issue(name, days)?;
+        let path = ca_dir.join(format!("(issued for {name})"));
+        let chain = parse_certs(&path, &leaf.cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
+            .map_err(|e| PkiError::BadFile { path: path.clone(), message: e.to_string() })?;
+        info!(identity = %name, "issued a certificate from the local CA");
+        self.certified(chain, key, name, &path, &path)
+    }
+
+    /// Checks a chain and key belong together and name `name` in our trust domain.
+    fn certified(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        name: &ServiceName,
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<(Arc<CertifiedKey>, SystemTime, SystemTime), PkiError> {
+        let bad = |path: &Path, message: String| PkiError::BadFile { path: path.to_owned(), message };
+        let id =
+            spiffe_id_of(&chain[0], Some(&self.trust_domain)).map_err(|e| bad(cert_path, e.to_string()))?;
+        if id.service() != name {
+            return Err(bad(cert_path, format!("the certificate is for {id}, not for identity {name}")));
+        }
+        let (not_before, not_after) = not_after_of(&chain[0]).map_err(|e| bad(cert_path, e))?;
+        let signing = self
+            .provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| bad(key_path, format!("unusable private key: {e}")))?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified
+            .keys_match()
+            .map_err(|_| bad(key_path, format!("the key does not match {}", cert_path.display())))?;
+        Ok((Arc::new(certified), not_before, not_after))
+    }
+
+    fn server_config_for(
+        &self,
+        roots: &Arc<RootCertStore>,
+        key: Arc<CertifiedKey>,
+    ) -> Result<Arc<ServerConfig>, PkiError> {
+        let verifier =
+            SpiffeClientVerifier::new(roots.clone(), self.trust_domain.clone(), self.provider.clone())
+                .map_err(|e| PkiError::Config(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| PkiError::Config(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(Presents(key)));
+        config.session_storage = self.server_sessions.clone();
+        Ok(Arc::new(config))
+    }
+
+    /// The files a reload reads (for the watcher).
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = match &self.source {
+            TlsSource::Files { ca, dir } => {
+                let mut d: Vec<PathBuf> = self.names.iter().map(|n| dir.join(n.as_str())).collect();
+                d.push(ca.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from(".")));
+                d
+            }
+            TlsSource::LocalCa { ca_dir, .. } => vec![ca_dir.clone()],
+        };
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Keeps the material fresh until `stop`: reloads when the files change (coalesced), and
+    /// from a local CA re-issues each leaf at two thirds of its lifetime.
+    pub fn spawn_refresh(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+            let watcher = {
+                use notify::Watcher as _;
+                let tx = tx.clone();
+                let w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                    if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+                        let _ = tx.try_send(());
+                    }
+                });
+                match w {
+                    Ok(mut w) => {
+                        for dir in store.watched_dirs() {
+                            if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                                warn!(dir = %dir.display(), error = %e, "cannot watch certificate directory; SIGHUP still reloads");
+                            }
+                        }
+                        Some(w)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot watch certificate files; SIGHUP still reloads");
+                        None
+                    }
+                }
+            };
+            loop {
+                let wait =
+                    store.next_renewal().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
+                let timer = tokio::time::sleep(
+                    wait.unwrap_or(Duration::from_secs(3600)).min(Duration::from_secs(3600)),
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = rx.recv() => {
+                        // Coalesce: writers replace key and cert one after the other.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        while rx.try_recv().is_ok() {}
+                    }
+                    _ = timer => {}
+                }
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.reload()).await {
+                    Ok(Ok(())) => info!("certificates reloaded"),
+                    Ok(Err(e)) => {
+                        error!(error = %e, "certificate reload refused; keeping the current certificates")
+                    }
+                    Err(_) => {}
+                }
+            }
+            drop(watcher);
+        })
+    }
+
+    /// When the next locally issued leaf is due for renewal (None for file-based material).
+    fn next_renewal(&self) -> Option<SystemTime> {
+        if !matches!(self.source, TlsSource::LocalCa { .. }) {
+            return None;
+        }
+        self.material().identities.values().map(renewal_time).min()
     }
 }
 
-/// The verified SPIFFE ID of the peer of a finished handshake.
-pub fn peer_service_id(_conn: &rustls::CommonState) -> Option<ServiceId> {
-    todo!()
+/// Always presents one identity's certificate chain, on either side of a handshake.
+#[derive(Debug)]
+struct Presents(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Presents {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
-/// The TLS server name to dial a service with.
-pub fn server_name(_service: &ServiceName) -> rustls_pki_types::ServerName<'static> {
-    todo!()
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn renewal_time(i: &Identity) -> SystemTime {
+    let life = i.not_after.duration_since(i.not_before).unwrap_or_default();
+    i.not_before + life * 2 / 3
+}
+
+fn renewal_due(i: &Identity, now: SystemTime) -> bool {
+    now >= renewal_time(i)
 }

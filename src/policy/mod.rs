@@ -1,9 +1,49 @@
-//! Policy: intentions and per-service modes, and the decision for a caller.
+//! Policy: intentions and per-service modes, the decision for a caller, the switch between
+//! learn and enforce, and the decision log.
 //!
-//! Owns the `policy.toml` format. Pure: no I/O on the per-connection path.
+//! Owns the `policy.toml` format. Evaluation is pure and allocation-free; file writes (mode flips,
+//! the decision log) happen off the data plane.
 
+mod edit;
+mod log;
+mod parse;
 mod types;
+mod watch;
 
+use std::path::PathBuf;
+
+pub use edit::{CutOff, preflight, set_mode, with_mode};
+pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
+pub use parse::{ANY, Intention, Policy};
 pub use types::{Caller, Decision, Identified, Mode, Outcome, Verdict};
-mod stub;
-pub use stub::{DecisionLog, DecisionRecord, Policy, PolicyError, PolicyWatcher, ReloadStats};
+pub use watch::{PolicyWatcher, ReloadStats};
+
+/// Why a policy was refused or could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Not TOML, or an unknown or mistyped field (the message has the line).
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    /// Valid TOML, wrong values: one problem per line, each with its line number.
+    #[error("{}: invalid policy:\n  {}", path.display(), problems.join("\n  "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+    /// A file could not be written.
+    #[error("{}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+}
+
+impl crate::graph::PolicyView for Policy {
+    fn mode(&self, destination: &str) -> Mode {
+        Policy::mode(self, destination)
+    }
+    fn verdict(&self, source: &str, destination: &str) -> Verdict {
+        self.decide(source, destination).verdict
+    }
+    fn has_intention(&self, source: &str, destination: &str) -> bool {
+        Policy::has_intention(self, source, destination)
+    }
+}

@@ -1,0 +1,75 @@
+//! `cordon ca init` and `cordon cert issue`: the built-in CA.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::Outcome;
+use crate::pki::{Ca, DEFAULT_LEAF_DAYS, ServiceName, TrustDomain};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CaCommand {
+    /// Create a CA (ECDSA P-256) for a trust domain. Refuses to overwrite an existing one.
+    Init {
+        /// Where the CA lives: ca.pem, ca-key.pem (0600) and trust-domain.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The SPIFFE trust domain, e.g. example.internal.
+        #[arg(long, value_name = "TD")]
+        trust_domain: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertCommand {
+    /// Issue a certificate for a service: DIR/cert.pem, key.pem (0600) and ca.pem.
+    Issue {
+        /// The CA directory (`cordon ca init`).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The service name: the certificate's identity is spiffe://TD/service/NAME.
+        #[arg(long, value_name = "NAME")]
+        service: String,
+        /// Where to write the files (created if missing; existing files are replaced atomically).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Lifetime in days. Short-lived leaves limit what a stolen key is worth.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_LEAF_DAYS)]
+        days: u32,
+    },
+}
+
+pub fn ca(cmd: CaCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        CaCommand::Init { dir, trust_domain } => {
+            let td = TrustDomain::new(&trust_domain).context("--trust-domain")?;
+            Ca::init(&dir, &td)?;
+            writeln!(
+                std::io::stdout().lock(),
+                "created a CA for spiffe://{td} in {}\n  ca.pem      distribute to every host (tls.ca)\n  ca-key.pem  keep it secret: it issues every identity",
+                dir.display()
+            )?;
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+pub fn cert(cmd: CertCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        CertCommand::Issue { ca, service, out, days } => {
+            anyhow::ensure!(days >= 1, "--days must be at least 1");
+            let name = ServiceName::new(&service).context("--service")?;
+            let ca = Ca::load(&ca)?;
+            let leaf = ca.issue(&name, days)?;
+            ca.write_leaf(&leaf, &out)?;
+            writeln!(
+                std::io::stdout().lock(),
+                "issued spiffe://{}/service/{name}, valid {days} days, into {}",
+                ca.trust_domain(),
+                out.display()
+            )?;
+            Ok(Outcome::Success)
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `cordon check` and `cordon mode`: ask the policy, and flip a service between learn and enforce.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::Context;
+
+use super::Outcome;
+use crate::pki::ServiceName;
+use crate::policy::{Mode, Policy, Verdict, preflight, set_mode};
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The policy file.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// The caller: a service name, or ip:A.B.C.D for an address discovery does not know.
+    pub source: String,
+    /// The destination service.
+    pub destination: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModeArgs {
+    /// The policy file (rewritten atomically; comments and order are kept).
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// The destination service to flip.
+    pub service: String,
+    /// learn (allow and record) or enforce (only intentions let a caller in).
+    pub mode: Mode,
+    /// Preflight an enforce flip against the traffic recorded in this ledger.
+    #[arg(long, value_name = "LEDGER")]
+    pub db: Option<PathBuf>,
+    /// Flip even though the preflight finds callers that would be cut off.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
+    let policy = Policy::load(&args.policy)?;
+    let decision = policy.decide(&args.source, &args.destination);
+    let mode = policy.mode(&args.destination);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} -> {}: {}", args.source, args.destination, decision.verdict)?;
+    writeln!(out, "  rule: {}", decision.rule)?;
+    match (mode, decision.verdict) {
+        (Mode::Enforce, Verdict::Allow) => {
+            writeln!(out, "  {} enforces: the connection is let in", args.destination)?
+        }
+        (Mode::Enforce, Verdict::Deny) => {
+            writeln!(out, "  {} enforces: the connection is refused", args.destination)?
+        }
+        (Mode::Learn, Verdict::Allow) => writeln!(out, "  {} learns: let in and recorded", args.destination)?,
+        (Mode::Learn, Verdict::Deny) => writeln!(
+            out,
+            "  {} learns: let in anyway and recorded as would-deny; enforcing would refuse it",
+            args.destination
+        )?,
+    }
+    Ok(if decision.verdict == Verdict::Allow { Outcome::Success } else { Outcome::No })
+}
+
+fn ago(t: SystemTime) -> String {
+    let secs = SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
+    ServiceName::new(&args.service).context("SERVICE")?;
+    let mut out = std::io::stdout().lock();
+    if args.mode == Mode::Enforce
+        && let Some(db) = &args.db
+    {
+        let text = std::fs::read_to_string(&args.policy)
+            .with_context(|| format!("{}: cannot read the policy", args.policy.display()))?;
+        let after = crate::policy::with_mode(&text, &args.policy, &args.service, Mode::Enforce)?;
+        let after = Policy::parse(&after, &args.policy)?;
+        let callers = crate::ledger::callers_into(db, &args.service, None)?;
+        let cut = preflight(&after, &args.service, &callers);
+        if !cut.is_empty() {
+            writeln!(
+                out,
+                "{} callers of {} recorded in {} would be cut off by enforcing it:",
+                cut.len(),
+                args.service,
+                db.display()
+            )?;
+            for c in &cut {
+                writeln!(
+                    out,
+                    "  {:<24} {:<13} {:>8} connections, last seen {:<10} {}",
+                    c.source,
+                    c.identified.as_str(),
+                    c.connections,
+                    ago(c.last_seen),
+                    c.why
+                )?;
+            }
+            if !args.force {
+                writeln!(out, "not flipped. Add intentions (cordon propose) or pass --force.")?;
+                return Ok(Outcome::No);
+            }
+            writeln!(out, "--force: flipping anyway.")?;
+        } else {
+            writeln!(
+                out,
+                "preflight: every caller of {} recorded in {} is allowed.",
+                args.service,
+                db.display()
+            )?;
+        }
+    }
+    set_mode(&args.policy, &args.service, args.mode)?;
+    writeln!(out, "{} is now in {} mode ({}).", args.service, args.mode, args.policy.display())?;
+    Ok(Outcome::Success)
+}
