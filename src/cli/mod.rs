@@ -13,6 +13,7 @@ mod demo;
 mod discovery;
 mod pki;
 mod policy;
+mod report;
 mod review;
 mod status;
 
@@ -36,9 +37,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human", env = "CORDON_LOG_FORMAT")]
     pub log_format: LogFormat,
-    /// Log filter (tracing's env-filter syntax), e.g. `info` or `cordon=debug`.
-    #[arg(long, global = true, default_value = "info", env = "CORDON_LOG")]
-    pub log: String,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `cordon=debug`. Default: `info`
+    /// (`warn` for the demo, whose own narrative is the output).
+    #[arg(long, global = true, env = "CORDON_LOG")]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,6 +49,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: local proxies, recorder, decision log and admin endpoint.
     Agent(agent::Args),
+    /// Write the review as one self-contained HTML page: graph, readiness, proposal.
+    Report(report::Args),
     /// What the policy says of SOURCE -> DESTINATION: exit 0 allowed, 1 denied, 2 error.
     Check(policy::CheckArgs),
     /// Flip a service between learn and enforce, preflighted against recorded traffic.
@@ -85,7 +89,8 @@ pub enum Outcome {
 /// Parses the process arguments, runs the command and maps the result to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log);
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
     match run(cli.command) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::No) => ExitCode::from(1),
@@ -101,6 +106,7 @@ pub fn main() -> ExitCode {
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Agent(args) => agent::run(args),
+        Command::Report(args) => report::run(args),
         Command::Check(args) => policy::check(args),
         Command::Mode(args) => policy::mode(args),
         Command::Ca(cmd) => pki::ca(cmd),

@@ -214,8 +214,8 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     if !refused.is_empty() {
         bail!("cache -> db should have been refused, got {refused:?}");
     }
-    say("   cache -> db refused: an attacker on the cache host holds a valid certificate, but cache\n\
-         was never seen calling db, so no intention lets it in. db's app never saw the connection.");
+    say("   cache -> db refused: an attacker on the cache host holds a valid certificate, but cache");
+    say("   was never seen calling db, so no intention lets it in. db's app never saw the connection.");
     let stranger = plaintext(STRANGER.into(), inbound_of(world, "db")?, "hello?").await?;
     if !stranger.is_empty() {
         bail!("plaintext to an enforcing db should be refused");
@@ -238,7 +238,11 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     );
     wait_for_ledger(world).await?;
     show(world, &args)?;
-    show(world, &["report", "--db", "fleet.db", "--policy", "policy.toml", "--out", "report.html"])?;
+    let (ok, _) =
+        show(world, &["report", "--db", "fleet.db", "--policy", "policy.toml", "--out", "report.html"])?;
+    if !ok {
+        bail!("cordon report failed");
+    }
     say(&format!("   Open {} in a browser.", world.path("report.html").display()));
     say(&format!("\nDone in {:.1} s.", started.elapsed().as_secs_f64()));
     Ok(())

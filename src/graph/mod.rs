@@ -9,6 +9,7 @@
 pub mod diff;
 pub mod format;
 pub mod propose;
+pub mod report;
 
 pub use diff::{CallerReadiness, ServiceReadiness, diff};
 pub use propose::{Proposal, ProposedIntention, Unproven, propose};

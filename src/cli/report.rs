@@ -1,0 +1,47 @@
+//! `cordon report`: the learned graph, readiness per service and the proposal, as one
+//! self-contained HTML file.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::Outcome;
+use crate::graph::{self, format, report};
+use crate::policy::Policy;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ledger (a host's ledger.db, or a fleet ledger from `cordon merge`).
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// The policy to judge the traffic by.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Where to write the HTML file.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Only traffic recorded in this window (30d, 12h, 90m); the whole history by default.
+    #[arg(long, value_name = "WINDOW", value_parser = graph::parse_window)]
+    pub since: Option<std::time::Duration>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let policy = Policy::load(&args.policy)?;
+    let since = args.since.map(|w| std::time::SystemTime::now() - w);
+    let observed = graph::load(&args.db, since)?;
+    let services = graph::diff(&observed, &policy, None);
+    let proposal = graph::propose(&observed, 1, Some(&policy));
+    let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db.display())]);
+    let html = report::render(&args.db, &observed, &policy, &services, &toml);
+    std::fs::write(&args.out, html)
+        .with_context(|| format!("{}: cannot write the report", args.out.display()))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "wrote {} ({} services and callers, {} edges)",
+        args.out.display(),
+        observed.nodes.len(),
+        observed.edges.len()
+    )?;
+    Ok(Outcome::Success)
+}
