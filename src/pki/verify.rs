@@ -96,7 +96,8 @@ impl RejectReason {
         match err {
             Error::NoCertificatesPresented => RejectReason::NoCertificate,
             Error::InvalidCertificate(c) => match c {
-                CertificateError::UnknownIssuer => RejectReason::UnknownCa,
+                // A bad signature means a CA of the same name that is not ours: unknown all the same.
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => RejectReason::UnknownCa,
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => RejectReason::Expired,
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                     RejectReason::NotYetValid
