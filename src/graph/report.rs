@@ -165,6 +165,61 @@ pub fn layout(observed: &Observed) -> HashMap<String, (f64, f64)> {
     at
 }
 
+/// The SVG path of an edge and where its count goes. Edges between neighbouring layers are one
+/// curve; longer ones run level through the layers between, at a height no box occupies; edges
+/// against the flow loop below the boxes.
+fn edge_path(
+    at: &HashMap<String, (f64, f64)>,
+    (x1, y1): (f64, f64),
+    (x2, y2): (f64, f64),
+) -> (String, Option<(f64, f64)>) {
+    if x2 <= x1 {
+        let (sy, ey) = (y1 + NODE_H / 2.0, y2 + NODE_H / 2.0 + 2.0);
+        let low = sy.max(ey) + 45.0;
+        return (format!("M{x1:.1},{sy:.1} C{x1:.1},{low:.1} {x2:.1},{low:.1} {x2:.1},{ey:.1}"), None);
+    }
+    let (sx, ex) = (x1 + NODE_W / 2.0, x2 - NODE_W / 2.0 - 2.0);
+    let between: Vec<(f64, f64)> =
+        at.values().copied().filter(|(x, _)| *x > x1 + 1.0 && *x < x2 - 1.0).collect();
+    if between.is_empty() {
+        let bend = (ex - sx) / 2.0;
+        let d =
+            format!("M{sx:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {ex:.1},{y2:.1}", sx + bend, ex - bend);
+        return (d, Some(((x1 + x2) / 2.0, (y1 + y2) / 2.0)));
+    }
+    // The free height nearest the straight line: the line itself, or just above or below a box.
+    let pad = NODE_H / 2.0 + 16.0;
+    let wanted = (y1 + y2) / 2.0;
+    let free = |y: f64| between.iter().all(|(_, by)| (y - by).abs() >= pad);
+    let mut candidates = vec![wanted];
+    for (_, by) in &between {
+        candidates.push(by - pad);
+        candidates.push(by + pad);
+    }
+    let wy = candidates
+        .into_iter()
+        .filter(|y| free(*y))
+        .min_by(|a, b| (a - wanted).abs().total_cmp(&(b - wanted).abs()))
+        .unwrap_or(wanted);
+    let lx = between.iter().map(|p| p.0).fold(f64::MAX, f64::min) - NODE_W / 2.0 - 12.0;
+    let rx = between.iter().map(|p| p.0).fold(f64::MIN, f64::max) + NODE_W / 2.0 + 12.0;
+    let (c1, c2) = ((sx + lx) / 2.0, (rx + ex) / 2.0);
+    let d = format!(
+        "M{sx:.1},{y1:.1} C{c1:.1},{y1:.1} {c1:.1},{wy:.1} {lx:.1},{wy:.1} L{rx:.1},{wy:.1} C{c2:.1},{wy:.1} {c2:.1},{y2:.1} {ex:.1},{y2:.1}"
+    );
+    (d, Some(((lx + rx) / 2.0, wy)))
+}
+
+/// Bytes in the unit a person reads best.
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b < 1 << 10 => format!("{b} B"),
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b if b < 1 << 30 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+    }
+}
+
 fn svg(observed: &Observed, policy: &dyn PolicyView) -> String {
     let at = layout(observed);
     let width = at.values().map(|p| p.0).fold(0.0, f64::max) + NODE_W / 2.0 + MARGIN;
@@ -180,7 +235,7 @@ fn svg(observed: &Observed, policy: &dyn PolicyView) -> String {
     for class in [EdgeClass::Allowed, EdgeClass::WouldDeny, EdgeClass::Denied, EdgeClass::Plaintext] {
         let _ = write!(
             s,
-            r#"<marker id="arrow-{c}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="head {c}"/></marker>"#,
+            r#"<marker id="arrow-{c}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="11" markerHeight="11" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="head {c}"/></marker>"#,
             c = class.as_str()
         );
     }
@@ -191,16 +246,7 @@ fn svg(observed: &Observed, policy: &dyn PolicyView) -> String {
         };
         let class = EdgeClass::of(policy, &e.source, &e.destination, e.identified);
         let width = (1.2 + 1.6 * ((e.connections as f64) + 1.0).log10()).min(8.0);
-        let d = if x2 > x1 {
-            let (sx, ex) = (x1 + NODE_W / 2.0, x2 - NODE_W / 2.0 - 2.0);
-            let bend = (ex - sx) / 2.0;
-            format!("M{sx:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {ex:.1},{y2:.1}", sx + bend, ex - bend)
-        } else {
-            // Same layer or against the flow: loop below the boxes.
-            let (sy, ey) = (y1 + NODE_H / 2.0, y2 + NODE_H / 2.0 + 2.0);
-            let low = sy.max(ey) + 45.0;
-            format!("M{x1:.1},{sy:.1} C{x1:.1},{low:.1} {x2:.1},{low:.1} {x2:.1},{ey:.1}")
-        };
+        let (d, label_at) = edge_path(&at, (x1, y1), (x2, y2));
         let title = format!(
             "{} -> {}: {} connections ({}), {}; first {}, last {}",
             e.source,
@@ -220,9 +266,9 @@ fn svg(observed: &Observed, policy: &dyn PolicyView) -> String {
             ident = e.identified.as_str(),
             title = escape(&title),
         );
-        let (mx, my) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 6.0);
-        if x2 > x1 {
-            let _ = write!(s, r#"<text class="count" x="{mx:.1}" y="{my:.1}">{}</text>"#, e.connections);
+        if let Some((mx, my)) = label_at {
+            let _ =
+                write!(s, r#"<text class="count" x="{mx:.1}" y="{:.1}">{}</text>"#, my - 6.0, e.connections);
         }
     }
     for node in &observed.nodes {
@@ -338,7 +384,7 @@ pub fn render(
         h,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>cordon review: {db}</title><style>{STYLE}</style></head><body>
 <header><h1>cordon review</h1><div class="meta">ledger {db} &middot; traffic {span} &middot; generated {now}</div></header><main>
-<section><div class="totals"><div><b>{svc}</b>services and callers</div><div><b>{edges}</b>edges</div><div><b>{connections}</b>connections</div><div><b>{mib:.1} MiB</b>relayed</div><div><b>{not_ready}</b>services not ready to enforce</div></div></section>
+<section><div class="totals"><div><b>{svc}</b>services and callers</div><div><b>{edges}</b>edges</div><div><b>{connections}</b>connections</div><div><b>{bytes}</b>relayed</div><div><b>{not_ready}</b>services not ready to enforce</div></div></section>
 <section><h2>Who talks to whom</h2><div class="legend"><span><i class="allowed"></i>allowed by an intention</span><span><i class="would-deny"></i>would be denied (learning)</span><span><i class="denied"></i>denied (enforcing)</span><span><i class="plaintext"></i>plaintext, no certificate</span><span>line width: connections</span></div><div class="graph">{svg}</div></section>
 <section><h2>Readiness to enforce, per service</h2>{table}</section>
 <section><h2>Proposed intentions</h2><p>What <code>cordon propose</code> suggests adding to the policy (plaintext callers appear only as comments).</p><pre>{proposal}</pre></section>
@@ -349,7 +395,7 @@ pub fn render(
         now = format::minute(SystemTime::now()),
         svc = observed.nodes.len(),
         edges = observed.edges.len(),
-        mib = bytes as f64 / (1024.0 * 1024.0),
+        bytes = human_bytes(bytes),
         svg = svg(observed, policy),
         table = readiness_table(services),
         proposal = escape(proposal_toml),
