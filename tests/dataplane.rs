@@ -296,3 +296,33 @@ async fn a_flip_to_enforce_closes_open_connections_of_denied_callers() {
         a.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_on_disk_is_picked_up_without_dropping_connections() {
+    let world = World::new();
+    let (db, _app) = db_host(&world).await;
+    let web = caller_host(&world, "web").await;
+    let expiry = |a: &Agent| a.status()["identities"][0]["not_after"].as_str().unwrap().to_string();
+    let before = expiry(&db);
+    let mut open = TcpStream::connect(web.bound().upstream("db").unwrap()).await.unwrap();
+    open.write_all(b"1").await.unwrap();
+    let mut one = [0u8; 1];
+    open.read_exact(&mut one).await.unwrap();
+
+    world.issue_for_days("db", 2);
+    eventually("db serves the re-issued certificate", 5 * SECOND, || async { expiry(&db) != before }).await;
+    open.write_all(b"2").await.unwrap();
+    open.read_exact(&mut one).await.unwrap();
+    assert_eq!(&one, b"2", "the open connection survived the rotation");
+    assert_eq!(round_trip(web.bound().upstream("db").unwrap(), b"new").await.unwrap(), b"new");
+
+    // A corrupt file on disk: refused, the agent keeps serving with the last good certificate.
+    let rotated = expiry(&db);
+    std::fs::write(world.path("tls/db/cert.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(expiry(&db), rotated);
+    assert_eq!(round_trip(web.bound().upstream("db").unwrap(), b"still").await.unwrap(), b"still");
+    drop(open);
+    web.shutdown().await;
+    db.shutdown().await;
+}

@@ -173,7 +173,9 @@ impl Agent {
             tokio::spawn(proxy.run(listener, life.clone()));
         }
 
+        // Stops the background tasks (certificate refresh, admin endpoint) at shutdown.
         let admin_stop = tokio_util::sync::CancellationToken::new();
+        tls.spawn_refresh(admin_stop.clone());
         if let Some(listener) = &admin {
             bound.admin = listener.local_addr().ok();
         }

@@ -68,7 +68,12 @@ impl World {
 
     /// Issues `<tls>/<service>/cert.pem` and `key.pem` with the real CLI.
     pub fn issue(&self, service: &str) {
+        self.issue_for_days(service, 7);
+    }
+
+    pub fn issue_for_days(&self, service: &str, days: u32) {
         let out = self.path("tls").join(service);
+        let days = days.to_string();
         cordon_ok(&[
             "cert",
             "issue",
@@ -78,6 +83,8 @@ impl World {
             service,
             "--out",
             out.to_str().unwrap(),
+            "--days",
+            &days,
         ]);
     }
 
