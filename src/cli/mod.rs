@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod import;
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -36,7 +38,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Bring a Synapse host's HAProxy config and logs into cordon.
+    Import(import::Args),
+}
 
 /// What a command reports back besides errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +69,9 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command.
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
-    match command {}
+    match command {
+        Command::Import(args) => import::run(args),
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
