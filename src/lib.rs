@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cli;
 pub mod graph;
 pub mod ledger;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod proxy;

@@ -61,6 +61,7 @@ struct RawTls {
 struct RawProxy {
     connect_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
     drain_timeout_s: Option<u64>,
     max_connections: Option<usize>,
@@ -101,6 +102,9 @@ pub enum TlsSource {
 pub struct ProxySettings {
     /// Deadline for a TCP connect to a backend before failing over to the next one.
     pub connect_timeout: Duration,
+    /// While learning, how long the inbound waits for a caller's first byte before taking it for
+    /// a plaintext client of a server-first protocol (TLS clients speak at once).
+    pub first_byte_timeout: Duration,
     /// Deadline for a TLS handshake (and the first byte on inbound), so a silent peer cannot hold
     /// a connection slot.
     pub handshake_timeout: Duration,
@@ -122,6 +126,7 @@ impl Default for ProxySettings {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_millis(1000),
+            first_byte_timeout: Duration::from_millis(500),
             handshake_timeout: Duration::from_millis(5000),
             idle_timeout: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(30),
@@ -288,6 +293,9 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
     if let Some(v) = positive("handshake_timeout_ms", p.handshake_timeout_ms, &mut problems) {
         proxy.handshake_timeout = Duration::from_millis(v);
     }
+    if let Some(v) = positive("first_byte_timeout_ms", p.first_byte_timeout_ms, &mut problems) {
+        proxy.first_byte_timeout = Duration::from_millis(v);
+    }
     if let Some(v) = positive("idle_timeout_s", p.idle_timeout_s, &mut problems) {
         proxy.idle_timeout = Duration::from_secs(v);
     }
@@ -316,7 +324,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         if let Some(n) = &name
             && let Some(prev) = served_names.insert(n.clone(), i)
         {
-            problems.push(format!("{}: service {n:?} is already served by service[{prev}]", field("name")));
+            problems.push(format!("{}: service '{n}' is already served by service[{prev}]", field("name")));
         }
         let listen = parse_addr(&field("listen"), &s.listen, &mut problems);
         let app = parse_addr(&field("app"), &s.app, &mut problems);
@@ -480,7 +488,9 @@ identity = "web"
         let found = problems(&text);
         assert!(found.iter().any(|p| p.contains("already served by service[0]")), "{found:?}");
         assert!(
-            found.iter().any(|p| p.contains("already the listen address of upstream[0].listen")),
+            found.iter().any(|p| p.starts_with(
+                "upstream[0].listen: 127.0.0.1:3219 is already the listen address of service[1]"
+            )),
             "{found:?}"
         );
     }

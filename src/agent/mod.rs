@@ -1,3 +1,258 @@
-//! The agent: wires config, discovery, policy, TLS, proxies, recorder and admin together.
+//! The agent: wires config, discovery, policy, TLS, proxies, recorder, decision log and the admin
+//! endpoint together, and owns their lifecycle (start, reload, drain, stop).
+//!
+//! [`Agent::start`] binds every listener before it returns, so callers (tests, the demo) can read
+//! the bound addresses back; [`Agent::shutdown`] stops accepting, drains open connections up to
+//! the configured deadline and flushes the recorder and the decision log.
 
+mod admin;
 pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cordon_discovery::Watcher as DiscoveryWatcher;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use self::config::Config;
+use crate::ledger::{Recorder, RecorderHandle};
+use crate::metrics::{Direction, Metrics};
+use crate::pki::{ServiceName, TlsStore};
+use crate::policy::{DecisionLog, PolicyWatcher};
+use crate::proxy::{Balancer, Inbound, Lifecycle, Outbound};
+
+/// How long discovery waits for a burst of file changes to settle.
+const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Certificates or keys could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::pki::PkiError),
+    /// The discovery directory could not be read.
+    #[error("discovery: {0}")]
+    Discovery(#[from] cordon_discovery::DiscoveryError),
+    /// The policy file is missing or invalid.
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The ledger could not be opened.
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// A directory the agent writes could not be created.
+    #[error("{path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind { what: String, addr: SocketAddr, source: std::io::Error },
+}
+
+/// Where the agent's listeners ended up (port 0 in the config becomes a real port here).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    /// Inbound listener of each served service.
+    pub services: Vec<(ServiceName, SocketAddr)>,
+    /// Local port of each upstream.
+    pub upstreams: Vec<(ServiceName, SocketAddr)>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Bound {
+    pub fn service(&self, name: &str) -> Option<SocketAddr> {
+        self.services.iter().find(|(n, _)| n.as_str() == name).map(|(_, a)| *a)
+    }
+    pub fn upstream(&self, name: &str) -> Option<SocketAddr> {
+        self.upstreams.iter().find(|(n, _)| n.as_str() == name).map(|(_, a)| *a)
+    }
+}
+
+/// The parts that `/status` and reloads reach.
+pub(crate) struct Parts {
+    pub config: Config,
+    pub bound: Bound,
+    pub tls: Arc<TlsStore>,
+    pub discovery: DiscoveryWatcher,
+    pub discovery_rx: tokio::sync::watch::Receiver<Arc<cordon_discovery::Snapshot>>,
+    pub policy: PolicyWatcher,
+    pub policy_rx: tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
+    pub recorder: RecorderHandle,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A running agent.
+pub struct Agent {
+    parts: Arc<Parts>,
+    life: Lifecycle,
+    recorder: Recorder,
+    decisions: DecisionLog,
+    admin_stop: tokio_util::sync::CancellationToken,
+}
+
+impl Agent {
+    /// Loads everything, binds every listener and starts serving. Must run inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Agent, AgentError> {
+        let tls = TlsStore::load(&config.tls, &config.trust_domain, &config.identities())?;
+        let (discovery, discovery_rx) = DiscoveryWatcher::start(&config.discovery_dir, DISCOVERY_DEBOUNCE)?;
+        let (policy, policy_rx) = PolicyWatcher::start(&config.policy)?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+            path: config.state_dir.display().to_string(),
+            source,
+        })?;
+        let (recorder, recorder_handle) = Recorder::start(
+            &config.ledger_path(),
+            &config.host,
+            config.proxy.recorder_capacity,
+            config.proxy.flush_interval,
+        )?;
+        let decisions = DecisionLog::open(config.decision_log.as_deref())?;
+
+        // Bind everything before serving anything, so a taken port fails the start cleanly.
+        let bind = |what: String, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { what, addr, source })
+        };
+        let mut inbound = Vec::new();
+        for s in &config.services {
+            inbound.push((s.clone(), bind(format!("service {}", s.name), s.listen).await?));
+        }
+        let mut outbound = Vec::new();
+        for u in &config.upstreams {
+            outbound.push((u.clone(), bind(format!("upstream {}", u.service), u.listen).await?));
+        }
+        let admin = match config.admin {
+            Some(a) => Some(bind("admin".into(), a).await?),
+            None => None,
+        };
+
+        let mut bound = Bound::default();
+        let mut metrics = Metrics::new();
+        admin::register_collectors(&mut metrics, &tls, &discovery, &policy, &recorder_handle);
+        let metrics = Arc::new(metrics);
+        let life = Lifecycle::new();
+
+        for (s, listener) in inbound {
+            let addr = listener.local_addr().map_err(|source| AgentError::Bind {
+                what: format!("service {}", s.name),
+                addr: s.listen,
+                source,
+            })?;
+            bound.services.push((s.name.clone(), addr));
+            let proxy = Arc::new(Inbound {
+                metrics: metrics.listener(Direction::Inbound, s.name.as_str()),
+                service: s.name.clone(),
+                app: s.app,
+                tls: tls.clone(),
+                policy: policy_rx.clone(),
+                discovery: discovery_rx.clone(),
+                recorder: recorder_handle.clone(),
+                decisions: decisions.clone(),
+                settings: config.proxy.clone(),
+            });
+            info!(service = %s.name, listen = %addr, app = %s.app, "inbound listening");
+            tokio::spawn(proxy.run(listener, life.clone()));
+        }
+        for (u, listener) in outbound {
+            let addr = listener.local_addr().map_err(|source| AgentError::Bind {
+                what: format!("upstream {}", u.service),
+                addr: u.listen,
+                source,
+            })?;
+            bound.upstreams.push((u.service.clone(), addr));
+            let proxy = Arc::new(Outbound {
+                metrics: metrics.listener(Direction::Outbound, u.service.as_str()),
+                service: u.service.clone(),
+                identity: u.identity.clone(),
+                tls: tls.clone(),
+                discovery: discovery_rx.clone(),
+                settings: config.proxy.clone(),
+                balancer: Balancer::default(),
+            });
+            info!(service = %u.service, listen = %addr, identity = %u.identity, "outbound listening");
+            tokio::spawn(proxy.run(listener, life.clone()));
+        }
+
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(listener) = &admin {
+            bound.admin = listener.local_addr().ok();
+        }
+        let parts = Arc::new(Parts {
+            config,
+            bound,
+            tls,
+            discovery,
+            discovery_rx,
+            policy,
+            policy_rx,
+            recorder: recorder_handle,
+            metrics,
+        });
+        if let Some(listener) = admin {
+            info!(listen = ?parts.bound.admin, "admin endpoint listening (/metrics, /status)");
+            tokio::spawn(admin::serve(listener, parts.clone(), admin_stop.clone()));
+        }
+        Ok(Agent { parts, life, recorder, decisions, admin_stop })
+    }
+
+    /// Where the listeners are.
+    pub fn bound(&self) -> &Bound {
+        &self.parts.bound
+    }
+
+    /// The metrics exposition, as `/metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.parts.metrics.encode()
+    }
+
+    /// The status document, as `/status` serves it.
+    pub fn status(&self) -> serde_json::Value {
+        admin::status(&self.parts)
+    }
+
+    /// Re-reads certificates, policy and discovery now (SIGHUP). Bad new material is refused and
+    /// logged; the old stays in use.
+    pub fn reload(&self) {
+        if let Err(e) = self.parts.tls.reload() {
+            error!(error = %e, "certificate reload refused; keeping the current certificates");
+        }
+        self.parts.policy.reload_now();
+        self.parts.discovery.reload_now();
+    }
+
+    /// Stops accepting, drains open connections up to the configured deadline, then flushes the
+    /// recorder and the decision log.
+    pub async fn shutdown(self) {
+        let forced = self.life.drain(self.parts.config.proxy.drain_timeout).await;
+        if forced > 0 {
+            warn!(connections = forced, "drain deadline passed; closed the remaining connections");
+        }
+        self.admin_stop.cancel();
+        let recorder = self.recorder;
+        let decisions = self.decisions;
+        // Flushing writes files: keep it off the async threads.
+        let _ = tokio::task::spawn_blocking(move || {
+            recorder.shutdown();
+            decisions.shutdown();
+        })
+        .await;
+        info!("agent stopped");
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down cleanly.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: draining"); break }
+                _ = int.recv() => { info!("SIGINT: draining"); break }
+                _ = hup.recv() => { info!("SIGHUP: reloading certificates, policy and discovery"); self.reload() }
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod agent;
 mod import;
 
 /// How log lines are written to stderr.
@@ -39,6 +40,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: local proxies, recorder, decision log and admin endpoint.
+    Agent(agent::Args),
     /// Bring a Synapse host's HAProxy config and logs into cordon.
     Import(import::Args),
 }
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command.
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
+        Command::Agent(args) => agent::run(args),
         Command::Import(args) => import::run(args),
     }
 }

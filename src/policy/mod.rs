@@ -5,3 +5,5 @@
 mod types;
 
 pub use types::{Caller, Decision, Identified, Mode, Outcome, Verdict};
+mod stub;
+pub use stub::{DecisionLog, DecisionRecord, Policy, PolicyError, PolicyWatcher, ReloadStats};

@@ -1,0 +1,262 @@
+//! The admin endpoint: `GET /metrics` (Prometheus text) and `GET /status` (JSON).
+//!
+//! Plain HTTP/1.1 on the configured `admin` address (loopback by convention). Bounded: a few
+//! dozen connections at once, a deadline to send request headers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::Parts;
+use crate::ledger::RecorderHandle;
+use crate::metrics::{Kind, Metrics, ScrapeCollector};
+use crate::pki::TlsStore;
+use crate::policy::PolicyWatcher;
+
+/// Admin connections served at once.
+const MAX_ADMIN_CONNECTIONS: usize = 32;
+
+pub(crate) async fn serve(listener: TcpListener, parts: Arc<Parts>, stop: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let parts = parts.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let parts = parts.clone();
+                async move { Ok::<_, Infallible>(route(&parts, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(permit);
+        });
+    }
+}
+
+fn route(parts: &Parts, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ctype: &str, body: String| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        if let Ok(v) = ctype.parse() {
+            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        resp
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", parts.metrics.encode())
+        }
+        (&Method::GET, "/status") => {
+            let body = serde_json::to_string_pretty(&status(parts)).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body)
+        }
+        (&Method::GET, _) => reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics or /status\n".into()),
+        _ => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn rfc3339_unix(secs: u64) -> Option<String> {
+    (secs > 0).then(|| rfc3339(UNIX_EPOCH + Duration::from_secs(secs)))
+}
+
+/// The `/status` document.
+pub(crate) fn status(parts: &Parts) -> serde_json::Value {
+    let now = SystemTime::now();
+    let policy = parts.policy_rx.borrow().clone();
+    let snapshot = parts.discovery_rx.borrow().clone();
+    let identities: Vec<_> = parts
+        .tls
+        .expiries()
+        .into_iter()
+        .map(|(id, not_after)| {
+            let left = not_after
+                .duration_since(now)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
+            json!({"identity": id.as_str(), "not_after": rfc3339(not_after), "expires_in_seconds": left})
+        })
+        .collect();
+    let services: Vec<_> = parts
+        .config
+        .services
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name.as_str(),
+                "listen": parts.bound.service(s.name.as_str()).map(|a| a.to_string()),
+                "app": s.app.to_string(),
+                "mode": policy.mode(s.name.as_str()).as_str(),
+                "lockdown": s.lockdown,
+            })
+        })
+        .collect();
+    let upstreams: Vec<_> = parts
+        .config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let backends: Vec<_> = snapshot
+                .backends(u.service.as_str())
+                .iter()
+                .map(
+                    |b| json!({"host": b.host, "port": b.port, "mtls_port": b.mtls_port, "weight": b.weight}),
+                )
+                .collect();
+            json!({
+                "service": u.service.as_str(),
+                "listen": parts.bound.upstream(u.service.as_str()).map(|a| a.to_string()),
+                "identity": u.identity.as_str(),
+                "backends": backends,
+            })
+        })
+        .collect();
+    let ps = parts.policy.stats();
+    let ds = parts.discovery.stats();
+    let rs = parts.recorder.stats();
+    json!({
+        "host": parts.config.host,
+        "trust_domain": parts.config.trust_domain.as_str(),
+        "identities": identities,
+        "services": services,
+        "upstreams": upstreams,
+        "policy": {
+            "path": parts.config.policy.display().to_string(),
+            "version": policy.version(),
+            "reloads_ok": ps.ok.load(Ordering::Relaxed),
+            "reloads_failed": ps.failed.load(Ordering::Relaxed),
+            "last_reload": rfc3339_unix(ps.last_ok.load(Ordering::Relaxed)),
+        },
+        "discovery": {
+            "dir": parts.config.discovery_dir.display().to_string(),
+            "generation": snapshot.generation(),
+            "reloads_ok": ds.reloads_ok.load(Ordering::Relaxed),
+            "reloads_failed": ds.reloads_failed.load(Ordering::Relaxed),
+            "last_reload": rfc3339_unix(ds.last_ok.load(Ordering::Relaxed)),
+        },
+        "ledger": {
+            "path": parts.config.ledger_path().display().to_string(),
+            "events_received": rs.received.load(Ordering::Relaxed),
+            "events_written": rs.written.load(Ordering::Relaxed),
+            "events_dropped": rs.dropped.load(Ordering::Relaxed),
+            "write_errors": rs.write_errors.load(Ordering::Relaxed),
+        },
+    })
+}
+
+/// Metrics read at scrape time from the other parts' own counters.
+pub(crate) fn register_collectors(
+    metrics: &mut Metrics,
+    tls: &Arc<TlsStore>,
+    discovery: &cordon_discovery::Watcher,
+    policy: &PolicyWatcher,
+    recorder: &RecorderHandle,
+) {
+    let rs = recorder.stats().clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "recorder_events",
+        "Connection events by what the recorder did with them",
+        Kind::Counter,
+        move || {
+            vec![
+                (vec![("state", "received".into())], rs.received.load(Ordering::Relaxed) as f64),
+                (vec![("state", "written".into())], rs.written.load(Ordering::Relaxed) as f64),
+                (vec![("state", "dropped".into())], rs.dropped.load(Ordering::Relaxed) as f64),
+            ]
+        },
+    ));
+    let rs = recorder.stats().clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "ledger_write_errors",
+        "Failed batch writes to the ledger",
+        Kind::Counter,
+        move || vec![(vec![], rs.write_errors.load(Ordering::Relaxed) as f64)],
+    ));
+    let ds = discovery.stats();
+    let ps = policy.stats();
+    let (ds2, ps2) = (ds.clone(), ps.clone());
+    metrics.register_collector(ScrapeCollector::new(
+        "reloads",
+        "Reloads by what and result",
+        Kind::Counter,
+        move || {
+            vec![
+                (
+                    vec![("what", "discovery".into()), ("result", "ok".into())],
+                    ds.reloads_ok.load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    vec![("what", "discovery".into()), ("result", "failed".into())],
+                    ds.reloads_failed.load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    vec![("what", "policy".into()), ("result", "ok".into())],
+                    ps.ok.load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    vec![("what", "policy".into()), ("result", "failed".into())],
+                    ps.failed.load(Ordering::Relaxed) as f64,
+                ),
+            ]
+        },
+    ));
+    metrics.register_collector(ScrapeCollector::new(
+        "last_reload_timestamp_seconds",
+        "Unix time of the last good reload",
+        Kind::Gauge,
+        move || {
+            vec![
+                (vec![("what", "discovery".into())], ds2.last_ok.load(Ordering::Relaxed) as f64),
+                (vec![("what", "policy".into())], ps2.last_ok.load(Ordering::Relaxed) as f64),
+            ]
+        },
+    ));
+    let tls = tls.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "certificate_expiry_seconds",
+        "Seconds until each identity's certificate expires (negative once expired)",
+        Kind::Gauge,
+        move || {
+            let now = SystemTime::now();
+            tls.expiries()
+                .into_iter()
+                .map(|(id, t)| {
+                    let left = match t.duration_since(now) {
+                        Ok(d) => d.as_secs_f64(),
+                        Err(e) => -e.duration().as_secs_f64(),
+                    };
+                    (vec![("identity", id.to_string())], left)
+                })
+                .collect()
+        },
+    ));
+}

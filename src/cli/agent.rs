@@ -1,0 +1,33 @@
+//! `cordon agent --config cordon.toml`: run the proxies, recorder and admin endpoint until
+//! SIGTERM/SIGINT (drain, flush, exit 0); SIGHUP reloads certificates, policy and discovery.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::Outcome;
+use crate::agent::Agent;
+use crate::agent::config::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The agent configuration (cordon.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let config = Config::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cordon")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let agent = Agent::start(config)
+            .await
+            .with_context(|| format!("starting the agent from {}", args.config.display()))?;
+        agent.run_until_signalled().await.context("installing signal handlers")?;
+        Ok(Outcome::Success)
+    })
+}

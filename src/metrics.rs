@@ -1,0 +1,268 @@
+//! Prometheus metrics: the counters the data plane moves, and the gauges read from other parts'
+//! own atomics at scrape time.
+//!
+//! Label cardinality stays bounded: services and identities are labels, caller addresses never are
+//! (an unknown plaintext caller is the source `unknown`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::pki::RejectReason;
+use crate::policy::{Caller, Mode, Outcome};
+
+/// Which proxy a metric is about.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// In front of a local app, taking mTLS from other hosts.
+    Inbound,
+    /// On a local port, dialling other hosts.
+    Outbound,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    direction: Direction,
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    direction: Direction,
+    service: String,
+    /// `to_destination` (caller to app) or `to_source` (app to caller).
+    flow: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    destination: String,
+    source: String,
+    mode: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    direction: Direction,
+    service: String,
+    reason: &'static str,
+}
+
+/// The agent's metrics. Built once at start; the families inside are cheap to clone.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    opened: Family<ServiceLabels, Counter>,
+    closed: Family<ServiceLabels, Counter>,
+    open: Family<ServiceLabels, Gauge>,
+    bytes: Family<BytesLabels, Counter>,
+    verdicts: Family<VerdictLabels, Counter>,
+    handshake_failures: Family<RejectLabels, Counter>,
+    connect_failures: Family<ServiceLabels, Counter>,
+    failovers: Family<ServiceLabels, Counter>,
+    no_backend: Family<ServiceLabels, Counter>,
+    policy_closed: Family<ServiceLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cordon");
+        let m = Self {
+            opened: Family::default(),
+            closed: Family::default(),
+            open: Family::default(),
+            bytes: Family::default(),
+            verdicts: Family::default(),
+            handshake_failures: Family::default(),
+            connect_failures: Family::default(),
+            failovers: Family::default(),
+            no_backend: Family::default(),
+            policy_closed: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections_opened", "Connections accepted", m.opened.clone());
+        registry.register("connections_closed", "Connections finished", m.closed.clone());
+        registry.register("connections_open", "Connections open now", m.open.clone());
+        registry.register("bytes", "Bytes relayed", m.bytes.clone());
+        registry.register(
+            "verdicts",
+            "Inbound decisions: allowed, denied (enforce) and would-deny (learn)",
+            m.verdicts.clone(),
+        );
+        registry.register(
+            "handshake_failures",
+            "Refused handshakes and plaintext, by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "backend_connect_failures",
+            "Failed dials to a backend (each one tried)",
+            m.connect_failures.clone(),
+        );
+        registry.register(
+            "backend_failovers",
+            "Connections that succeeded on a later backend after a failure",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "no_backend",
+            "Local connections refused because no backend was reachable",
+            m.no_backend.clone(),
+        );
+        registry.register(
+            "policy_closed",
+            "Open connections closed because a new policy denies them in enforce mode",
+            m.policy_closed.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Adds a source of values read at scrape time (recorder, reloads, certificates).
+    pub fn register_collector(&mut self, collector: impl Collector) {
+        self.registry.register_collector(Box::new(collector));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The per-listener handles, resolved once so the per-connection path does no label lookups.
+    pub fn listener(self: &Arc<Self>, direction: Direction, service: &str) -> ListenerMetrics {
+        let labels = ServiceLabels { direction, service: service.to_string() };
+        let bytes = |flow| BytesLabels { direction, service: service.to_string(), flow };
+        ListenerMetrics {
+            opened: self.opened.get_or_create(&labels).clone(),
+            closed: self.closed.get_or_create(&labels).clone(),
+            open: self.open.get_or_create(&labels).clone(),
+            bytes_to_destination: self.bytes.get_or_create(&bytes("to_destination")).clone(),
+            bytes_to_source: self.bytes.get_or_create(&bytes("to_source")).clone(),
+            connect_failures: self.connect_failures.get_or_create(&labels).clone(),
+            failovers: self.failovers.get_or_create(&labels).clone(),
+            no_backend: self.no_backend.get_or_create(&labels).clone(),
+            policy_closed: self.policy_closed.get_or_create(&labels).clone(),
+            metrics: self.clone(),
+            direction,
+            service: service.to_string(),
+        }
+    }
+}
+
+/// One listener's metrics.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub opened: Counter,
+    pub closed: Counter,
+    pub open: Gauge,
+    pub bytes_to_destination: Counter,
+    pub bytes_to_source: Counter,
+    pub connect_failures: Counter,
+    pub failovers: Counter,
+    pub no_backend: Counter,
+    pub policy_closed: Counter,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    service: String,
+}
+
+impl ListenerMetrics {
+    /// Counts an inbound decision. Unknown plaintext callers are labelled `unknown`, never by IP.
+    pub fn verdict(&self, caller: &Caller, mode: Mode, outcome: Outcome) {
+        let source = match caller {
+            Caller::Plaintext { service: None, .. } => "unknown".to_string(),
+            other => other.name(),
+        };
+        self.metrics
+            .verdicts
+            .get_or_create(&VerdictLabels {
+                destination: self.service.clone(),
+                source,
+                mode: mode.as_str(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused handshake (or refused plaintext) by reason.
+    pub fn handshake_failure(&self, reason: RejectReason) {
+        self.metrics
+            .handshake_failures
+            .get_or_create(&RejectLabels {
+                direction: self.direction,
+                service: self.service.clone(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
+/// One scraped sample: its labels and its value.
+pub type Sample = (Vec<(&'static str, String)>, f64);
+
+/// A collector of values computed at scrape time by a closure: `(name, help, kind, samples)`.
+pub struct ScrapeCollector {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    read: Box<dyn Fn() -> Vec<Sample> + Send + Sync>,
+}
+
+/// Whether a scraped value only grows.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl ScrapeCollector {
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        read: impl Fn() -> Vec<Sample> + Send + Sync + 'static,
+    ) -> Self {
+        Self { name, help, kind, read: Box::new(read) }
+    }
+}
+
+impl fmt::Debug for ScrapeCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScrapeCollector").field("name", &self.name).finish()
+    }
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let samples = (self.read)();
+        let metric_type = match self.kind {
+            Kind::Counter => ConstCounter::new(0u64).metric_type(),
+            Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+        };
+        let mut family = encoder.encode_descriptor(self.name, self.help, None, metric_type)?;
+        for (labels, value) in samples {
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let metric = family.encode_family(&labels)?;
+            match self.kind {
+                Kind::Counter => ConstCounter::new(value.max(0.0) as u64).encode(metric)?,
+                Kind::Gauge => ConstGauge::new(value).encode(metric)?,
+            }
+        }
+        Ok(())
+    }
+}
