@@ -112,8 +112,9 @@ impl SyslogTime {
             if digits == 0 {
                 return None;
             }
-            let ms = format!("{:0<3}", &frac[..digits.min(3)]);
-            millis = i64::from(num(&ms)?);
+            // The first three digits are milliseconds; a shorter fraction is padded (`.5` is 500).
+            let kept = &frac[..digits.min(3)];
+            millis = i64::from(num(kept)?) * [100, 10, 1][kept.len() - 1];
             rest = &frac[digits..];
         }
         let offset_s: i64 = match rest {
