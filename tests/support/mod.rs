@@ -1,0 +1,236 @@
+//! Shared test support: a throwaway world of CA, certificates, discovery files and policy, echo
+//! apps on loopback, and an `eventually` helper. Certificates come from the real `cordon` binary.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cordon::agent::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+pub const TRUST_DOMAIN: &str = "test.internal";
+
+/// Runs the built `cordon` binary with a scrubbed environment; panics with its stderr on failure.
+pub fn cordon(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("run cordon")
+}
+
+pub fn cordon_ok(args: &[&str]) -> String {
+    let out = cordon(args);
+    assert!(
+        out.status.success(),
+        "cordon {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A temporary directory holding everything a few agents need.
+pub struct World {
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Self { dir };
+        std::fs::create_dir_all(w.discovery()).unwrap();
+        std::fs::create_dir_all(w.path("tls")).unwrap();
+        cordon_ok(&["ca", "init", "--dir", w.ca().to_str().unwrap(), "--trust-domain", TRUST_DOMAIN]);
+        w.write_policy("[modes]\n\"*\" = \"learn\"\n");
+        w
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca")
+    }
+    pub fn discovery(&self) -> PathBuf {
+        self.path("discovery")
+    }
+    pub fn policy(&self) -> PathBuf {
+        self.path("policy.toml")
+    }
+
+    /// Issues `<tls>/<service>/cert.pem` and `key.pem` with the real CLI.
+    pub fn issue(&self, service: &str) {
+        let out = self.path("tls").join(service);
+        cordon_ok(&[
+            "cert",
+            "issue",
+            "--ca",
+            self.ca().to_str().unwrap(),
+            "--service",
+            service,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    }
+
+    /// Replaces a file the way config management and Synapse do: write aside, then rename.
+    pub fn replace(&self, path: &Path, text: &str) {
+        let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    pub fn write_policy(&self, text: &str) {
+        self.replace(&self.policy(), text);
+    }
+
+    /// Writes `<service>.json` as Synapse's file_output does. Each backend: (host, port, mTLS port).
+    pub fn write_discovery(&self, service: &str, backends: &[(IpAddr, u16, Option<u16>)]) {
+        let entries: Vec<serde_json::Value> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, (host, port, mtls))| {
+                let labels = match mtls {
+                    Some(p) => serde_json::json!({"cordon_mtls_port": p.to_string(), "az": "test-1a"}),
+                    None => serde_json::json!({"az": "test-1a"}),
+                };
+                serde_json::json!({
+                    "host": host.to_string(), "port": port, "name": format!("{service}-{i}"),
+                    "id": i, "weight": null, "haproxy_server_options": null, "labels": labels,
+                })
+            })
+            .collect();
+        let path = self.discovery().join(format!("{service}.json"));
+        self.replace(&path, &serde_json::to_string_pretty(&entries).unwrap());
+    }
+
+    /// An agent config for one host: served services (name, app address), upstreams (service,
+    /// identity), everything on 127.0.0.1:0, its own state dir and decision log.
+    pub fn config(&self, host: &str, services: &[(&str, SocketAddr)], upstreams: &[(&str, &str)]) -> Config {
+        let mut text = format!(
+            "trust_domain = \"{TRUST_DOMAIN}\"\ndiscovery_dir = \"{}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\n\
+             decision_log = \"{}\"\nadmin = \"127.0.0.1:0\"\nhost = \"{host}\"\n\
+             [tls]\nca = \"{}\"\ndir = \"{}\"\n[proxy]\nflush_interval_ms = 100\ndrain_timeout_s = 5\n",
+            self.discovery().display(),
+            self.policy().display(),
+            self.path(&format!("state-{host}")).display(),
+            self.path(&format!("decisions-{host}.jsonl")).display(),
+            self.ca().join("ca.pem").display(),
+            self.path("tls").display(),
+        );
+        for (name, app) in services {
+            text += &format!("[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\napp = \"{app}\"\n");
+        }
+        for (service, identity) in upstreams {
+            text += &format!(
+                "[[upstream]]\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nidentity = \"{identity}\"\n"
+            );
+        }
+        Config::parse(&text, &self.path(&format!("{host}.toml"))).unwrap()
+    }
+
+    pub fn decision_log(&self, host: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path(&format!("decisions-{host}.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn ledger(&self, host: &str) -> PathBuf {
+        self.path(&format!("state-{host}")).join("ledger.db")
+    }
+}
+
+/// An echo app on 127.0.0.1:0 that counts the connections it accepts. It echoes until the
+/// client half-closes, then half-closes its own side.
+pub struct EchoApp {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl EchoApp {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends `msg`, half-closes, and reads the whole reply.
+pub async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply))
+        .await
+        .map_err(|_| std::io::Error::other("no reply within 10 s"))??;
+    Ok(reply)
+}
+
+/// Like [`round_trip`] but from a chosen loopback source address (127.0.0.x looks like another host).
+pub async fn round_trip_from(source: IpAddr, addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let mut s = socket.connect(addr).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply))
+        .await
+        .map_err(|_| std::io::Error::other("no reply within 10 s"))??;
+    Ok(reply)
+}
+
+/// Polls `check` until it returns true or `deadline` passes; panics with `what` then.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn localhost() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
