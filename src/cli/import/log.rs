@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -148,10 +149,11 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
         let stats = handle.stats().clone();
         drop(handle);
         recorder.shutdown();
-        let failed = stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
+        let failed = stats.write_errors.load(Ordering::Relaxed);
+        let dropped = stats.dropped.load(Ordering::Relaxed);
         anyhow::ensure!(
-            failed == 0,
-            "{}: {failed} batch writes failed; see the log above",
+            failed == 0 && dropped == 0,
+            "{}: {failed} batch writes failed and {dropped} events were lost; see the log above",
             args.db.display()
         );
     }
