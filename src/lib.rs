@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod demo;
 pub mod graph;
 pub mod ledger;
 pub mod metrics;

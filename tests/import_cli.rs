@@ -173,3 +173,39 @@ fn haproxy_log_refuses_a_missing_file_before_importing_anything() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--source"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn haproxy_log_names_callers_through_discovery() {
+    let (tcp, http) = (fixture("tcplog.log"), fixture("httplog.log"));
+    let dir = tempfile::tempdir().unwrap();
+    let disco = dir.path().join("services");
+    std::fs::create_dir(&disco).unwrap();
+    // Synapse names a backend `host:port`; the syslog host name matches the part before the colon.
+    let web = r#"[{"host": "10.0.1.10", "port": 8080, "name": "web-1:8080"}]"#;
+    let batch = r#"[{"host": "10.0.9.5", "port": 9000, "name": "batch-1", "weight": null}]"#;
+    std::fs::write(disco.join("web.json"), web).unwrap();
+    std::fs::write(disco.join("batch.json"), batch).unwrap();
+
+    let files = [tcp.to_str().unwrap(), http.to_str().unwrap()];
+    let args =
+        ["import", "haproxy-log", "--db", "l.db", "--dry-run", "--discovery", "services", files[0], files[1]];
+    let out = cordon(&args, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let found = edges(&stdout);
+    for edge in
+        [("web", "db", 2), ("web", "api", 3), ("web", "auth", 1), ("batch", "db", 1), ("batch", "api", 1)]
+    {
+        let edge = (edge.0.to_string(), edge.1.to_string(), edge.2);
+        assert!(found.contains(&edge), "{edge:?} not in\n{stdout}");
+    }
+    assert!(found.contains(&("ip:10.0.1.11".into(), "api".into(), 1)), "{stdout}");
+    // Bare lines from loopback have no host to name: counted, with the fix.
+    assert!(stderr.contains("loopback caller and no host name; pass --source"), "{stderr}");
+
+    let missing = ["import", "haproxy-log", "--db", "l.db", "--discovery", "nowhere", files[0]];
+    let out = cordon(&missing, dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--discovery nowhere"), "{}", text(&out.stderr));
+    assert!(!dir.path().join("l.db").exists(), "nothing written when discovery cannot be read");
+}

@@ -1,60 +1,33 @@
-//! Interface stand-in until the discovery crate lands (replaced at merge).
-#![allow(missing_docs, dead_code, clippy::all)]
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+//! cordon's view of SmartStack service discovery: the files Synapse's `file_output` writes.
+//!
+//! The only code in cordon that knows the Synapse/Nerve file formats. It reads a directory of
+//! `<service>.json` files (each a JSON array of backends), reads the Nerve label
+//! `cordon_mtls_port` that marks a backend running cordon, keeps each service's last good backends
+//! when its file is malformed, and publishes immutable [`Snapshot`]s (backends by service, services
+//! by IP) to the data plane. It never writes the discovery directory and never resolves names.
+//!
+//! - [`load_dir`]: one read, for tools and tests.
+//! - [`Watcher::start`]: watch the directory and publish each change on a tokio `watch` channel.
+#![forbid(unsafe_code)]
 
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Backend {
-    pub host: String,
-    pub port: u16,
-    pub name: Option<String>,
-    pub weight: Option<u32>,
-    pub mtls_port: Option<u16>,
-}
-impl Backend {
-    pub fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
-    }
-}
-#[derive(Debug)]
-pub struct DiscoveryError;
-impl std::fmt::Display for DiscoveryError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("discovery")
-    }
-}
-impl std::error::Error for DiscoveryError {}
-#[derive(Debug, Default)]
-pub struct Snapshot;
-impl Snapshot {
-    pub fn backends(&self, _s: &str) -> &[Backend] {
-        todo!()
-    }
-    pub fn services_at(&self, _ip: IpAddr) -> &[String] {
-        todo!()
-    }
-    pub fn generation(&self) -> u64 {
-        0
-    }
-}
-#[derive(Debug, Default)]
-pub struct WatchStats {
-    pub reloads_ok: std::sync::atomic::AtomicU64,
-    pub reloads_failed: std::sync::atomic::AtomicU64,
-    pub last_ok: std::sync::atomic::AtomicU64,
-}
-pub struct Watcher;
-impl Watcher {
-    pub fn start(
-        _d: &Path,
-        _debounce: Duration,
-    ) -> Result<(Watcher, tokio::sync::watch::Receiver<Arc<Snapshot>>), DiscoveryError> {
-        todo!()
-    }
-    pub fn reload_now(&self) {}
-    pub fn stats(&self) -> Arc<WatchStats> {
-        todo!()
-    }
+mod backend;
+mod error;
+pub(crate) mod scan;
+mod snapshot;
+mod watch;
+
+use std::path::Path;
+
+pub use backend::{Backend, MTLS_PORT_LABEL};
+pub use error::DiscoveryError;
+pub use scan::{MAX_FILE_BYTES, MAX_SERVICE_FILES};
+pub use snapshot::{FileProblem, Snapshot};
+pub use watch::{DEFAULT_MAX_DELAY, DEFAULT_RESCAN_EVERY, WatchOptions, WatchStats, Watcher};
+
+/// Reads the discovery directory once. A directory that cannot be listed is an error naming it;
+/// a bad file becomes one of the snapshot's [`Snapshot::problems`] and its service is left out.
+/// Blocking: call it from a tool or a blocking thread, not from async code.
+pub fn load_dir(dir: &Path) -> Result<Snapshot, DiscoveryError> {
+    let scan = scan::Scanner::new(dir).scan()?;
+    Ok(Snapshot::new(dir.to_path_buf(), scan.services, scan.problems, 1))
 }

@@ -9,6 +9,7 @@
 //! (names, upstreams, ledger events) and must not parse HAProxy text itself.
 
 mod cfg;
+mod discovery;
 mod events;
 mod lines;
 mod log;

@@ -9,7 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent;
+mod demo;
+mod discovery;
 mod import;
+mod status;
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,6 +45,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: local proxies, recorder, decision log and admin endpoint.
     Agent(agent::Args),
+    /// A whole rollout on loopback, nothing to configure: learn, review, enforce, roll back.
+    Demo(demo::Args),
+    /// Show what a running agent serves: identities, modes, backends, reloads, recorder health.
+    Status(status::Args),
+    /// Show the services and backends cordon reads from a Synapse discovery directory.
+    Discovery(discovery::Args),
     /// Bring a Synapse host's HAProxy config and logs into cordon.
     Import(import::Args),
 }
@@ -74,6 +83,9 @@ pub fn main() -> ExitCode {
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Agent(args) => agent::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Discovery(args) => discovery::run(args),
         Command::Import(args) => import::run(args),
     }
 }

@@ -18,8 +18,8 @@ pub(super) struct Naming<'a> {
     pub source: Option<&'a ServiceName>,
     /// The service at an address (discovery's ip index).
     pub service_at: &'a dyn Fn(IpAddr) -> Option<String>,
-    /// The service a syslog host name belongs to (discovery backends' names and hosts).
-    pub service_of_host: &'a dyn Fn(&str) -> Option<String>,
+    /// The services a syslog host name is a backend of (discovery backends' names and hosts).
+    pub services_of_host: &'a dyn Fn(&str) -> Vec<String>,
 }
 
 /// Why a line could not become an edge, though it parsed.
@@ -27,6 +27,8 @@ pub(super) struct Naming<'a> {
 pub(super) enum Unmapped {
     /// A loopback client on a host cordon cannot name (no `--source`, host unknown to discovery).
     UnknownHost(Option<String>),
+    /// A loopback client on a host that is a backend of several services: which one called?
+    AmbiguousHost(String, Vec<String>),
     /// The backend's name is not a cordon service name.
     BadDestination(String),
 }
@@ -44,11 +46,15 @@ pub(super) fn source(record: &LogRecord<'_>, naming: &Naming<'_>) -> Result<Stri
         return Ok(s.to_string());
     }
     let host = record.syslog.and_then(|h| h.hostname);
-    match host {
-        Some(h) => (naming.service_of_host)(h)
-            .or_else(|| h.parse::<IpAddr>().ok().map(|ip| format!("ip:{ip}")))
-            .ok_or_else(|| Unmapped::UnknownHost(Some(h.to_string()))),
-        None => Err(Unmapped::UnknownHost(None)),
+    let Some(host) = host else { return Err(Unmapped::UnknownHost(None)) };
+    let mut services = (naming.services_of_host)(host);
+    match services.len() {
+        1 => Ok(services.swap_remove(0)),
+        0 => host
+            .parse::<IpAddr>()
+            .map(|ip| format!("ip:{ip}"))
+            .map_err(|_| Unmapped::UnknownHost(Some(host.to_string()))),
+        _ => Err(Unmapped::AmbiguousHost(host.to_string(), services)),
     }
 }
 

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write as _};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cordon_haproxy::parse_log_line;
 
+use super::discovery::DiscoveryNames;
 use super::events::{self, Naming, Unmapped};
 use super::lines::BoundedLines;
 use crate::cli::Outcome;
@@ -35,6 +35,9 @@ pub struct LogArgs {
     /// The service of the host that wrote the logs: the caller of every loopback connection.
     #[arg(long)]
     pub source: Option<String>,
+    /// Synapse's file_output directory: names callers by address and the logging host by name.
+    #[arg(long, value_name = "DIR")]
+    pub discovery: Option<PathBuf>,
     /// The host name the imported ledger rows carry [default: this machine's host name].
     #[arg(long)]
     pub host: Option<String>,
@@ -89,10 +92,13 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
         };
         inputs.push((name, reader));
     }
+    let names = DiscoveryNames::load(args.discovery.as_deref())?;
     let host = args.host.clone().unwrap_or_else(crate::agent::config::local_hostname);
     let recorder = if args.dry_run { None } else { Some(start_recorder(&args.db, &host)?) };
+    let service_at = |ip| names.service_at(ip);
+    let services_of_host = |host: &str| names.services_of_host(host);
     let naming =
-        Naming { source: source.as_ref(), service_at: &service_at, service_of_host: &service_of_host };
+        Naming { source: source.as_ref(), service_at: &service_at, services_of_host: &services_of_host };
 
     let started = Instant::now();
     let mut tally = Tally::default();
@@ -124,6 +130,10 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
                                 "loopback caller on host {h}, which discovery does not know; pass --source"
                             )
                         }
+                        Unmapped::AmbiguousHost(h, services) => format!(
+                            "loopback caller on host {h}, a backend of {}; pass --source",
+                            services.join(", ")
+                        ),
                         Unmapped::UnknownHost(None) => {
                             "loopback caller and no host name; pass --source".into()
                         }
@@ -171,16 +181,6 @@ fn start_recorder(db: &Path, host: &str) -> anyhow::Result<(Recorder, RecorderHa
 /// learned from logs looks allowed by itself.
 fn verdict_for(_source: &str, _destination: &ServiceName) -> Verdict {
     Verdict::Deny
-}
-
-/// The service at an address, from the discovery snapshot.
-fn service_at(_ip: IpAddr) -> Option<String> {
-    None
-}
-
-/// The service a host name belongs to, from the discovery snapshot.
-fn service_of_host(_host: &str) -> Option<String> {
-    None
 }
 
 fn report(tally: &Tally, elapsed: Duration, args: &LogArgs) -> anyhow::Result<()> {

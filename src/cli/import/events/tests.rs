@@ -8,12 +8,16 @@ fn discovery_at(ip: IpAddr) -> Option<String> {
     (ip.to_string() == "10.0.9.5").then(|| "batch".to_string())
 }
 
-fn discovery_host(host: &str) -> Option<String> {
-    (host == "web-1").then(|| "web".to_string())
+fn discovery_host(host: &str) -> Vec<String> {
+    match host {
+        "web-1" => vec!["web".to_string()],
+        "shared-1" => vec!["ops".to_string(), "web".to_string()],
+        _ => Vec::new(),
+    }
 }
 
 fn naming(source: Option<&ServiceName>) -> Naming<'_> {
-    Naming { source, service_at: &discovery_at, service_of_host: &discovery_host }
+    Naming { source, service_at: &discovery_at, services_of_host: &discovery_host }
 }
 
 const DB: &str = "127.0.0.1:51234 [22/Nov/2026:14:05:01.123] db db/s 0/1/5007 2120 -- 3/1/1/1/0 0/0";
@@ -38,6 +42,10 @@ fn loopback_callers_are_the_host_that_wrote_the_log() {
     assert_eq!(
         src("Nov 22 14:05:01 web-9 haproxy[1]: ", "127.0.0.1", None),
         Err(Unmapped::UnknownHost(Some("web-9".into())))
+    );
+    assert_eq!(
+        src("Nov 22 14:05:01 shared-1 haproxy[1]: ", "127.0.0.1", None),
+        Err(Unmapped::AmbiguousHost("shared-1".into(), vec!["ops".into(), "web".into()]))
     );
     assert_eq!(src("", "127.0.0.1", None), Err(Unmapped::UnknownHost(None)), "a bare line has no host");
     assert_eq!(src("", "127.0.0.1", Some(&web)), Ok("web".into()));

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Interop with the real thing, on loopback:
+#  (a) a host still on HAProxy reaches a cordon inbound listener over mTLS with a cordon-issued
+#      client certificate (`server ... ssl crt ... ca-file ... verify required`) and is identified
+#      as its service;
+#  (b) cordon's outbound reaches a backend that HAProxy terminates with `verify required`;
+#  (c) openssl s_client with a cordon certificate gets through; without one it is refused, and
+#      the refusal is counted by reason; curl reads the admin endpoint.
+# Installs haproxy (Debian) when it is missing. Exits non-zero on the first failed check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need haproxy || ! need curl || ! need openssl; then
+  echo "== installing haproxy, curl, openssl from Debian"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy curl openssl >/dev/null
+fi
+cargo build -q --bin cordon
+CORDON=$PWD/target/debug/cordon
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# send PORT MESSAGE: connect, send, half-close, print the whole reply.
+send() {
+  python3 - "$1" "$2" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s.sendall(sys.argv[2].encode()); s.shutdown(socket.SHUT_WR)
+out = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    out += b
+sys.stdout.write(out.decode(errors="replace"))
+PY
+}
+check() { # check NAME EXPECTED ACTUAL
+  if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: expected '$2', got '$3'"; exit 1; fi
+}
+wait_http() {
+  for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "FAIL: $1 never answered"; exit 1
+}
+
+APP=$(free_port); DB_IN=$(free_port); DB_ADMIN=$(free_port); HA_WEB=$(free_port)
+HA_SEARCH=$(free_port); WEB_OUT=$(free_port); WEB_ADMIN=$(free_port)
+
+# The app behind everything: an echo server.
+python3 - "$APP" <<'PY' &
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(64)
+def echo(c):
+    while True:
+        b = c.recv(65536)
+        if not b: break
+        c.sendall(b)
+    c.shutdown(socket.SHUT_WR); c.close()
+while True:
+    c, _ = srv.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
+PY
+PIDS+=($!)
+
+TD=interop.internal
+"$CORDON" ca init --dir "$WORK/ca" --trust-domain "$TD" >/dev/null
+for s in db web search; do "$CORDON" cert issue --ca "$WORK/ca" --service "$s" --out "$WORK/tls/$s" >/dev/null; done
+cat "$WORK/tls/web/cert.pem" "$WORK/tls/web/key.pem" > "$WORK/web.pem"
+cat "$WORK/tls/search/cert.pem" "$WORK/tls/search/key.pem" > "$WORK/search.pem"
+
+mkdir -p "$WORK/discovery"
+cat > "$WORK/discovery/search.json" <<JSON
+[{"host": "127.0.0.1", "port": $APP, "name": "search-1", "labels": {"cordon_mtls_port": "$HA_SEARCH"}}]
+JSON
+printf '[modes]\n"*" = "learn"\n' > "$WORK/policy.toml"
+
+agent_config() { # NAME ADMIN then TOML body on stdin
+  cat > "$WORK/$1.toml" <<TOML
+trust_domain = "$TD"
+discovery_dir = "$WORK/discovery"
+policy = "$WORK/policy.toml"
+state_dir = "$WORK/state-$1"
+admin = "127.0.0.1:$2"
+host = "$1-host"
+[tls]
+ca = "$WORK/ca/ca.pem"
+dir = "$WORK/tls"
+$(cat)
+TOML
+}
+agent_config db "$DB_ADMIN" <<TOML
+[[service]]
+name = "db"
+listen = "127.0.0.1:$DB_IN"
+app = "127.0.0.1:$APP"
+TOML
+agent_config web "$WEB_ADMIN" <<TOML
+[[upstream]]
+service = "search"
+listen = "127.0.0.1:$WEB_OUT"
+identity = "web"
+TOML
+
+cat > "$WORK/haproxy.cfg" <<CFG
+global
+    maxconn 256
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+# (a) the HAProxy of a host not yet on cordon, dialling db's cordon inbound with web's certificate
+frontend web_local_db
+    bind 127.0.0.1:$HA_WEB
+    default_backend db
+backend db
+    server db1 127.0.0.1:$DB_IN ssl crt $WORK/web.pem ca-file $WORK/ca/ca.pem verify required
+# (b) a service whose TLS HAProxy terminates, requiring a client certificate from our CA
+frontend search_tls
+    bind 127.0.0.1:$HA_SEARCH ssl crt $WORK/search.pem ca-file $WORK/ca/ca.pem verify required
+    default_backend search_app
+backend search_app
+    server app 127.0.0.1:$APP
+CFG
+haproxy -c -q -f "$WORK/haproxy.cfg"
+haproxy -db -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.log" &
+PIDS+=($!)
+"$CORDON" agent --config "$WORK/db.toml" 2>"$WORK/db.log" &
+PIDS+=($!)
+"$CORDON" agent --config "$WORK/web.toml" 2>"$WORK/web.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$DB_ADMIN/status"
+wait_http "http://127.0.0.1:$WEB_ADMIN/status"
+
+echo "== (a) HAProxy with a cordon client certificate -> cordon inbound"
+check "echo through HAProxy -> cordon inbound -> app" "hello-a" "$(send "$HA_WEB" hello-a)"
+metrics=$(curl -fsS "http://127.0.0.1:$DB_ADMIN/metrics")
+seen=$(grep -c '^cordon_verdicts_total{destination="db",source="web",' <<<"$metrics" || true)
+check "HAProxy's connection identified as service web" "1" "$seen"
+
+echo "== (b) cordon outbound -> HAProxy terminating TLS with verify required"
+check "echo through cordon outbound -> HAProxy -> app" "hello-b" "$(send "$WEB_OUT" hello-b)"
+
+echo "== (c) openssl s_client and curl"
+got=$(printf 'hello-c' | timeout 10 openssl s_client -quiet -no_ign_eof -connect "127.0.0.1:$DB_IN" \
+  -cert "$WORK/tls/web/cert.pem" -key "$WORK/tls/web/key.pem" -CAfile "$WORK/ca/ca.pem" \
+  -verify_return_error 2>/dev/null || true)
+check "openssl s_client with web's certificate" "hello-c" "$got"
+printf 'nope' | timeout 10 openssl s_client -quiet -connect "127.0.0.1:$DB_IN" -CAfile "$WORK/ca/ca.pem" >/dev/null 2>&1 || true
+refused=$(curl -fsS "http://127.0.0.1:$DB_ADMIN/metrics" | grep '^cordon_handshake_failures_total{direction="inbound",service="db",reason="no_certificate"}' | awk '{print $2}')
+check "a client without a certificate is refused and counted" "1" "${refused:-0}"
+curl -fsS "http://127.0.0.1:$DB_ADMIN/status" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["services"][0]["name"]=="db"' \
+  && echo "ok   curl reads /status"
+echo "interop: all checks passed"

@@ -1,0 +1,187 @@
+//! `cordon status --admin ADDR`: what a running agent serves, with what certificates, modes and
+//! backends, for a person at a terminal (`--json` for the raw `/status` document).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use super::Outcome;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The agent's admin address (`admin` in cordon.toml).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Print the raw JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let body = fetch(args.admin, "/status")?;
+    let status: Value = serde_json::from_str(&body).context("the agent's /status is not JSON")?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+    } else {
+        write!(out, "{}", render(&status))?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// GETs `path` from the admin endpoint, with a deadline.
+pub fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let get = async {
+            let stream = tokio::net::TcpStream::connect(admin)
+                .await
+                .with_context(|| format!("cannot reach the agent's admin endpoint at {admin}"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get(path)
+                .header("host", admin.to_string())
+                .body(Empty::<bytes::Bytes>::new())?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            if !status.is_success() {
+                bail!("{admin}{path} answered {status}");
+            }
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(5), get)
+            .await
+            .with_context(|| format!("{admin} did not answer within 5 s"))?
+    })
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn human_seconds(secs: i64) -> String {
+    if secs < 0 {
+        return format!("EXPIRED {}h ago", -secs / 3600);
+    }
+    let (d, h, m) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60);
+    if d > 0 { format!("in {d}d {h}h") } else { format!("in {h}h {m}m") }
+}
+
+/// The status document as aligned text.
+pub fn render(status: &Value) -> String {
+    let mut o = String::new();
+    let arr = |k: &str| status[k].as_array().cloned().unwrap_or_default();
+    o += &format!("host {}  (trust domain {})\n", s(&status["host"]), s(&status["trust_domain"]));
+    o += "\nidentities\n";
+    for i in arr("identities") {
+        let left = i["expires_in_seconds"].as_i64().unwrap_or(0);
+        o += &format!(
+            "  {:<20} expires {} ({})\n",
+            s(&i["identity"]),
+            s(&i["not_after"]),
+            human_seconds(left)
+        );
+    }
+    o += "\nserved services (inbound)\n";
+    for svc in arr("services") {
+        let lockdown = if svc["lockdown"].as_bool() == Some(true) { "lockdown on" } else { "lockdown off" };
+        o += &format!(
+            "  {:<20} {:<8} listen {:<22} -> app {:<22} {lockdown}\n",
+            s(&svc["name"]),
+            s(&svc["mode"]),
+            s(&svc["listen"]),
+            s(&svc["app"])
+        );
+    }
+    o += "\nupstreams (outbound)\n";
+    for up in arr("upstreams") {
+        let backends: Vec<String> = up["backends"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|b| match b["mtls_port"].as_u64() {
+                Some(p) => format!("{}:{p} mtls", s(&b["host"])),
+                None => format!("{}:{} plaintext", s(&b["host"]), s(&b["port"])),
+            })
+            .collect();
+        let backends =
+            if backends.is_empty() { "no backends in discovery".to_string() } else { backends.join(", ") };
+        o += &format!(
+            "  {:<20} listen {:<22} as {:<12} {backends}\n",
+            s(&up["service"]),
+            s(&up["listen"]),
+            s(&up["identity"])
+        );
+    }
+    let p = &status["policy"];
+    o += &format!(
+        "\npolicy     {} version {}, reloads {} ok / {} failed, last good {}\n",
+        s(&p["path"]),
+        s(&p["version"]),
+        s(&p["reloads_ok"]),
+        s(&p["reloads_failed"]),
+        s(&p["last_reload"])
+    );
+    let d = &status["discovery"];
+    o += &format!(
+        "discovery  {} generation {}, reloads {} ok / {} failed, last good {}\n",
+        s(&d["dir"]),
+        s(&d["generation"]),
+        s(&d["reloads_ok"]),
+        s(&d["reloads_failed"]),
+        s(&d["last_reload"])
+    );
+    let l = &status["ledger"];
+    o += &format!(
+        "ledger     {} events {} received, {} written, {} dropped; {} write errors\n",
+        s(&l["path"]),
+        s(&l["events_received"]),
+        s(&l["events_written"]),
+        s(&l["events_dropped"]),
+        s(&l["write_errors"])
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_section_and_flags_expired_certificates() {
+        let status = serde_json::json!({
+            "host": "db-1", "trust_domain": "example.internal",
+            "identities": [{"identity": "db", "not_after": "2026-11-29T00:00:00Z", "expires_in_seconds": -7200}],
+            "services": [{"name": "db", "mode": "enforce", "listen": "0.0.0.0:14000", "app": "127.0.0.1:5432", "lockdown": true}],
+            "upstreams": [{"service": "cache", "listen": "127.0.0.1:3400", "identity": "db",
+                           "backends": [{"host": "10.0.0.9", "port": 6379, "mtls_port": null}]}],
+            "policy": {"path": "/etc/cordon/policy.toml", "version": "ab12", "reloads_ok": 2, "reloads_failed": 1, "last_reload": null},
+            "discovery": {"dir": "/var/run/synapse/services", "generation": 4, "reloads_ok": 4, "reloads_failed": 0},
+            "ledger": {"path": "/var/lib/cordon/ledger.db", "events_received": 10, "events_written": 10, "events_dropped": 0, "write_errors": 0},
+        });
+        let text = render(&status);
+        for want in [
+            "db-1",
+            "EXPIRED 2h ago",
+            "enforce",
+            "lockdown on",
+            "10.0.0.9:6379 plaintext",
+            "version ab12",
+            "1 failed",
+            "10 written",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+    }
+}
