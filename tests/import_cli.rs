@@ -209,3 +209,71 @@ fn haproxy_log_names_callers_through_discovery() {
     assert!(text(&out.stderr).contains("--discovery nowhere"), "{}", text(&out.stderr));
     assert!(!dir.path().join("l.db").exists(), "nothing written when discovery cannot be read");
 }
+
+#[test]
+fn haproxy_log_imports_into_a_real_ledger() {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use cordon::ledger::edge_totals;
+    use cordon::policy::{Identified, Mode};
+
+    let (tcp, http) = (fixture("tcplog.log"), fixture("httplog.log"));
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "import",
+        "haproxy-log",
+        "--db",
+        "ledger.db",
+        "--source",
+        "web",
+        "--host",
+        "web-1",
+        tcp.to_str().unwrap(),
+        http.to_str().unwrap(),
+    ];
+    let out = cordon(&args, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("15 connections imported (ledger.db)"), "{stderr}");
+
+    let edges = edge_totals(&dir.path().join("ledger.db"), None).unwrap();
+    let summary: Vec<(&str, &str, u64)> =
+        edges.iter().map(|e| (e.source.as_str(), e.destination.as_str(), e.connections)).collect();
+    let mut summary = summary;
+    summary.sort();
+    assert_eq!(
+        summary,
+        [
+            ("ip:10.0.9.5", "api", 1),
+            ("ip:10.0.9.5", "db", 1),
+            ("web", "api", 4),
+            ("web", "api-v2", 1),
+            ("web", "auth", 1),
+            ("web", "cache", 2),
+            ("web", "db", 3),
+            ("web", "payments", 1),
+            ("web", "search", 1),
+        ]
+    );
+    let db = edges.iter().find(|e| e.source == "web" && e.destination == "db").unwrap();
+    assert_eq!(db.identified, Identified::HaproxyLog);
+    assert_eq!(db.modes, [Mode::Learn]);
+    assert_eq!(
+        (db.would_deny, db.allowed, db.denied),
+        (3, 0, 0),
+        "imported edges are not allowed by themselves"
+    );
+    assert_eq!((db.bytes_to_source, db.bytes_to_destination), (2120 + 100 + 88, 0));
+    // The first db line was accepted at 22/Nov/2026:14:05:01.123 (read as UTC).
+    let first = UNIX_EPOCH + Duration::from_millis(1_795_356_301_123);
+    assert!(
+        db.first_seen <= first && first - Duration::from_secs(3600) < db.first_seen,
+        "{:?}",
+        db.first_seen
+    );
+
+    // The graph command reads the imported edges like recorded ones.
+    let graph = cordon(&["graph", "--db", "ledger.db"], dir.path());
+    assert_eq!(graph.status.code(), Some(0), "{}", text(&graph.stderr));
+    assert!(text(&graph.stdout).contains("haproxy-log"), "{}", text(&graph.stdout));
+}

@@ -12,6 +12,7 @@ mod agent;
 mod demo;
 mod discovery;
 mod import;
+mod review;
 mod status;
 
 /// How log lines are written to stderr.
@@ -51,6 +52,14 @@ pub enum Command {
     Status(status::Args),
     /// Show the services and backends cordon reads from a Synapse discovery directory.
     Discovery(discovery::Args),
+    /// Show who talks to whom, as recorded in a ledger.
+    Graph(review::GraphArgs),
+    /// Propose intentions from the recorded graph (policy TOML on stdout).
+    Propose(review::ProposeArgs),
+    /// Per service: would enforcing it now cut off recorded callers?
+    Diff(review::DiffArgs),
+    /// Combine host ledgers into one.
+    Merge(review::MergeArgs),
     /// Bring a Synapse host's HAProxy config and logs into cordon.
     Import(import::Args),
 }
@@ -86,6 +95,10 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Demo(args) => demo::run(args),
         Command::Status(args) => status::run(args),
         Command::Discovery(args) => discovery::run(args),
+        Command::Graph(args) => review::graph(args),
+        Command::Propose(args) => review::propose(args),
+        Command::Diff(args) => review::diff(args),
+        Command::Merge(args) => review::merge(args),
         Command::Import(args) => import::run(args),
     }
 }

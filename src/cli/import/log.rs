@@ -20,7 +20,7 @@ use super::lines::BoundedLines;
 use crate::cli::Outcome;
 use crate::ledger::{Recorder, RecorderHandle};
 use crate::pki::ServiceName;
-use crate::policy::Verdict;
+use crate::policy::{Policy, Verdict};
 
 /// Longest line kept; HAProxy's own default limit is 1024 bytes, `len` allows up to 64 KiB.
 const MAX_LINE: usize = 64 * 1024;
@@ -38,6 +38,10 @@ pub struct LogArgs {
     /// Synapse's file_output directory: names callers by address and the logging host by name.
     #[arg(long, value_name = "DIR")]
     pub discovery: Option<PathBuf>,
+    /// A policy.toml: an edge its intentions allow is recorded as allowed [default: every
+    /// imported edge is recorded as one the policy would deny].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// The host name the imported ledger rows carry [default: this machine's host name].
     #[arg(long)]
     pub host: Option<String>,
@@ -93,6 +97,10 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
         inputs.push((name, reader));
     }
     let names = DiscoveryNames::load(args.discovery.as_deref())?;
+    let policy = match &args.policy {
+        Some(p) => Some(Policy::load(p).with_context(|| format!("--policy {}", p.display()))?),
+        None => None,
+    };
     let host = args.host.clone().unwrap_or_else(crate::agent::config::local_hostname);
     let recorder = if args.dry_run { None } else { Some(start_recorder(&args.db, &host)?) };
     let service_at = |ip| names.service_at(ip);
@@ -143,7 +151,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
                     continue;
                 }
             };
-            let verdict = verdict_for(&src, &dst);
+            let verdict = verdict_for(policy.as_ref(), &src, &dst);
             let edge = tally.edges.entry((src.clone(), dst.to_string())).or_default();
             edge.0 += 1;
             edge.1 += record.bytes_read;
@@ -177,10 +185,10 @@ fn start_recorder(db: &Path, host: &str) -> anyhow::Result<(Recorder, RecorderHa
     Ok((recorder, handle))
 }
 
-/// The verdict the policy gives an imported edge: until a policy says so, deny, so that nothing
+/// The verdict the policy gives an imported edge; without a policy, deny, so that nothing
 /// learned from logs looks allowed by itself.
-fn verdict_for(_source: &str, _destination: &ServiceName) -> Verdict {
-    Verdict::Deny
+fn verdict_for(policy: Option<&Policy>, source: &str, destination: &ServiceName) -> Verdict {
+    policy.map_or(Verdict::Deny, |p| p.decide(source, destination.as_str()).verdict)
 }
 
 fn report(tally: &Tally, elapsed: Duration, args: &LogArgs) -> anyhow::Result<()> {

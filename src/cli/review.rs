@@ -1,0 +1,208 @@
+//! `cordon graph`, `propose`, `diff` and `merge`: the review commands over recorded ledgers.
+//!
+//! Thin: parse arguments, call [`crate::graph`] / [`crate::ledger`], print with
+//! [`crate::graph::format`]. No analysis here.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+use super::Outcome;
+use crate::graph::{self, PolicyView, format};
+use crate::policy::{Mode, Verdict};
+
+/// How `cordon graph` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// An aligned table, one edge a line.
+    Text,
+    /// JSON (`cordon-graph/1`, see docs/ledger.md).
+    Json,
+    /// Graphviz DOT (`dot -Tsvg`), edges coloured by verdict.
+    Dot,
+}
+
+/// Show who talks to whom, as recorded in a ledger.
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// The ledger (ledger.db, or a merged fleet ledger).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Only the last window: 30d, 12h, 90m (default: the whole history).
+    #[arg(long, value_parser = graph::parse_window)]
+    pub since: Option<std::time::Duration>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: GraphFormat,
+}
+
+/// Propose intentions from the recorded graph, as policy TOML on stdout.
+#[derive(Debug, Args)]
+pub struct ProposeArgs {
+    /// The ledger (ledger.db, or a merged fleet ledger).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Only the last window: 30d, 12h, 90m (default: the whole history).
+    #[arg(long, value_parser = graph::parse_window)]
+    pub since: Option<std::time::Duration>,
+    /// Leave out pairs with fewer connections than this.
+    #[arg(long, default_value_t = 1)]
+    pub min_connections: u64,
+    /// Propose only what this policy does not already allow or name.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+/// Per destination service: would enforcing it now cut off recorded callers?
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The ledger (ledger.db, or a merged fleet ledger).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// The policy to judge the recorded callers by (policy.toml).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Only the last window: 30d, 12h, 90m (default: the whole history).
+    #[arg(long, value_parser = graph::parse_window)]
+    pub since: Option<std::time::Duration>,
+    /// Only this destination service.
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
+/// Combine host ledgers into one (idempotent, order-free).
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The merged ledger; created when missing, merged into when it exists.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Host ledgers to merge.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+fn since(window: Option<std::time::Duration>) -> Option<SystemTime> {
+    window.map(|w| SystemTime::now().checked_sub(w).unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+fn window_words(since: Option<SystemTime>) -> String {
+    since.map_or_else(|| "the whole recorded history".to_owned(), |s| format!("since {}", format::minute(s)))
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn graph(args: GraphArgs) -> anyhow::Result<Outcome> {
+    let observed = graph::load(&args.db, since(args.since))?;
+    print(&match args.format {
+        GraphFormat::Text => format::graph_text(&observed),
+        GraphFormat::Json => format::graph_json(&observed),
+        GraphFormat::Dot => format::graph_dot(&observed),
+    })?;
+    Ok(Outcome::Success)
+}
+
+pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
+    let since = since(args.since);
+    let observed = graph::load(&args.db, since)?;
+    let policy = args.policy.as_deref().map(load_policy).transpose()?;
+    let proposal =
+        graph::propose(&observed, args.min_connections, policy.as_ref().map(|p| p as &dyn PolicyView));
+    let mut header = vec![format!(
+        "cordon propose: {} intention{} from {}, {}",
+        proposal.intentions.len(),
+        if proposal.intentions.len() == 1 { "" } else { "s" },
+        args.db.display(),
+        window_words(since)
+    )];
+    if let Some((first, last)) = observed.span() {
+        header.push(format!("traffic recorded {}..{}", format::day(first), format::day(last)));
+    }
+    if let Some(p) = &args.policy {
+        header.push(format!("only what {} does not already allow or name", p.display()));
+    }
+    header.push("Review each intention before adding it to the policy.".to_owned());
+    print(&format::proposal_toml(&proposal, &header))?;
+    Ok(Outcome::Success)
+}
+
+pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
+    let policy = load_policy(&args.policy)?;
+    let observed = graph::load(&args.db, since(args.since))?;
+    let services = graph::diff(&observed, &policy, args.service.as_deref());
+    print(&format::diff_text(&services))?;
+    Ok(Outcome::Success)
+}
+
+pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
+    let stats = crate::ledger::merge(&args.out, &args.inputs)?;
+    print(&format!(
+        "merged {} ledgers ({} rows) into {}\n",
+        stats.inputs,
+        stats.rows_read,
+        args.out.display()
+    ))?;
+    Ok(Outcome::Success)
+}
+
+// TEMPORARY until `crate::policy::Policy` is on this branch: the integrator replaces
+// `load_policy` with `Policy::load` (and `impl PolicyView for Policy`). This reads only
+// `[modes]` and `[[intention]]` source/destination/action, with Consul-style precedence
+// (`a -> b` beats `* -> b` beats `a -> *` beats `* -> *`; no match denies). It is not the policy
+// parser: it does not validate names, duplicates or unknown fields.
+struct InterimPolicy {
+    modes: HashMap<String, Mode>,
+    rules: HashMap<(String, String), Verdict>,
+}
+
+fn load_policy(path: &Path) -> anyhow::Result<InterimPolicy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the policy", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let mut policy = InterimPolicy { modes: HashMap::new(), rules: HashMap::new() };
+    if let Some(modes) = doc.get("modes").and_then(|m| m.as_table()) {
+        for (service, mode) in modes {
+            let mode = mode.as_str().and_then(|m| m.parse().ok());
+            let Some(mode) = mode else {
+                bail!("{}: [modes] {service:?}: expected \"learn\" or \"enforce\"", path.display())
+            };
+            policy.modes.insert(service.clone(), mode);
+        }
+    }
+    for (i, rule) in doc.get("intention").and_then(|r| r.as_array()).into_iter().flatten().enumerate() {
+        let field = |name: &str| rule.get(name).and_then(|v| v.as_str());
+        let (Some(s), Some(d), Some(a)) = (field("source"), field("destination"), field("action")) else {
+            bail!("{}: intention #{}: needs source, destination and action", path.display(), i + 1)
+        };
+        let verdict: Verdict =
+            a.parse().map_err(|e| anyhow::anyhow!("{}: intention #{}: {e}", path.display(), i + 1))?;
+        policy.rules.insert((s.to_owned(), d.to_owned()), verdict);
+    }
+    Ok(policy)
+}
+
+impl PolicyView for InterimPolicy {
+    fn mode(&self, destination: &str) -> Mode {
+        self.modes.get(destination).or_else(|| self.modes.get("*")).copied().unwrap_or(Mode::Learn)
+    }
+
+    fn verdict(&self, source: &str, destination: &str) -> Verdict {
+        [(source, destination), ("*", destination), (source, "*"), ("*", "*")]
+            .into_iter()
+            .find_map(|(s, d)| self.rules.get(&(s.to_owned(), d.to_owned())).copied())
+            .unwrap_or(Verdict::Deny)
+    }
+
+    fn has_intention(&self, source: &str, destination: &str) -> bool {
+        self.rules.contains_key(&(source.to_owned(), destination.to_owned()))
+    }
+}

@@ -1,0 +1,286 @@
+//! Output formats for the analysis: the graph as an aligned text table, JSON and Graphviz DOT; a
+//! proposal as policy TOML; readiness as text. Pure string building, no analysis and no I/O.
+//!
+//! The JSON form (`"format": "cordon-graph/1"`) is documented in `docs/ledger.md`; fields are
+//! only ever added to it.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::{NodeKind, Observed, Proposal, ServiceReadiness};
+use crate::policy::Identified;
+
+/// `2026-11-22` (UTC).
+pub fn day(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+}
+
+/// `2026-11-22T10:05Z` (UTC): one token, for tables.
+pub fn minute(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!("{}T{:02}:{:02}Z", day(t.into()), t.hour(), t.minute())
+}
+
+/// `2026-11-22T10:05:09Z` (UTC).
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!("{}T{:02}:{:02}:{:02}Z", day(t.into()), t.hour(), t.minute(), t.second())
+}
+
+/// Lays out rows in columns, two spaces apart; numbers (all-digit cells) align right.
+fn table(rows: &[Vec<String>], indent: &str) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from(indent);
+        for (c, cell) in row.iter().enumerate() {
+            let numeric = !cell.is_empty() && cell.bytes().all(|b| b.is_ascii_digit());
+            if numeric {
+                let _ = write!(line, "{cell:>w$}  ", w = width[c]);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = width[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn outcomes(e: &super::ObservedEdge) -> String {
+    let parts: Vec<String> = [("allowed", e.allowed), ("would-deny", e.would_deny), ("denied", e.denied)]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name}:{n}"))
+        .collect();
+    if parts.is_empty() { "-".to_owned() } else { parts.join(",") }
+}
+
+/// The graph as an aligned table, one edge a line, with a header line. Every cell is one
+/// whitespace-free token, so the table splits back on whitespace.
+pub fn graph_text(observed: &Observed) -> String {
+    let mut rows = vec![
+        [
+            "SOURCE",
+            "DESTINATION",
+            "IDENTIFIED",
+            "CONNECTIONS",
+            "BYTES_TO_DEST",
+            "BYTES_TO_SOURCE",
+            "FIRST_SEEN",
+            "LAST_SEEN",
+            "DAYS",
+            "OUTCOMES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in &observed.edges {
+        rows.push(vec![
+            e.source.clone(),
+            e.destination.clone(),
+            e.identified.to_string(),
+            e.connections.to_string(),
+            e.bytes_to_destination.to_string(),
+            e.bytes_to_source.to_string(),
+            minute(e.first_seen),
+            minute(e.last_seen),
+            e.days_seen.to_string(),
+            outcomes(e),
+        ]);
+    }
+    table(&rows, "")
+}
+
+/// The graph as JSON (`cordon-graph/1`), pretty-printed.
+pub fn graph_json(observed: &Observed) -> String {
+    let nodes: Vec<_> = observed
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n.name, "kind": n.kind.as_str(),
+                "connections_out": n.connections_out, "connections_in": n.connections_in,
+            })
+        })
+        .collect();
+    let edges: Vec<_> = observed
+        .edges
+        .iter()
+        .map(|e| {
+            json!({
+                "source": e.source, "destination": e.destination, "identified": e.identified.as_str(),
+                "connections": e.connections,
+                "bytes_to_destination": e.bytes_to_destination, "bytes_to_source": e.bytes_to_source,
+                "first_seen": rfc3339(e.first_seen), "last_seen": rfc3339(e.last_seen),
+                "days_seen": e.days_seen,
+                "outcomes": { "allowed": e.allowed, "would_deny": e.would_deny, "denied": e.denied },
+                "modes": e.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let doc = json!({
+        "format": "cordon-graph/1",
+        "since": observed.since.map(rfc3339),
+        "nodes": nodes,
+        "edges": edges,
+    });
+    let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// A DOT string literal.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The graph for Graphviz (`dot -Tsvg`). Edge colour is the verdict (green allowed, orange
+/// would-deny, red denied); line style is the evidence (solid mTLS, dashed HAProxy log, dotted
+/// plaintext or unknown). Addresses are dashed ellipses.
+pub fn graph_dot(observed: &Observed) -> String {
+    let mut out = String::from(
+        "digraph cordon {\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"sans-serif\"];\n  edge [fontname=\"sans-serif\", fontsize=10];\n",
+    );
+    for n in observed.nodes.iter().filter(|n| n.kind == NodeKind::Address) {
+        let _ = writeln!(out, "  {} [shape=ellipse, style=dashed];", quoted(&n.name));
+    }
+    for e in &observed.edges {
+        let (color, verdict) = if e.denied > 0 {
+            ("red", "denied")
+        } else if e.would_deny > 0 {
+            ("darkorange", "would-deny")
+        } else {
+            ("forestgreen", "allowed")
+        };
+        let style = match e.identified {
+            Identified::Mtls => "solid",
+            Identified::HaproxyLog => "dashed",
+            Identified::PlaintextIp | Identified::Unknown => "dotted",
+        };
+        let _ = writeln!(
+            out,
+            "  {} -> {} [label={}, color={color}, fontcolor={color}, style={style}];",
+            quoted(&e.source),
+            quoted(&e.destination),
+            quoted(&format!("{} conn, {}, {verdict}", e.connections, e.identified)),
+        );
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// `1 connection`, `2 connections`.
+fn connections(n: u64) -> String {
+    if n == 1 { "1 connection".to_owned() } else { format!("{n} connections") }
+}
+
+/// A TOML string literal (also used inside comments, so a name can never break a line).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The proposal as policy TOML: `header` lines as comments, one `[[intention]]` per proposal,
+/// and what cannot be proposed as comments only.
+pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
+    let mut out = String::new();
+    for line in header {
+        let _ = writeln!(out, "# {}", line.replace(['\n', '\r'], " "));
+    }
+    if proposal.intentions.is_empty() {
+        out.push_str("# Nothing to propose.\n");
+    }
+    for p in &proposal.intentions {
+        let _ = write!(
+            out,
+            "\n[[intention]]\nsource = {}\ndestination = {}\naction = \"allow\"\nnote = {}\n",
+            toml_str(&p.source),
+            toml_str(&p.destination),
+            toml_str(&p.note())
+        );
+    }
+    if proposal.below_threshold > 0 {
+        let _ = write!(
+            out,
+            "\n# {} more pair(s) had fewer connections than --min-connections.\n",
+            proposal.below_threshold
+        );
+    }
+    if !proposal.unproven.is_empty() {
+        out.push_str("\n# Seen but not proposed (not proven by a certificate); review by hand:\n");
+        for u in &proposal.unproven {
+            let _ = writeln!(
+                out,
+                "#   {} -> {}  {}: {}, {}..{} ({})",
+                toml_str(&u.source),
+                toml_str(&u.destination),
+                u.identified,
+                connections(u.connections),
+                day(u.first_seen),
+                day(u.last_seen),
+                u.reason
+            );
+        }
+    }
+    out
+}
+
+/// Readiness as text: per service a line `NAME (MODE): ready to enforce` or `...: not ready: N
+/// callers would be cut off`, then its callers in an aligned table with their status.
+pub fn diff_text(services: &[ServiceReadiness]) -> String {
+    let mut out = String::new();
+    for s in services {
+        let _ = writeln!(out, "{} ({}): {}", s.service, s.mode, s.summary());
+        if s.callers.is_empty() {
+            out.push_str("  no callers recorded\n");
+            continue;
+        }
+        let mut rows = vec![
+            ["STATUS", "CALLER", "IDENTIFIED", "POLICY", "CONNECTIONS", "DAYS", "LAST_SEEN"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for c in &s.callers {
+            let mut status = Vec::new();
+            if c.verdict == crate::policy::Verdict::Deny {
+                status.push("would-deny");
+            }
+            if c.plaintext() {
+                status.push("plaintext");
+            }
+            if c.rare {
+                status.push("rare");
+            }
+            rows.push(vec![
+                if status.is_empty() { "ok".to_owned() } else { status.join(",") },
+                c.source.clone(),
+                c.identified.to_string(),
+                c.verdict.to_string(),
+                c.connections.to_string(),
+                c.days_seen.to_string(),
+                minute(c.last_seen),
+            ]);
+        }
+        out.push_str(&table(&rows, "  "));
+    }
+    out
+}

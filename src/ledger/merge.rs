@@ -1,0 +1,90 @@
+//! `cordon merge`: many hosts' ledgers into one.
+//!
+//! Each row is keyed by (host, hour, edge) and its counters only grow while the hour is recorded,
+//! so the merge keeps the largest counters per key (and the earliest first / latest last seen).
+//! Merging the same ledger twice, or the ledgers in another order, gives the same result; a newer
+//! copy of a host's ledger supersedes an older one already merged.
+
+use std::path::{Path, PathBuf};
+
+use super::LedgerError;
+use super::schema::{self, classify};
+
+/// What a merge did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeStats {
+    /// Input ledgers read.
+    pub inputs: usize,
+    /// Rows read from the inputs.
+    pub rows_read: u64,
+}
+
+/// Merges `inputs` into `out` (created when missing; an existing ledger is merged into).
+/// Inputs are validated first; a version-1 input's rows have host `""`. All in one transaction:
+/// a failure leaves `out` as it was.
+pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> {
+    let out_canon = std::fs::canonicalize(out).ok();
+    for input in inputs {
+        if out_canon.is_some() && std::fs::canonicalize(input).ok() == out_canon {
+            return Err(LedgerError::OutputIsInput { path: out.to_owned() });
+        }
+    }
+    let opened: Vec<_> =
+        inputs.iter().map(|p| schema::open_read(p).map(|o| (p, o))).collect::<Result<_, _>>()?;
+    let mut conn = schema::open_write(out, "", schema::BUSY_TIMEOUT)?;
+    let out_err = |what| move |e| classify(out, what, e);
+    let tx = conn.transaction().map_err(out_err("begin the merge"))?;
+    let mut stats = MergeStats { inputs: inputs.len(), rows_read: 0 };
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO edge_hour (host, hour, source, destination, identified, mode, verdict,
+                    connections, bytes_to_destination, bytes_to_source, first_seen, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT DO UPDATE SET
+                    connections = max(connections, excluded.connections),
+                    bytes_to_destination = max(bytes_to_destination, excluded.bytes_to_destination),
+                    bytes_to_source = max(bytes_to_source, excluded.bytes_to_source),
+                    first_seen = min(first_seen, excluded.first_seen),
+                    last_seen = max(last_seen, excluded.last_seen)",
+            )
+            .map_err(out_err("prepare the merge"))?;
+        for (path, input) in &opened {
+            if input.version == 0 {
+                continue;
+            }
+            let host = if input.version == 1 { "''" } else { "host" };
+            let in_err = |e| classify(path, "read the ledger", e);
+            let mut select = input
+                .conn
+                .prepare(&format!(
+                    "SELECT {host}, hour, source, destination, identified, mode, verdict, connections,
+                        bytes_to_destination, bytes_to_source, first_seen, last_seen FROM edge_hour"
+                ))
+                .map_err(in_err)?;
+            let mut rows = select.query([]).map_err(in_err)?;
+            while let Some(row) = rows.next().map_err(in_err)? {
+                let values: [rusqlite::types::Value; 12] = [
+                    row.get(0).map_err(in_err)?,
+                    row.get(1).map_err(in_err)?,
+                    row.get(2).map_err(in_err)?,
+                    row.get(3).map_err(in_err)?,
+                    row.get(4).map_err(in_err)?,
+                    row.get(5).map_err(in_err)?,
+                    row.get(6).map_err(in_err)?,
+                    row.get(7).map_err(in_err)?,
+                    row.get(8).map_err(in_err)?,
+                    row.get(9).map_err(in_err)?,
+                    row.get(10).map_err(in_err)?,
+                    row.get(11).map_err(in_err)?,
+                ];
+                insert
+                    .execute(rusqlite::params_from_iter(values))
+                    .map_err(out_err("write the merged ledger"))?;
+                stats.rows_read += 1;
+            }
+        }
+    }
+    tx.commit().map_err(out_err("commit the merge"))?;
+    Ok(stats)
+}
