@@ -163,3 +163,28 @@ fn the_httplog_fixture() {
     assert!(good[5].http.unwrap().request_truncated);
     assert_eq!(good[6].syslog.unwrap().hostname, Some("10.0.1.11"));
 }
+
+/// `haproxy-2.6-stdout.log` was captured from HAProxy 2.6.12 on loopback, logging every connection
+/// three times (`log stdout format raw`, `rfc3164` and `rfc5424`): tcplog, httplog with a captured
+/// header, a server that refused the connection (`SC`) and a bad request (`<BADREQ>`).
+#[test]
+fn lines_from_a_real_haproxy_in_every_syslog_format() {
+    let text = fixture("haproxy-2.6-stdout.log");
+    let all = parse_all(&text);
+    assert_eq!(all.len(), 15);
+    let records: Vec<LogRecord> =
+        all.into_iter().map(|(n, r)| r.unwrap_or_else(|e| panic!("line {n}: {e}"))).collect();
+    for triple in records.chunks(3) {
+        let [raw, bsd, ietf] = triple else { panic!("lines come in threes") };
+        assert_eq!(raw.syslog, None);
+        assert_eq!(bsd.syslog.unwrap().hostname, Some("localhost"));
+        assert_eq!(ietf.syslog.unwrap().hostname, None, "RFC 5424 nil host name");
+        for r in [bsd, ietf] {
+            assert_eq!(LogRecord { syslog: None, ..r.clone() }, *raw, "same connection, same record");
+        }
+    }
+    let kinds: Vec<(&str, &str)> = records.iter().step_by(3).map(|r| (r.frontend, r.termination)).collect();
+    assert_eq!(kinds, [("db", "--"), ("api", "----"), ("api", "----"), ("gone", "SC"), ("api", "PR--")]);
+    assert_eq!(records[12].http.unwrap().request, "<BADREQ>");
+    assert_eq!(records[9].timers, Timers::Tcp { tw: Some(1), tc: None, tt: Some(3004) });
+}
