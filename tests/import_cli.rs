@@ -277,3 +277,35 @@ fn haproxy_log_imports_into_a_real_ledger() {
     assert_eq!(graph.status.code(), Some(0), "{}", text(&graph.stderr));
     assert!(text(&graph.stdout).contains("haproxy-log"), "{}", text(&graph.stdout));
 }
+
+#[test]
+fn haproxy_log_reads_stdin_and_names_an_unusable_ledger() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let tcp = std::fs::read(fixture("tcplog.log")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["import", "haproxy-log", "--db", "l.db", "--dry-run", "--source", "web", "-"])
+        .current_dir(dir.path())
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tcp).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("12 lines: 8 connections imported"), "{stderr}");
+    assert!(stderr.contains("-:5: not an HAProxy traffic line"), "{stderr}");
+
+    let tcp = fixture("tcplog.log");
+    let args =
+        ["import", "haproxy-log", "--db", "no/such/dir/l.db", "--source", "web", tcp.to_str().unwrap()];
+    let out = cordon(&args, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("opening the ledger no/such/dir/l.db"), "{stderr}");
+}

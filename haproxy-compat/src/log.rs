@@ -86,19 +86,33 @@ impl Timers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Field {
+    /// `<pri>`, timestamp, host name and `tag[pid]:` in front of the message.
     SyslogHeader,
+    /// `client_ip:client_port`.
     ClientAddress,
+    /// `[accept_date]` (httplog: the request date).
     AcceptDate,
+    /// The frontend name, `~` appended for SSL.
     Frontend,
+    /// `backend_name/server_name`.
     BackendServer,
+    /// `Tw/Tc/Tt` or `TR/Tw/Tc/Tr/Ta`.
     Timers,
+    /// The HTTP status code (httplog).
     StatusCode,
+    /// The bytes sent to the client.
     BytesRead,
+    /// The captured request and response cookies (httplog).
     Cookies,
+    /// The termination state flags.
     TerminationState,
+    /// `actconn/feconn/beconn/srv_conn/retries`.
     Connections,
+    /// `srv_queue/backend_queue`.
     Queues,
+    /// `{captured request headers} {captured response headers}` (httplog, when configured).
     CapturedHeaders,
+    /// The quoted HTTP request line (httplog).
     RequestLine,
 }
 
