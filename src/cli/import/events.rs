@@ -3,6 +3,7 @@
 //!
 //! Pure: discovery and policy come in as lookups, so every naming rule is tested without files.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +32,21 @@ pub(super) enum Unmapped {
     AmbiguousHost(String, Vec<String>),
     /// The backend's name is not a cordon service name.
     BadDestination(String),
+}
+
+impl fmt::Display for Unmapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unmapped::UnknownHost(Some(h)) => {
+                write!(f, "loopback caller on host {h}, which discovery does not know; pass --source")
+            }
+            Unmapped::UnknownHost(None) => f.write_str("loopback caller and no host name; pass --source"),
+            Unmapped::AmbiguousHost(h, services) => {
+                write!(f, "loopback caller on host {h}, a backend of {}; pass --source", services.join(", "))
+            }
+            Unmapped::BadDestination(b) => write!(f, "backend {b:?} is not a service name"),
+        }
+    }
 }
 
 /// The caller of a logged connection.

@@ -15,7 +15,7 @@ use anyhow::Context;
 use cordon_haproxy::parse_log_line;
 
 use super::discovery::DiscoveryNames;
-use super::events::{self, Naming, Unmapped};
+use super::events::{self, Naming};
 use super::lines::BoundedLines;
 use crate::cli::Outcome;
 use crate::ledger::{Recorder, RecorderHandle};
@@ -109,60 +109,20 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
         Naming { source: source.as_ref(), service_at: &service_at, services_of_host: &services_of_host };
 
     let started = Instant::now();
-    let mut tally = Tally::default();
+    let mut import = Import {
+        naming,
+        policy: policy.as_ref(),
+        handle: recorder.as_ref().map(|(_, h)| h),
+        utc_offset_s,
+        tally: Tally::default(),
+    };
     for (name, reader) in inputs {
         let mut lines = BoundedLines::new(reader, MAX_LINE);
         while let Some((number, bytes, cut)) = lines.next_line().with_context(|| format!("reading {name}"))? {
-            let text = String::from_utf8_lossy(bytes);
-            if text.trim().is_empty() {
-                continue;
-            }
-            tally.lines += 1;
-            let record = match parse_log_line(&text) {
-                Ok(r) => r,
-                Err(e) => {
-                    tally.malformed += 1;
-                    let note = if cut { " (line longer than 64 KiB, cut)" } else { "" };
-                    tally.problem(&name, number, format_args!("not an HAProxy traffic line: {e}{note}"))?;
-                    continue;
-                }
-            };
-            let named = events::source(&record, &naming).and_then(|s| Ok((s, events::destination(&record)?)));
-            let (src, dst) = match named {
-                Ok(pair) => pair,
-                Err(why) => {
-                    tally.unattributed += 1;
-                    let what = match why {
-                        Unmapped::UnknownHost(Some(h)) => {
-                            format!(
-                                "loopback caller on host {h}, which discovery does not know; pass --source"
-                            )
-                        }
-                        Unmapped::AmbiguousHost(h, services) => format!(
-                            "loopback caller on host {h}, a backend of {}; pass --source",
-                            services.join(", ")
-                        ),
-                        Unmapped::UnknownHost(None) => {
-                            "loopback caller and no host name; pass --source".into()
-                        }
-                        Unmapped::BadDestination(b) => format!("backend {b:?} is not a service name"),
-                    };
-                    tally.problem(&name, number, format_args!("{what}"))?;
-                    continue;
-                }
-            };
-            let verdict = verdict_for(policy.as_ref(), &src, &dst);
-            let edge = tally.edges.entry((src.clone(), dst.to_string())).or_default();
-            edge.0 += 1;
-            edge.1 += record.bytes_read;
-            tally.imported += 1;
-            if let Some((_, handle)) = &recorder {
-                for event in events::events(&record, src, &dst, verdict, utc_offset_s) {
-                    handle.record_wait(event);
-                }
-            }
+            import.line(&name, number, bytes, cut)?;
         }
     }
+    let tally = import.tally;
     if let Some((recorder, handle)) = recorder {
         let stats = handle.stats().clone();
         drop(handle);
@@ -177,6 +137,59 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
     }
     report(&tally, started.elapsed(), &args)?;
     Ok(Outcome::Success)
+}
+
+/// One import run: how callers are named and judged, where events go, what was seen.
+struct Import<'a> {
+    naming: Naming<'a>,
+    policy: Option<&'a Policy>,
+    /// `None` on a dry run.
+    handle: Option<&'a RecorderHandle>,
+    utc_offset_s: i32,
+    tally: Tally,
+}
+
+impl Import<'_> {
+    /// Parses, names and records one line; a line that cannot be imported is counted, not fatal.
+    fn line(&mut self, file: &str, number: usize, bytes: &[u8], cut: bool) -> anyhow::Result<()> {
+        let text = String::from_utf8_lossy(bytes);
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        self.tally.lines += 1;
+        let record = match parse_log_line(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.tally.malformed += 1;
+                let note = if cut { " (line longer than 64 KiB, cut)" } else { "" };
+                return self.tally.problem(
+                    file,
+                    number,
+                    format_args!("not an HAProxy traffic line: {e}{note}"),
+                );
+            }
+        };
+        let named =
+            events::source(&record, &self.naming).and_then(|s| Ok((s, events::destination(&record)?)));
+        let (src, dst) = match named {
+            Ok(pair) => pair,
+            Err(why) => {
+                self.tally.unattributed += 1;
+                return self.tally.problem(file, number, format_args!("{why}"));
+            }
+        };
+        let verdict = verdict_for(self.policy, &src, &dst);
+        let edge = self.tally.edges.entry((src.clone(), dst.to_string())).or_default();
+        edge.0 += 1;
+        edge.1 += record.bytes_read;
+        self.tally.imported += 1;
+        if let Some(handle) = self.handle {
+            for event in events::events(&record, src, &dst, verdict, self.utc_offset_s) {
+                handle.record_wait(event);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn start_recorder(db: &Path, host: &str) -> anyhow::Result<(Recorder, RecorderHandle)> {
