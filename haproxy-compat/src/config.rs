@@ -131,8 +131,8 @@ struct Section {
     line: usize,
     /// Named defaults section this one inherits from (`from NAME`).
     from: Option<String>,
-    /// (line, address) of every bind address, header address included.
-    binds: Vec<(usize, String)>,
+    /// Every bind address, header address included.
+    binds: Vec<Bind>,
     default_backend: Option<String>,
     use_backends: Vec<String>,
     stats: bool,
@@ -183,7 +183,7 @@ pub fn parse_config(text: &str) -> Result<ConfigParse, ConfigErrors> {
             }
             sections.push(section);
             if kind == Kind::Listen {
-                push_binds(sections.last_mut(), words.get(2), line);
+                push_binds(sections.last_mut(), words.get(2), &[], line);
             }
             continue;
         }
@@ -193,7 +193,7 @@ pub fn parse_config(text: &str) -> Result<ConfigParse, ConfigErrors> {
         }
         match keyword {
             "bind" if section.kind != Kind::Defaults => match words.get(1) {
-                Some(addrs) => push_binds(Some(section), Some(addrs), line),
+                Some(addrs) => push_binds(Some(section), Some(addrs), &words[2..], line),
                 None => errors.push(missing(line, keyword, "an address")),
             },
             "default_backend" => match words.get(1) {
@@ -221,9 +221,20 @@ fn missing(line: usize, keyword: &str, what: &'static str) -> ConfigError {
     ConfigError::MissingArgument { line, keyword: keyword.to_string(), what }
 }
 
-fn push_binds(section: Option<&mut Section>, addrs: Option<&String>, line: usize) {
+/// One address of a bind line.
+#[derive(Debug)]
+struct Bind {
+    line: usize,
+    addr: String,
+    /// The bind has the `ssl` option: apps speak TLS to HAProxy there.
+    ssl: bool,
+}
+
+fn push_binds(section: Option<&mut Section>, addrs: Option<&String>, options: &[String], line: usize) {
+    let ssl = options.iter().any(|o| o == "ssl");
     if let (Some(section), Some(addrs)) = (section, addrs) {
-        section.binds.extend(addrs.split(',').filter(|a| !a.is_empty()).map(|a| (line, a.to_string())));
+        let binds = addrs.split(',').filter(|a| !a.is_empty());
+        section.binds.extend(binds.map(|a| Bind { line, addr: a.to_string(), ssl }));
     }
 }
 
@@ -300,18 +311,21 @@ fn frontend_service<'a>(
 }
 
 fn map_binds(s: &Section, service: &str, out: &mut ConfigParse, errors: &mut Vec<ConfigError>) {
-    for (line, addr) in &s.binds {
-        match bind::parse(addr) {
+    for b in &s.binds {
+        let skip = |reason| Skipped { line: b.line, section: s.title.clone(), reason };
+        match bind::parse(&b.addr) {
+            BindAddr::Tcp(_) if b.ssl => out.skipped.push(skip(format!(
+                "{} takes TLS from the apps (ssl); cordon's local port takes plaintext",
+                b.addr
+            ))),
             BindAddr::Tcp(bind) => out.services.push(Listener {
                 service: service.to_string(),
                 bind,
-                line: *line,
+                line: b.line,
                 section: s.title.clone(),
             }),
-            BindAddr::Unmappable(reason) => {
-                out.skipped.push(Skipped { line: *line, section: s.title.clone(), reason })
-            }
-            BindAddr::Bad(reason) => errors.push(ConfigError::BadBind { line: *line, reason }),
+            BindAddr::Unmappable(reason) => out.skipped.push(skip(reason)),
+            BindAddr::Bad(reason) => errors.push(ConfigError::BadBind { line: b.line, reason }),
         }
     }
 }

@@ -24,7 +24,6 @@ fn the_synapse_fixture_maps_to_its_services() {
             ("search", "0.0.0.0:3222".to_string(), 64),
             ("payments", "127.0.0.1:3224".to_string(), 72),
             ("payments", "127.0.0.1:3225".to_string(), 72),
-            ("auth", "127.0.0.1:3226".to_string(), 81),
         ]
     );
     assert_eq!(parse.services[0].section, "frontend db");
@@ -35,14 +34,16 @@ fn the_synapse_fixture_maps_to_its_services() {
         [
             (26, "listen stats"),
             (73, "frontend payments"),
+            (81, "frontend auth"),
             (91, "frontend gateway"),
             (108, "frontend reports")
         ]
     );
     assert!(parse.skipped[0].reason.contains("statistics"), "{:?}", parse.skipped[0]);
     assert!(parse.skipped[1].reason.contains("UNIX socket"), "{:?}", parse.skipped[1]);
-    assert!(parse.skipped[2].reason.contains("api-v1, api-v2"), "{:?}", parse.skipped[2]);
-    assert!(parse.skipped[3].reason.contains("no bind"), "{:?}", parse.skipped[3]);
+    assert!(parse.skipped[2].reason.contains("takes TLS from the apps"), "{:?}", parse.skipped[2]);
+    assert!(parse.skipped[3].reason.contains("api-v1, api-v2"), "{:?}", parse.skipped[3]);
+    assert!(parse.skipped[4].reason.contains("no bind"), "{:?}", parse.skipped[4]);
 }
 
 #[test]
