@@ -24,7 +24,7 @@ pub struct CfgArgs {
 pub fn run(args: CfgArgs) -> anyhow::Result<Outcome> {
     let identity = ServiceName::new(&args.identity).map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
     let path = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {path}"))?;
+    let text = read_bounded(&args.file).with_context(|| format!("reading {path}"))?;
     let parse = parse_config(&text).map_err(|errors| {
         let lines: Vec<String> = errors.0.iter().map(|e| format!("{path}: {e}")).collect();
         anyhow::anyhow!("{} is not a valid haproxy.cfg:\n  {}", path, lines.join("\n  "))
@@ -33,6 +33,17 @@ pub fn run(args: CfgArgs) -> anyhow::Result<Outcome> {
     let toml = render(&parse, &identity, &path, &name);
     std::io::stdout().lock().write_all(toml.as_bytes())?;
     Ok(Outcome::Success)
+}
+
+/// Larger than any haproxy.cfg Synapse writes: reading stops there rather than filling memory.
+const MAX_CFG_BYTES: u64 = 16 * 1024 * 1024;
+
+fn read_bounded(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_CFG_BYTES + 1).read_to_string(&mut text)?;
+    anyhow::ensure!(text.len() as u64 <= MAX_CFG_BYTES, "larger than {MAX_CFG_BYTES} bytes");
+    Ok(text)
 }
 
 /// The TOML text: one `[[upstream]]` per listener, a comment per skipped section or address.
