@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod agent;
 mod demo;
 mod discovery;
+mod import;
 mod pki;
 mod policy;
 mod report;
@@ -75,6 +76,8 @@ pub enum Command {
     Diff(review::DiffArgs),
     /// Combine host ledgers into one.
     Merge(review::MergeArgs),
+    /// Bring a Synapse host's HAProxy config and logs into cordon.
+    Import(import::Args),
 }
 
 /// What a command reports back besides errors.
@@ -118,6 +121,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Propose(args) => review::propose(args),
         Command::Diff(args) => review::diff(args),
         Command::Merge(args) => review::merge(args),
+        Command::Import(args) => import::run(args),
     }
 }
 

@@ -1,0 +1,311 @@
+//! `cordon import haproxy-cfg` and `cordon import haproxy-log`, run as the built binary on the
+//! fixtures under `fixtures/haproxy/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cordon::agent::config::Config;
+
+fn fixture(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/haproxy").join(name);
+    let len = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).len();
+    assert!(len > 0, "{} is empty", path.display());
+    path
+}
+
+fn cordon(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .output()
+        .expect("run cordon")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const HEADER: &str = "trust_domain = \"example.internal\"\ndiscovery_dir = \"/d\"\npolicy = \"/p\"\n\
+                      state_dir = \"/s\"\n[tls]\nca = \"/ca.pem\"\ndir = \"/tls\"\n";
+
+#[test]
+fn haproxy_cfg_prints_upstreams_that_cordon_toml_accepts() {
+    let cfg = fixture("haproxy.cfg");
+    let dir = tempfile::tempdir().unwrap();
+    let out = cordon(&["import", "haproxy-cfg", cfg.to_str().unwrap(), "--identity", "web"], dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+
+    let toml_path = dir.path().join("cordon.toml");
+    std::fs::write(&toml_path, format!("{HEADER}{stdout}")).unwrap();
+    let config = Config::load(&toml_path).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    let upstreams: Vec<(String, String, String)> = config
+        .upstreams
+        .iter()
+        .map(|u| (u.service.to_string(), u.listen.to_string(), u.identity.to_string()))
+        .collect();
+    let expected = [
+        ("db", "127.0.0.1:3219"),
+        ("cache", "127.0.0.1:3220"),
+        ("api", "127.0.0.1:3221"),
+        ("api", "[::1]:3221"),
+        ("search", "127.0.0.1:3222"),
+        ("payments", "127.0.0.1:3224"),
+        ("payments", "127.0.0.1:3225"),
+    ]
+    .map(|(s, l)| (s.to_string(), l.to_string(), "web".to_string()));
+    assert_eq!(upstreams, expected);
+
+    for skipped in [
+        "# skipped haproxy.cfg:26 listen stats:",
+        "# skipped haproxy.cfg:73 frontend payments:",
+        "# skipped haproxy.cfg:81 frontend auth: 127.0.0.1:3226 takes TLS from the apps (ssl)",
+        "# skipped haproxy.cfg:91 frontend gateway: routes with ACLs to several backends (api-v1, api-v2)",
+        "# skipped haproxy.cfg:108 frontend reports: no bind line",
+    ] {
+        assert!(stdout.contains(skipped), "{skipped} missing from\n{stdout}");
+    }
+    assert!(stdout.contains("HAProxy bound 0.0.0.0:3220 (every address)"), "{stdout}");
+}
+
+#[test]
+fn haproxy_cfg_refuses_bad_input_naming_it() {
+    let cfg = fixture("haproxy.cfg");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg.to_str().unwrap();
+
+    let no_identity = cordon(&["import", "haproxy-cfg", cfg], dir.path());
+    assert_eq!(no_identity.status.code(), Some(2));
+    assert!(text(&no_identity.stderr).contains("--identity"), "{}", text(&no_identity.stderr));
+
+    let bad_identity = cordon(&["import", "haproxy-cfg", cfg, "--identity", "web app"], dir.path());
+    assert_eq!(bad_identity.status.code(), Some(2));
+    assert!(
+        text(&bad_identity.stderr).contains("--identity: service name"),
+        "{}",
+        text(&bad_identity.stderr)
+    );
+
+    let broken = dir.path().join("broken.cfg");
+    std::fs::write(&broken, "frontend db\n  bind 127.0.0.1:70000\n  default_backend db\nbackend db\n")
+        .unwrap();
+    let out = cordon(&["import", "haproxy-cfg", "broken.cfg", "--identity", "web"], dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("broken.cfg: line 2: bad bind address: 127.0.0.1:70000"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing half-printed on an error");
+
+    let missing = cordon(&["import", "haproxy-cfg", "nowhere.cfg", "--identity", "web"], dir.path());
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("nowhere.cfg"), "{}", text(&missing.stderr));
+}
+
+/// The edge table `import haproxy-log` prints: (source, destination, connections).
+fn edges(stdout: &str) -> Vec<(String, String, u64)> {
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn haproxy_log_names_callers_and_counts_bad_lines() {
+    let (tcp, http) = (fixture("tcplog.log"), fixture("httplog.log"));
+    let dir = tempfile::tempdir().unwrap();
+    let files = [tcp.to_str().unwrap(), http.to_str().unwrap()];
+
+    let args =
+        ["import", "haproxy-log", "--db", "ledger.db", "--dry-run", "--source", "web", files[0], files[1]];
+    let out = cordon(&args, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "malformed lines are not fatal: {stderr}");
+    let expected = [
+        ("ip:10.0.9.5", "api", 1),
+        ("ip:10.0.9.5", "db", 1),
+        ("web", "api", 4),
+        ("web", "api-v2", 1),
+        ("web", "auth", 1),
+        ("web", "cache", 2),
+        ("web", "db", 3),
+        ("web", "payments", 1),
+        ("web", "search", 1),
+    ]
+    .map(|(s, d, n)| (s.to_string(), d.to_string(), n));
+    assert_eq!(edges(&stdout), expected, "{stdout}");
+    assert!(stderr.contains("21 lines: 15 connections imported"), "{stderr}");
+    assert!(stderr.contains("6 malformed"), "{stderr}");
+    assert!(stderr.contains("tcplog.log:5: not an HAProxy traffic line: bad timers"), "{stderr}");
+    assert!(stderr.contains("lines/s"), "{stderr}");
+    assert!(!dir.path().join("ledger.db").exists(), "a dry run writes nothing");
+
+    // Without --source, a loopback caller is named by the host that wrote the line, when it can be.
+    let out = cordon(&["import", "haproxy-log", "--db", "ledger.db", "--dry-run", files[1]], dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let named: Vec<(String, String, u64)> = edges(&stdout);
+    assert!(named.contains(&("ip:10.0.1.11".into(), "api".into(), 1)), "{stdout}");
+    assert!(named.contains(&("ip:10.0.9.5".into(), "api".into(), 1)), "{stdout}");
+    assert!(
+        stderr.contains("loopback caller on host web-1, which discovery does not know; pass --source"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn haproxy_log_refuses_a_missing_file_before_importing_anything() {
+    let tcp = fixture("tcplog.log");
+    let dir = tempfile::tempdir().unwrap();
+    let args =
+        ["import", "haproxy-log", "--db", "ledger.db", "--source", "web", tcp.to_str().unwrap(), "gone.log"];
+    let out = cordon(&args, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("opening gone.log"), "{stderr}");
+    assert!(!dir.path().join("ledger.db").exists(), "nothing imported");
+
+    let bad_source = ["import", "haproxy-log", "--db", "ledger.db", "--source", "*", tcp.to_str().unwrap()];
+    let out = cordon(&bad_source, dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--source"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn haproxy_log_names_callers_through_discovery() {
+    let (tcp, http) = (fixture("tcplog.log"), fixture("httplog.log"));
+    let dir = tempfile::tempdir().unwrap();
+    let disco = dir.path().join("services");
+    std::fs::create_dir(&disco).unwrap();
+    // Synapse names a backend `host:port`; the syslog host name matches the part before the colon.
+    let web = r#"[{"host": "10.0.1.10", "port": 8080, "name": "web-1:8080"}]"#;
+    let batch = r#"[{"host": "10.0.9.5", "port": 9000, "name": "batch-1", "weight": null}]"#;
+    std::fs::write(disco.join("web.json"), web).unwrap();
+    std::fs::write(disco.join("batch.json"), batch).unwrap();
+
+    let files = [tcp.to_str().unwrap(), http.to_str().unwrap()];
+    let args =
+        ["import", "haproxy-log", "--db", "l.db", "--dry-run", "--discovery", "services", files[0], files[1]];
+    let out = cordon(&args, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let found = edges(&stdout);
+    for edge in
+        [("web", "db", 2), ("web", "api", 3), ("web", "auth", 1), ("batch", "db", 1), ("batch", "api", 1)]
+    {
+        let edge = (edge.0.to_string(), edge.1.to_string(), edge.2);
+        assert!(found.contains(&edge), "{edge:?} not in\n{stdout}");
+    }
+    assert!(found.contains(&("ip:10.0.1.11".into(), "api".into(), 1)), "{stdout}");
+    // Bare lines from loopback have no host to name: counted, with the fix.
+    assert!(stderr.contains("loopback caller and no host name; pass --source"), "{stderr}");
+
+    let missing = ["import", "haproxy-log", "--db", "l.db", "--discovery", "nowhere", files[0]];
+    let out = cordon(&missing, dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--discovery nowhere"), "{}", text(&out.stderr));
+    assert!(!dir.path().join("l.db").exists(), "nothing written when discovery cannot be read");
+}
+
+#[test]
+fn haproxy_log_imports_into_a_real_ledger() {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use cordon::ledger::edge_totals;
+    use cordon::policy::{Identified, Mode};
+
+    let (tcp, http) = (fixture("tcplog.log"), fixture("httplog.log"));
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "import",
+        "haproxy-log",
+        "--db",
+        "ledger.db",
+        "--source",
+        "web",
+        "--host",
+        "web-1",
+        tcp.to_str().unwrap(),
+        http.to_str().unwrap(),
+    ];
+    let out = cordon(&args, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("15 connections imported (ledger.db)"), "{stderr}");
+
+    let edges = edge_totals(&dir.path().join("ledger.db"), None).unwrap();
+    let summary: Vec<(&str, &str, u64)> =
+        edges.iter().map(|e| (e.source.as_str(), e.destination.as_str(), e.connections)).collect();
+    let mut summary = summary;
+    summary.sort();
+    assert_eq!(
+        summary,
+        [
+            ("ip:10.0.9.5", "api", 1),
+            ("ip:10.0.9.5", "db", 1),
+            ("web", "api", 4),
+            ("web", "api-v2", 1),
+            ("web", "auth", 1),
+            ("web", "cache", 2),
+            ("web", "db", 3),
+            ("web", "payments", 1),
+            ("web", "search", 1),
+        ]
+    );
+    let db = edges.iter().find(|e| e.source == "web" && e.destination == "db").unwrap();
+    assert_eq!(db.identified, Identified::HaproxyLog);
+    assert_eq!(db.modes, [Mode::Learn]);
+    assert_eq!(
+        (db.would_deny, db.allowed, db.denied),
+        (3, 0, 0),
+        "imported edges are not allowed by themselves"
+    );
+    assert_eq!((db.bytes_to_source, db.bytes_to_destination), (2120 + 100 + 88, 0));
+    // The first db line was accepted at 22/Nov/2026:14:05:01.123 (read as UTC).
+    let first = UNIX_EPOCH + Duration::from_millis(1_795_356_301_123);
+    assert!(
+        db.first_seen <= first && first - Duration::from_secs(3600) < db.first_seen,
+        "{:?}",
+        db.first_seen
+    );
+
+    // The graph command reads the imported edges like recorded ones.
+    let graph = cordon(&["graph", "--db", "ledger.db"], dir.path());
+    assert_eq!(graph.status.code(), Some(0), "{}", text(&graph.stderr));
+    assert!(text(&graph.stdout).contains("haproxy-log"), "{}", text(&graph.stdout));
+}
+
+#[test]
+fn haproxy_log_reads_stdin_and_names_an_unusable_ledger() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let tcp = std::fs::read(fixture("tcplog.log")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["import", "haproxy-log", "--db", "l.db", "--dry-run", "--source", "web", "-"])
+        .current_dir(dir.path())
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tcp).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("12 lines: 8 connections imported"), "{stderr}");
+    assert!(stderr.contains("-:5: not an HAProxy traffic line"), "{stderr}");
+
+    let tcp = fixture("tcplog.log");
+    let args =
+        ["import", "haproxy-log", "--db", "no/such/dir/l.db", "--source", "web", tcp.to_str().unwrap()];
+    let out = cordon(&args, dir.path());
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("opening the ledger no/such/dir/l.db"), "{stderr}");
+}
