@@ -10,6 +10,7 @@ pub mod cli;
 pub mod demo;
 pub mod graph;
 pub mod ledger;
+pub mod lockdown;
 pub mod metrics;
 pub mod pki;
 pub mod policy;

@@ -163,6 +163,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
             "reloads_failed": ds.reloads_failed.load(Ordering::Relaxed),
             "last_reload": rfc3339_unix(ds.last_ok.load(Ordering::Relaxed)),
         },
+        "lockdown": *parts.lockdown.lock().unwrap_or_else(|p| p.into_inner()),
         "ledger": {
             "path": parts.config.ledger_path().display().to_string(),
             "events_received": rs.received.load(Ordering::Relaxed),
@@ -180,7 +181,22 @@ pub(crate) fn register_collectors(
     discovery: &cordon_discovery::Watcher,
     policy: &PolicyWatcher,
     recorder: &RecorderHandle,
+    lockdown: &Arc<std::sync::Mutex<Vec<crate::lockdown::ServiceCounter>>>,
 ) {
+    let counters = lockdown.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "lockdown_direct_packets",
+        "Packets that reached a locked-down app's port directly, not through cordon (dropped while enforcing)",
+        Kind::Counter,
+        move || {
+            counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|c| (vec![("service", c.service.clone())], c.packets as f64))
+                .collect()
+        },
+    ));
     let rs = recorder.stats().clone();
     metrics.register_collector(ScrapeCollector::new(
         "recorder_events",

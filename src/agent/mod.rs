@@ -80,6 +80,8 @@ pub(crate) struct Parts {
     pub policy_rx: tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
     pub recorder: RecorderHandle,
     pub metrics: Arc<Metrics>,
+    /// Direct-to-app counters of locked-down services, refreshed in the background.
+    pub lockdown: Arc<std::sync::Mutex<Vec<crate::lockdown::ServiceCounter>>>,
 }
 
 /// A running agent.
@@ -128,7 +130,15 @@ impl Agent {
 
         let mut bound = Bound::default();
         let mut metrics = Metrics::new();
-        admin::register_collectors(&mut metrics, &tls, &discovery, &policy, &recorder_handle);
+        let lockdown_counters = Arc::new(std::sync::Mutex::new(Vec::new()));
+        admin::register_collectors(
+            &mut metrics,
+            &tls,
+            &discovery,
+            &policy,
+            &recorder_handle,
+            &lockdown_counters,
+        );
         let metrics = Arc::new(metrics);
         let life = Lifecycle::new();
 
@@ -176,6 +186,15 @@ impl Agent {
         // Stops the background tasks (certificate refresh, admin endpoint) at shutdown.
         let admin_stop = tokio_util::sync::CancellationToken::new();
         tls.spawn_refresh(admin_stop.clone());
+        let locked: Vec<_> = config.services.iter().filter(|s| s.lockdown).cloned().collect();
+        if !locked.is_empty() {
+            tokio::spawn(keep_lockdown(
+                locked,
+                policy_rx.clone(),
+                lockdown_counters.clone(),
+                admin_stop.clone(),
+            ));
+        }
         if let Some(listener) = &admin {
             bound.admin = listener.local_addr().ok();
         }
@@ -189,6 +208,7 @@ impl Agent {
             policy_rx,
             recorder: recorder_handle,
             metrics,
+            lockdown: lockdown_counters,
         });
         if let Some(listener) = admin {
             info!(listen = ?parts.bound.admin, "admin endpoint listening (/metrics, /status)");
@@ -256,5 +276,40 @@ impl Agent {
         }
         self.shutdown().await;
         Ok(())
+    }
+}
+
+/// Keeps the nftables lockdown rules in step with the policy's modes, and the counters fresh.
+/// Failures (no nft, no privilege) are logged; the data plane keeps working without lockdown.
+async fn keep_lockdown(
+    services: Vec<self::config::ServiceConfig>,
+    mut policy_rx: tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
+    counters: Arc<std::sync::Mutex<Vec<crate::lockdown::ServiceCounter>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut applied: Option<String> = None;
+    loop {
+        let policy = policy_rx.borrow_and_update().clone();
+        let states: Vec<_> = services.iter().map(|s| (s.clone(), policy.mode(s.name.as_str()))).collect();
+        let script = crate::lockdown::ruleset(&states);
+        if applied.as_deref() != Some(script.as_str()) {
+            match tokio::task::spawn_blocking(move || crate::lockdown::apply(&states)).await {
+                Ok(Ok(())) => {
+                    info!("lockdown rules applied (nftables table inet cordon)");
+                    applied = Some(script);
+                }
+                Ok(Err(e)) => error!(error = %e, "lockdown not applied; the proxies keep working without it"),
+                Err(_) => {}
+            }
+        }
+        let svcs = services.clone();
+        if let Ok(Ok(c)) = tokio::task::spawn_blocking(move || crate::lockdown::counters(&svcs)).await {
+            *counters.lock().unwrap_or_else(|p| p.into_inner()) = c;
+        }
+        tokio::select! {
+            changed = policy_rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }

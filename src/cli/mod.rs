@@ -12,6 +12,7 @@ mod agent;
 mod demo;
 mod discovery;
 mod import;
+mod lockdown;
 mod pki;
 mod policy;
 mod report;
@@ -50,6 +51,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: local proxies, recorder, decision log and admin endpoint.
     Agent(agent::Args),
+    /// Show (--print) or lift (--remove) the nftables rules behind `lockdown = true`.
+    Lockdown(lockdown::Args),
     /// Write the review as one self-contained HTML page: graph, readiness, proposal.
     Report(report::Args),
     /// What the policy says of SOURCE -> DESTINATION: exit 0 allowed, 1 denied, 2 error.
@@ -109,6 +112,7 @@ pub fn main() -> ExitCode {
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Agent(args) => agent::run(args),
+        Command::Lockdown(args) => lockdown::run(args),
         Command::Report(args) => report::run(args),
         Command::Check(args) => policy::check(args),
         Command::Mode(args) => policy::mode(args),

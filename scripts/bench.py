@@ -1,0 +1,199 @@
+"""Runs the topology benchmark for scripts/bench.sh. Loopback only; every load is bounded."""
+import os, socket, statistics, subprocess, sys, tempfile, time
+
+CORDON, LOADGEN = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+BULK_MIB = int(os.environ.get("BENCH_BULK_MIB", "512"))
+TICK = os.sysconf("SC_CLK_TCK")
+work = tempfile.mkdtemp(prefix="cordon-bench-")
+procs = []
+
+def cleanup():
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try: p.wait(timeout=10)
+        except subprocess.TimeoutExpired: p.kill()
+    subprocess.run(["rm", "-rf", work])
+
+import atexit
+atexit.register(cleanup)
+
+def port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def run(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+def start(args, log):
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, log), "w"))
+    procs.append(p)
+    return p
+
+def wait_port(p, what):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", p), timeout=0.2).close(); return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} never listened on {p}")
+
+def cpu(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+def hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+# --- the world: CA, certificates, backend, two HAProxies, two cordon agents ---
+os.chdir(work)
+TD = "bench.internal"
+run(CORDON, "ca", "init", "--dir", "ca", "--trust-domain", TD)
+for s in ("web", "db"):
+    run(CORDON, "cert", "issue", "--ca", "ca", "--service", s, "--out", f"tls/{s}")
+    with open(f"{s}.pem", "w") as f:
+        f.write(open(f"tls/{s}/cert.pem").read() + open(f"tls/{s}/key.pem").read())
+
+APP, HA_IN, HA_TLS, CO_OUT, CO_IN = port(), port(), port(), port(), port()
+ADM_OUT, ADM_IN = port(), port()
+start([LOADGEN, "serve", f"127.0.0.1:{APP}"], "backend.log")
+wait_port(APP, "backend")
+
+ha_common = """global
+    maxconn 4096
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+"""
+open("ha-out.cfg", "w").write(ha_common + f"""frontend plain_in
+    bind 127.0.0.1:{HA_IN}
+    default_backend db
+backend db
+    server db1 127.0.0.1:{HA_TLS} ssl crt {work}/web.pem ca-file {work}/ca/ca.pem verify required
+""")
+open("ha-in.cfg", "w").write(ha_common + f"""frontend tls_in
+    bind 127.0.0.1:{HA_TLS} ssl crt {work}/db.pem ca-file {work}/ca/ca.pem verify required
+    default_backend app
+backend app
+    server app 127.0.0.1:{APP}
+""")
+ha_out = start(["haproxy", "-db", "-f", "ha-out.cfg"], "ha-out.log")
+ha_in = start(["haproxy", "-db", "-f", "ha-in.cfg"], "ha-in.log")
+
+os.makedirs("discovery", exist_ok=True)
+open("discovery/db.json", "w").write(
+    f'[{{"host": "127.0.0.1", "port": {APP}, "name": "db-1", "labels": {{"cordon_mtls_port": "{CO_IN}"}}}}]')
+POLICY = {
+    "learn": '[modes]\n"*" = "learn"\n[[intention]]\nsource = "web"\ndestination = "db"\naction = "allow"\n',
+    "enforce": '[modes]\n"*" = "enforce"\n[[intention]]\nsource = "web"\ndestination = "db"\naction = "allow"\n',
+}
+open("policy.toml", "w").write(POLICY["learn"])
+def agent_cfg(name, admin, body):
+    open(f"{name}.toml", "w").write(f"""trust_domain = "{TD}"
+discovery_dir = "discovery"
+policy = "policy.toml"
+state_dir = "state-{name}"
+decision_log = "decisions-{name}.jsonl"
+admin = "127.0.0.1:{admin}"
+[tls]
+ca = "ca/ca.pem"
+dir = "tls"
+[proxy]
+max_connections = 20000
+{body}""")
+agent_cfg("in", ADM_IN, f'[[service]]\nname = "db"\nlisten = "127.0.0.1:{CO_IN}"\napp = "127.0.0.1:{APP}"\n')
+agent_cfg("out", ADM_OUT, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT}"\nidentity = "web"\n')
+co_in = start([CORDON, "agent", "--config", "in.toml"], "cordon-in.log")
+co_out = start([CORDON, "agent", "--config", "out.toml"], "cordon-out.log")
+for p, what in ((HA_IN, "haproxy"), (HA_TLS, "haproxy"), (CO_OUT, "cordon"), (CO_IN, "cordon")):
+    wait_port(p, what)
+
+def set_mode(mode):
+    tmp = "policy.toml.tmp"
+    open(tmp, "w").write(POLICY[mode]); os.rename(tmp, "policy.toml")
+    time.sleep(1.5)  # agents apply a new policy within a second
+
+TOPOLOGIES = {
+    "direct": (APP, []),
+    "haproxy": (HA_IN, [ha_out.pid, ha_in.pid]),
+    "cordon-learn": (CO_OUT, [co_out.pid, co_in.pid]),
+    "cordon-enforce": (CO_OUT, [co_out.pid, co_in.pid]),
+}
+TESTS = {
+    "bulk": lambda p: [LOADGEN, "bulk", f"127.0.0.1:{p}", "4", str(BULK_MIB)],
+    "rr": lambda p: [LOADGEN, "rr", f"127.0.0.1:{p}", "16", str(SECONDS), "64"],
+    "connect": lambda p: [LOADGEN, "connect", f"127.0.0.1:{p}", "16", str(SECONDS)],
+}
+UNIT = {"bulk": "MiB/s", "rr": "req/s", "connect": "conn/s"}
+
+results = {}  # (topology, test) -> list of dicts
+mode = "learn"
+order = list(TOPOLOGIES)
+print(f"== topologies, {ROUNDS} alternating rounds, {SECONDS:g} s per measurement; proxy CPU from /proc")
+for r in range(ROUNDS):
+    rotated = order[r % len(order):] + order[:r % len(order)]
+    for test, cmd in TESTS.items():
+        for topo in rotated:
+            want = "enforce" if topo == "cordon-enforce" else "learn"
+            if topo.startswith("cordon") and want != mode:
+                set_mode(want); mode = want
+            p, pids = TOPOLOGIES[topo]
+            before = cpu(pids)
+            out = run(*cmd(p)).split()
+            used = cpu(pids) - before
+            value = float(out[1])
+            kv = dict(x.split("=") for x in out[3:])
+            # Work done: MiB each way, requests, connections.
+            work_units = {"bulk": float(kv.get("mib", 0)), "rr": float(kv.get("requests", 0)), "connect": float(kv.get("done", 0))}[test]
+            row = {"value": value, "cpu_per_unit": used / work_units if work_units else 0, **kv}
+            results.setdefault((topo, test), []).append(row)
+            extra = f" p50={kv['p50_us']}us p99={kv['p99_us']}us" if test == "rr" else ""
+            cpu_txt = f" proxy_cpu={row['cpu_per_unit']*1e6:.1f}us/{'MiB' if test == 'bulk' else 'req' if test == 'rr' else 'conn'}" if pids else ""
+            print(f"round {r+1} {topo:15} {test:8} {value:10.1f} {UNIT[test]}{extra}{cpu_txt}", flush=True)
+
+def med(topo, test, key="value"):
+    return statistics.median(float(x[key]) for x in results[(topo, test)])
+
+print("\n== medians")
+for test in TESTS:
+    for topo in TOPOLOGIES:
+        line = f"{topo:15} {test:8} {med(topo, test):10.1f} {UNIT[test]}"
+        if test == "rr":
+            line += f"  p50 {med(topo, test, 'p50_us'):.0f} us  p99 {med(topo, test, 'p99_us'):.0f} us"
+        if TOPOLOGIES[topo][1]:
+            line += f"  proxy CPU {med(topo, test, 'cpu_per_unit')*1e6:.1f} us per {'MiB' if test == 'bulk' else 'request' if test == 'rr' else 'connection'}"
+        print(line)
+rss = {"haproxy": max(hwm_kib(ha_out.pid), hwm_kib(ha_in.pid)), "cordon": max(hwm_kib(co_out.pid), hwm_kib(co_in.pid))}
+print(f"peak RSS per proxy: haproxy {rss['haproxy']/1024:.1f} MiB, cordon {rss['cordon']/1024:.1f} MiB")
+
+print("\n== ratios (same run; cordon = cordon-enforce)")
+def ratio(name, a, b, target, higher_is_better=True):
+    ok = (a / b >= target) if higher_is_better else (a / b <= target)
+    print(f"{name:44} {a/b:6.2f}x  target {'>=' if higher_is_better else '<='} {target}  {'met' if ok else 'NOT met'}")
+c = "cordon-enforce"
+ratio("keep-alive req/s, cordon/haproxy", med(c, "rr"), med("haproxy", "rr"), 1.2)
+ratio("bulk MiB/s, cordon/haproxy", med(c, "bulk"), med("haproxy", "bulk"), 1.5)
+ratio("new conn/s, cordon/haproxy", med(c, "connect"), med("haproxy", "connect"), 5.0)
+ratio("p99 latency, cordon/haproxy", med(c, "rr", "p99_us"), med("haproxy", "rr", "p99_us"), 0.5, False)
+ratio("peak RSS per proxy, cordon/haproxy", rss["cordon"], rss["haproxy"], 1.0, False)
+ratio("proxy CPU per request, cordon/haproxy", med(c, "rr", "cpu_per_unit"), med("haproxy", "rr", "cpu_per_unit"), 1.0, False)
+ratio("proxy CPU per connection, cordon/haproxy", med(c, "connect", "cpu_per_unit"), med("haproxy", "connect", "cpu_per_unit"), 1.0, False)
+for test in TESTS:
+    print(f"{'cordon/direct ' + test:44} {med(c, test)/med('direct', test):6.2f}x")
+for test in TESTS:
+    d = med("cordon-learn", test) / med(c, test)
+    print(f"{'learn/enforce ' + test:44} {d:6.2f}x  target within 3%  {'met' if abs(d-1) <= 0.03 else 'NOT met'}")
+
