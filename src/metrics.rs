@@ -78,6 +78,15 @@ pub struct Metrics {
     failovers: Family<ServiceLabels, Counter>,
     no_backend: Family<ServiceLabels, Counter>,
     policy_closed: Family<ServiceLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    direction: &'static str,
+    service: String,
+    /// `full` or `resumed`.
+    kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -100,6 +109,7 @@ impl Metrics {
             failovers: Family::default(),
             no_backend: Family::default(),
             policy_closed: Family::default(),
+            handshakes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections_opened", "Connections accepted", m.opened.clone());
@@ -136,6 +146,11 @@ impl Metrics {
             "Open connections closed because a new policy denies them in enforce mode",
             m.policy_closed.clone(),
         );
+        registry.register(
+            "tls_handshakes",
+            "Completed TLS handshakes: full, or resumed (no certificates or signatures)",
+            m.handshakes.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -167,6 +182,10 @@ impl Metrics {
         let failovers = self.failovers.get_or_create(&labels).clone();
         let no_backend = self.no_backend.get_or_create(&labels).clone();
         let policy_closed = self.policy_closed.get_or_create(&labels).clone();
+        let handshake =
+            |kind| HandshakeLabels { direction: direction.as_str(), service: service.to_string(), kind };
+        let full_handshakes = self.handshakes.get_or_create(&handshake("full")).clone();
+        let resumed_handshakes = self.handshakes.get_or_create(&handshake("resumed")).clone();
         ListenerMetrics {
             opened,
             closed,
@@ -177,6 +196,8 @@ impl Metrics {
             failovers,
             no_backend,
             policy_closed,
+            full_handshakes,
+            resumed_handshakes,
             metrics: self.clone(),
             direction,
             service: service.to_string(),
@@ -196,6 +217,8 @@ pub struct ListenerMetrics {
     pub failovers: Counter,
     pub no_backend: Counter,
     pub policy_closed: Counter,
+    pub full_handshakes: Counter,
+    pub resumed_handshakes: Counter,
     metrics: Arc<Metrics>,
     direction: Direction,
     service: String,
@@ -217,6 +240,14 @@ impl ListenerMetrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    /// Counts a completed handshake by kind.
+    pub fn handshake(&self, kind: Option<rustls::HandshakeKind>) {
+        match kind {
+            Some(rustls::HandshakeKind::Resumed) => self.resumed_handshakes.inc(),
+            _ => self.full_handshakes.inc(),
+        };
     }
 
     /// Counts a refused handshake (or refused plaintext) by reason.

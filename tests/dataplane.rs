@@ -173,6 +173,11 @@ async fn a_dead_backend_fails_over_to_a_live_one() {
     }
     let m = web.metrics_text();
     assert!(metric(&m, "cordon_backend_failovers_total", &[("service", "db")]) >= 1.0, "{m}");
+    // Four connections to one service: the first handshake is full, later ones resume.
+    assert!(
+        metric(&m, "cordon_tls_handshakes_total", &[("service", "db"), ("kind", "resumed")]) >= 1.0,
+        "{m}"
+    );
     assert!(metric(&m, "cordon_backend_connect_failures_total", &[("service", "db")]) >= 1.0, "{m}");
 
     // With no reachable backend at all, the local connection is refused, with a count.

@@ -132,7 +132,7 @@ impl Default for ProxySettings {
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             close_denied_on_enforce: true,
-            recorder_capacity: 65_536,
+            recorder_capacity: 16_384,
             flush_interval: Duration::from_millis(1000),
         }
     }

@@ -104,6 +104,7 @@ impl Inbound {
                     return;
                 }
             };
+            self.metrics.handshake(tls.get_ref().1.handshake_kind());
             let Some(id) = peer_service_id(tls.get_ref().1) else {
                 // The verifier already insists on one SPIFFE ID; this is defence in depth.
                 self.metrics.handshake_failure(RejectReason::NoUriSan);

@@ -116,7 +116,10 @@ impl Outbound {
         let connector = tokio_rustls::TlsConnector::from(config);
         let handshake = connector.connect(server_name(&self.service), tcp);
         match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => Ok(Upstream::Tls(Box::new(tls))),
+            Ok(Ok(tls)) => {
+                self.metrics.handshake(tls.get_ref().1.handshake_kind());
+                Ok(Upstream::Tls(Box::new(tls)))
+            }
             Ok(Err(e)) => {
                 let reason = RejectReason::classify(&e);
                 self.metrics.handshake_failure(reason);
