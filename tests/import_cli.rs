@@ -309,3 +309,43 @@ fn haproxy_log_reads_stdin_and_names_an_unusable_ledger() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("opening the ledger no/such/dir/l.db"), "{stderr}");
 }
+
+#[test]
+fn haproxy_log_records_what_a_given_policy_allows() {
+    use cordon::ledger::edge_totals;
+
+    let tcp = fixture("tcplog.log");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[intention]]\nsource = \"web\"\ndestination = \"db\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    let args = [
+        "import",
+        "haproxy-log",
+        "--db",
+        "ledger.db",
+        "--source",
+        "web",
+        "--policy",
+        "policy.toml",
+        tcp.to_str().unwrap(),
+    ];
+    let out = cordon(&args, dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let edges = edge_totals(&dir.path().join("ledger.db"), None).unwrap();
+    let db = edges.iter().find(|e| e.source == "web" && e.destination == "db").expect("web -> db imported");
+    assert_eq!((db.allowed, db.would_deny), (db.connections, 0), "the intention allows web -> db");
+    let others: Vec<_> = edges.iter().filter(|e| e.destination != "db" && e.source == "web").collect();
+    assert!(!others.is_empty());
+    assert!(
+        others.iter().all(|e| e.allowed == 0 && e.would_deny == e.connections),
+        "no intention, would-deny"
+    );
+
+    std::fs::write(dir.path().join("policy.toml"), "[modes]\ndb = \"sometimes\"\n").unwrap();
+    let bad = cordon(&args, dir.path());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("policy.toml"), "{}", text(&bad.stderr));
+}
