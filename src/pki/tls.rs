@@ -29,6 +29,7 @@ use crate::agent::config::TlsSource;
 const SESSION_CACHE: usize = 8192;
 
 /// One identity's certificate and the server config presenting it.
+#[derive(Clone)]
 struct Identity {
     key: Arc<CertifiedKey>,
     server: Arc<ServerConfig>,
@@ -197,21 +198,7 @@ impl TlsStore {
                     Some(old) => (
                         Material {
                             roots: old.roots.clone(),
-                            identities: old
-                                .identities
-                                .iter()
-                                .map(|(n, i)| {
-                                    (
-                                        n.clone(),
-                                        Identity {
-                                            key: i.key.clone(),
-                                            server: i.server.clone(),
-                                            not_before: i.not_before,
-                                            not_after: i.not_after,
-                                        },
-                                    )
-                                })
-                                .collect(),
+                            identities: old.identities.clone(),
                             clients: Mutex::new(HashMap::new()),
                         },
                         problems,
@@ -255,15 +242,7 @@ impl TlsStore {
                     problems.push(e);
                     if let Some(prev) = old.and_then(|o| o.identities.get(name)) {
                         // Keep serving the old certificate, with the old CA bundle's verifier.
-                        identities.insert(
-                            name.clone(),
-                            Identity {
-                                key: prev.key.clone(),
-                                server: prev.server.clone(),
-                                not_before: prev.not_before,
-                                not_after: prev.not_after,
-                            },
-                        );
+                        identities.insert(name.clone(), prev.clone());
                     }
                 }
             }

@@ -190,7 +190,10 @@ impl EchoApp {
 
 /// Sends `msg`, half-closes, and reads the whole reply.
 pub async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(addr).await?;
+    exchange(TcpStream::connect(addr).await?, msg).await
+}
+
+async fn exchange(mut s: TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     s.write_all(msg).await?;
     s.shutdown().await?;
     let mut reply = Vec::new();
@@ -204,14 +207,7 @@ pub async fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>
 pub async fn round_trip_from(source: IpAddr, addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
-    let mut s = socket.connect(addr).await?;
-    s.write_all(msg).await?;
-    s.shutdown().await?;
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply))
-        .await
-        .map_err(|_| std::io::Error::other("no reply within 10 s"))??;
-    Ok(reply)
+    exchange(socket.connect(addr).await?, msg).await
 }
 
 /// Polls `check` until it returns true or `deadline` passes; panics with `what` then.
