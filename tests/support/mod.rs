@@ -122,10 +122,21 @@ impl World {
     /// An agent config for one host: served services (name, app address), upstreams (service,
     /// identity), everything on 127.0.0.1:0, its own state dir and decision log.
     pub fn config(&self, host: &str, services: &[(&str, SocketAddr)], upstreams: &[(&str, &str)]) -> Config {
+        self.config_with(host, services, upstreams, "")
+    }
+
+    /// Like [`World::config`], with extra `[proxy]` lines.
+    pub fn config_with(
+        &self,
+        host: &str,
+        services: &[(&str, SocketAddr)],
+        upstreams: &[(&str, &str)],
+        proxy: &str,
+    ) -> Config {
         let mut text = format!(
             "trust_domain = \"{TRUST_DOMAIN}\"\ndiscovery_dir = \"{}\"\npolicy = \"{}\"\nstate_dir = \"{}\"\n\
              decision_log = \"{}\"\nadmin = \"127.0.0.1:0\"\nhost = \"{host}\"\n\
-             [tls]\nca = \"{}\"\ndir = \"{}\"\n[proxy]\nflush_interval_ms = 100\ndrain_timeout_s = 5\n",
+             [tls]\nca = \"{}\"\ndir = \"{}\"\n[proxy]\nflush_interval_ms = 100\ndrain_timeout_s = 5\n{proxy}",
             self.discovery().display(),
             self.policy().display(),
             self.path(&format!("state-{host}")).display(),
