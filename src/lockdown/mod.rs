@@ -161,7 +161,7 @@ mod tests {
             "add rule inet cordon lockdown iif != \"lo\" tcp dport 9200 counter name \"direct_search_v2\" comment \"search-v2 learn\""
         ));
         assert!(!rules.contains("6379"), "a service without lockdown gets no rule:\n{rules}");
-        assert_eq!(rules.matches(" drop").count(), 1);
+        assert_eq!(rules.matches(" drop comment").count(), 1, "only db drops");
         assert!(!rules.contains("delete"), "counters survive: the table is never deleted on apply");
     }
 
