@@ -1,0 +1,117 @@
+//! `cordon report`: the HTML holds every service and edge with the verdict class the policy gives
+//! it, the readiness table and the proposal; it fetches nothing; hostile names are escaped.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use cordon::ledger::{EdgeKey, Event, Recorder};
+use cordon::policy::{Identified, Mode, Verdict};
+
+#[test]
+fn the_report_shows_every_edge_with_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (rec, h) = Recorder::start(&db, "host-1", 1024, Duration::from_millis(50)).unwrap();
+    let edges: &[(&str, &str, Identified, Mode, Verdict)] = &[
+        ("web", "api", Identified::Mtls, Mode::Learn, Verdict::Allow),
+        ("web", "db", Identified::Mtls, Mode::Enforce, Verdict::Allow),
+        ("batch", "db", Identified::Mtls, Mode::Enforce, Verdict::Deny),
+        ("api", "cache", Identified::Mtls, Mode::Learn, Verdict::Deny),
+        ("reports", "api", Identified::PlaintextIp, Mode::Learn, Verdict::Deny),
+        ("ip:10.0.0.9", "db", Identified::Unknown, Mode::Enforce, Verdict::Deny),
+        // Ledgers merged from elsewhere are not trusted to hold clean names.
+        ("<img src=x onerror=alert(1)>", "api", Identified::Unknown, Mode::Learn, Verdict::Deny),
+    ];
+    for (s, d, identified, mode, verdict) in edges {
+        for _ in 0..3 {
+            let edge = EdgeKey {
+                source: s.to_string(),
+                destination: d.to_string(),
+                identified: *identified,
+                mode: *mode,
+                verdict: *verdict,
+            };
+            h.record_wait(Event::Opened { edge, at: SystemTime::now() });
+        }
+    }
+    rec.shutdown();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[modes]\ndb = \"enforce\"\n[[intention]]\nsource = \"web\"\ndestination = \"*\"\naction = \"allow\"\n\
+",
+    )
+    .unwrap();
+    let out = dir.path().join("report.html");
+    support::cordon_ok(&[
+        "report",
+        "--db",
+        db.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&out).unwrap();
+    let expected = [
+        ("web", "api", "allowed"),
+        ("web", "db", "allowed"),
+        ("batch", "db", "denied"),
+        ("api", "cache", "would-deny"),
+        ("reports", "api", "plaintext"),
+        ("ip:10.0.0.9", "db", "plaintext"),
+        ("&lt;img src=x onerror=alert(1)&gt;", "api", "plaintext"),
+    ];
+    for (s, d, class) in expected {
+        let tag = format!(r#"<g class="edge {class}" data-source="{s}" data-destination="{d}""#);
+        assert!(html.contains(&tag), "missing {tag}");
+    }
+    assert_eq!(html.matches(r#"<g class="edge "#).count(), expected.len());
+    for node in ["web", "api", "db", "cache", "batch", "reports", "ip:10.0.0.9"] {
+        assert!(html.contains(&format!(r#"data-name="{node}""#)), "node {node} missing");
+    }
+    assert!(html.contains(r#"class="node service enforce" data-name="db""#), "db drawn as enforcing");
+    // Readiness: db would cut off batch (and the unknown address); cache would cut off api.
+    assert!(html.contains(r#"<tr class="not-ready" data-service="db">"#));
+    assert!(html.contains(r#"<tr class="not-ready" data-service="cache">"#));
+    // The proposal proposes what the policy lacks, and lists plaintext only as a comment.
+    assert!(html.contains("source = &quot;batch&quot;"), "batch -> db proposed");
+    assert!(html.contains("# ") && html.contains("reports"));
+    // Self-contained: nothing is fetched.
+    for fetch in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(!html.contains(fetch), "the report must not fetch {fetch}");
+    }
+    assert!(!html.contains("<img"), "names from the ledger are escaped, never markup");
+}
+
+#[test]
+fn bad_inputs_exit_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[modes]\n").unwrap();
+    let missing = dir.path().join("missing.db");
+    let out = support::cordon(&[
+        "report",
+        "--db",
+        missing.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        dir.path().join("r.html").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.db"));
+    std::fs::write(&policy, "[modes]\ndb = \"maybe\"\n").unwrap();
+    let out = support::cordon(&[
+        "report",
+        "--db",
+        missing.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        dir.path().join("r.html").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
