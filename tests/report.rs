@@ -39,8 +39,7 @@ fn the_report_shows_every_edge_with_its_verdict() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        "[modes]\ndb = \"enforce\"\n[[intention]]\nsource = \"web\"\ndestination = \"*\"\naction = \"allow\"\n\
-",
+        "[modes]\ndb = \"enforce\"\n[[intention]]\nsource = \"web\"\ndestination = \"*\"\naction = \"allow\"\n",
     )
     .unwrap();
     let out = dir.path().join("report.html");
