@@ -230,6 +230,23 @@ fn lockdown_closes_the_app_port_only_while_enforcing() {
     assert!(!rules().contains("drop"), "{}", rules());
     wait_for("the app", || direct() == "direct");
     assert!(counted() > 0, "direct traffic is counted in learn mode");
+    let ledger = p("state/ledger.db");
+    wait_for("the ledger", || ledger.exists());
+    let diff = hosts.exec(
+        &hosts.a,
+        &[
+            cordon,
+            "diff",
+            "--db",
+            ledger.to_str().unwrap(),
+            "--policy",
+            p("policy.toml").to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let diff = String::from_utf8_lossy(&diff.stdout).into_owned();
+    assert!(diff.contains("db lockdown:") && diff.contains("directly, bypassing cordon"), "{diff}");
     assert_eq!(via_cordon(), "via");
 
     // Enforce: the direct door closes, cordon's stays open for an allowed caller.

@@ -70,6 +70,10 @@ pub struct DiffArgs {
     /// Only this destination service.
     #[arg(long)]
     pub service: Option<String>,
+    /// This host's cordon.toml: also show, per locked-down service, the traffic that still
+    /// reaches the app directly, bypassing cordon (nftables counters; needs root).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Combine host ledgers into one (idempotent, order-free).
@@ -137,6 +141,9 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let observed = graph::load(&args.db, since(args.since))?;
     let services = graph::diff(&observed, &policy, args.service.as_deref());
     print(&format::diff_text(&services))?;
+    if let Some(path) = &args.config {
+        print(&lockdown_lines(path, args.service.as_deref())?)?;
+    }
     Ok(Outcome::Success)
 }
 
@@ -153,4 +160,36 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
 
 fn load_policy(path: &Path) -> anyhow::Result<Policy> {
     Ok(Policy::load(path)?)
+}
+
+/// The direct-to-app counters of this host's locked-down services, as diff lines.
+fn lockdown_lines(config: &Path, only: Option<&str>) -> anyhow::Result<String> {
+    let config = crate::agent::config::Config::load(config)?;
+    let services: Vec<_> = config
+        .services
+        .into_iter()
+        .filter(|s| s.lockdown && only.is_none_or(|o| s.name.as_str() == o))
+        .collect();
+    if services.is_empty() {
+        return Ok("lockdown: no served service has lockdown = true\n".into());
+    }
+    Ok(match crate::lockdown::counters(&services) {
+        Ok(counters) => services
+            .iter()
+            .map(|s| {
+                let c = counters.iter().find(|c| c.service == s.name.as_str());
+                match c {
+                    Some(c) => format!(
+                        "{} lockdown: {} packets ({} bytes) reached the app's port {} directly, bypassing cordon\n",
+                        s.name,
+                        c.packets,
+                        c.bytes,
+                        s.app.port()
+                    ),
+                    None => format!("{} lockdown: no counter yet (is the agent running with lockdown?)\n", s.name),
+                }
+            })
+            .collect(),
+        Err(e) => format!("lockdown: counters unavailable: {e}\n"),
+    })
 }

@@ -71,8 +71,18 @@ pub struct Policy {
     no_match: Arc<str>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+/// Byte offsets where each line starts, to turn spans into line numbers in O(log n).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Self {
+        Lines(std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect())
+    }
+
+    /// The 1-based line of a byte offset.
+    fn at(&self, offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= offset)
+    }
 }
 
 /// A short, stable hash of the policy text (FNV-1a), shown in `/status` and logs.
@@ -107,6 +117,8 @@ impl Policy {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let lines = Lines::of(text);
+        let line_of = |_: &str, offset: usize| lines.at(offset);
         let mut problems = Vec::new();
         let mut default_mode = Mode::Learn;
         let mut modes = HashMap::new();

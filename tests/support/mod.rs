@@ -152,7 +152,10 @@ impl World {
                 "[[upstream]]\nservice = \"{service}\"\nlisten = \"127.0.0.1:0\"\nidentity = \"{identity}\"\n"
             );
         }
-        Config::parse(&text, &self.path(&format!("{host}.toml"))).unwrap()
+        // Also on disk, so tests can run the binary with it.
+        let path = self.path(&format!("{host}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        Config::parse(&text, &path).unwrap()
     }
 
     pub fn decision_log(&self, host: &str) -> Vec<serde_json::Value> {
