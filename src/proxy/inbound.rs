@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Lifecycle, accept_loop, relay};
+use super::{ConnCount, Lifecycle, accept_loop, relay};
 use crate::agent::config::ProxySettings;
 use crate::ledger::{EdgeKey, Event, RecorderHandle};
 use crate::metrics::ListenerMetrics;
@@ -267,23 +267,5 @@ impl Inbound {
             bytes_to_source: carried.back,
             duration: started.elapsed(),
         });
-    }
-}
-
-/// Counts a connection as opened now and as closed when dropped, however it ends.
-struct ConnCount<'a>(&'a ListenerMetrics);
-
-impl<'a> ConnCount<'a> {
-    fn new(m: &'a ListenerMetrics) -> Self {
-        m.opened.inc();
-        m.open.inc();
-        Self(m)
-    }
-}
-
-impl Drop for ConnCount<'_> {
-    fn drop(&mut self) {
-        self.0.open.dec();
-        self.0.closed.inc();
     }
 }

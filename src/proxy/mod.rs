@@ -110,3 +110,21 @@ where
         }
     }
 }
+
+/// Counts a connection as opened now and as closed when dropped, however it ends.
+pub(crate) struct ConnCount<'a>(&'a crate::metrics::ListenerMetrics);
+
+impl<'a> ConnCount<'a> {
+    pub(crate) fn new(m: &'a crate::metrics::ListenerMetrics) -> Self {
+        m.opened.inc();
+        m.open.inc();
+        Self(m)
+    }
+}
+
+impl Drop for ConnCount<'_> {
+    fn drop(&mut self) {
+        self.0.open.dec();
+        self.0.closed.inc();
+    }
+}

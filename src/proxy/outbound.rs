@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::{Balancer, Lifecycle, accept_loop, relay};
+use super::{Balancer, ConnCount, Lifecycle, accept_loop, relay};
 use crate::agent::config::ProxySettings;
 use crate::metrics::ListenerMetrics;
 use crate::pki::{RejectReason, ServiceName, TlsStore, server_name};
@@ -53,8 +53,7 @@ impl Outbound {
     }
 
     async fn handle(&self, mut client: TcpStream, cancel: CancellationToken) {
-        self.metrics.opened.inc();
-        self.metrics.open.inc();
+        let _counted = ConnCount::new(&self.metrics);
         if let Some(mut upstream) = self.dial().await {
             let carried = match &mut upstream {
                 Upstream::Tls(tls) => {
@@ -66,8 +65,6 @@ impl Outbound {
             self.metrics.bytes_to_source.inc_by(carried.back);
             debug!(forward = carried.forward, back = carried.back, end = ?carried.end, "closed");
         }
-        self.metrics.open.dec();
-        self.metrics.closed.inc();
     }
 
     /// Tries the backends in balancer order until one connects (and, over mTLS, proves to be the
