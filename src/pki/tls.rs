@@ -1,7 +1,8 @@
 //! TLS material for the data plane: rustls configs per identity, swapped on reload without a
 //! restart. Open connections keep the config they were made with; new ones get the new one.
 //!
-//! Session caches live outside the swapped material, so resumption keeps working across a
+//! Session tickets are stateless (the server keeps nothing per session) and the ticketer and the
+//! client's session cache live outside the swapped material, so resumption keeps working across a
 //! certificate rotation.
 
 use std::collections::HashMap;
@@ -11,7 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
-use rustls::server::ServerSessionMemoryCache;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -25,8 +25,8 @@ use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, spiffe_id_of};
 use super::{PkiError, ServiceId, ServiceName, TrustDomain};
 use crate::agent::config::TlsSource;
 
-/// Sessions remembered per side, for resumption.
-const SESSION_CACHE: usize = 8192;
+/// Sessions the client side remembers (per server name rustls keeps a few tickets).
+const CLIENT_SESSION_CACHE: usize = 1024;
 
 /// One identity's certificate and the server config presenting it.
 #[derive(Clone)]
@@ -52,7 +52,9 @@ pub struct TlsStore {
     names: Vec<ServiceName>,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Material>>,
-    server_sessions: Arc<ServerSessionMemoryCache>,
+    /// Stateless TLS 1.3 tickets: the server keeps no per-session memory, however many callers;
+    /// one ticketer across reloads so resumption survives a rotation (it rotates its own keys).
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
     client_sessions: Arc<ClientSessionMemoryCache>,
 }
 
@@ -97,8 +99,8 @@ impl TlsStore {
                 identities: HashMap::new(),
                 clients: Mutex::new(HashMap::new()),
             })),
-            server_sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
-            client_sessions: Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE)),
+            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| PkiError::Config(e.to_string()))?,
+            client_sessions: Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSION_CACHE)),
         };
         let (material, problems) = store.build(None);
         if let Some(first) = problems.into_iter().next() {
@@ -341,7 +343,8 @@ impl TlsStore {
             .map_err(|e| PkiError::Config(e.to_string()))?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(Presents(key)));
-        config.session_storage = self.server_sessions.clone();
+        config.ticketer = self.ticketer.clone();
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(config))
     }
 
