@@ -250,8 +250,10 @@ fn lockdown_closes_the_app_port_only_while_enforcing() {
     assert_eq!(via_cordon(), "via");
 
     // Enforce: the direct door closes, cordon's stays open for an allowed caller.
+    let learned = counted();
     policy("enforce");
     wait_for("the drop rule", || rules().contains("drop"));
+    assert!(counted() >= learned, "the named counter survives re-application");
     assert!(direct().starts_with("FAILED"), "a direct connection must fail while db enforces");
     assert_eq!(via_cordon(), "via", "the same caller through cordon's inbound gets in");
 
@@ -260,9 +262,25 @@ fn lockdown_closes_the_app_port_only_while_enforcing() {
     wait_for("the drop rule lifted", || !rules().contains("drop"));
     assert_eq!(direct(), "direct");
 
-    // The agent stops: the rules stay (fail closed) until --remove lifts them, without a trace.
+    // The agent stops: the rules stay (fail closed); a restarted agent adopts its table.
     drop(agent);
     assert!(rules().contains("direct_db"), "rules stay after the agent stops");
+    let before_restart = counted();
+    let agent = Kill(hosts.spawn(
+        &hosts.a,
+        &[cordon, "agent", "--config", config.to_str().unwrap()],
+        &p("agent2.log"),
+    ));
+    wait_for("the restarted agent's rules", || p("agent2.log").exists() && rules().contains("direct_db"));
+    assert_eq!(
+        rules().matches("counter name \"direct_db\"").count(),
+        1,
+        "adopted, not duplicated:\n{}",
+        rules()
+    );
+    assert!(counted() >= before_restart, "the restarted agent keeps the counter");
+    drop(agent);
+    // --remove lifts the rules without a trace.
     let removed =
         hosts.exec(&hosts.a, &[cordon, "lockdown", "--config", config.to_str().unwrap(), "--remove"]);
     assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
