@@ -67,3 +67,23 @@ fn the_demo_learns_proposes_enforces_refuses_and_rolls_back() {
         assert!(report.contains(service), "{service} missing from the report");
     }
 }
+
+#[test]
+fn without_keep_the_demo_cleans_up_but_leaves_the_report_where_it_was_run() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .arg("demo")
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report = cwd.path().join("cordon-demo-report.html");
+    assert!(std::fs::read_to_string(&report).unwrap().contains("cordon review"));
+    assert!(stdout.contains("cordon-demo-report.html") && stdout.contains("Cleaned up"), "{stdout}");
+    let world =
+        stdout.lines().find_map(|l| l.split("Everything lives in ").nth(1)).unwrap().trim_end_matches('.');
+    assert!(!std::path::Path::new(world).exists(), "the temporary world {world} is removed");
+}

@@ -243,9 +243,23 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     if !ok {
         bail!("cordon report failed");
     }
-    say(&format!("   Open {} in a browser.", world.path("report.html").display()));
+    say(&format!("   Open {} in a browser.", keep_report(world).display()));
     say(&format!("\nDone in {:.1} s.", started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// Where the report can be opened after the demo: in the world when it is kept, otherwise copied
+/// to `cordon-demo-report.html` in the current directory (the temporary world is removed).
+fn keep_report(world: &World) -> PathBuf {
+    let report = world.path("report.html");
+    if world.kept() {
+        return report;
+    }
+    let copy = PathBuf::from("cordon-demo-report.html");
+    match std::fs::copy(&report, &copy) {
+        Ok(_) => std::fs::canonicalize(&copy).unwrap_or(copy),
+        Err(_) => report,
+    }
 }
 
 fn inbound_of(world: &World, service: &str) -> anyhow::Result<SocketAddr> {

@@ -42,7 +42,7 @@ pub const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 pub struct World {
     pub dir: PathBuf,
     /// Keeps the directory alive (and removes it on drop) unless `--keep` was given.
-    _temp: Option<tempfile::TempDir>,
+    temp: Option<tempfile::TempDir>,
     pub agents: Vec<(&'static str, Agent)>,
 }
 
@@ -65,7 +65,12 @@ impl World {
         for sub in ["discovery", "tls", "state"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        Ok(World { dir, _temp: temp, agents: Vec::new() })
+        Ok(World { dir, temp, agents: Vec::new() })
+    }
+
+    /// Whether the world outlives the demo (`--keep`).
+    pub fn kept(&self) -> bool {
+        self.temp.is_none()
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
