@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::pki::RejectReason;
-use crate::policy::{Caller, Mode, Outcome};
+use crate::policy::{Identified, Mode, Outcome};
 
 /// Which proxy a metric is about.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -226,11 +226,8 @@ pub struct ListenerMetrics {
 
 impl ListenerMetrics {
     /// Counts an inbound decision. Unknown plaintext callers are labelled `unknown`, never by IP.
-    pub fn verdict(&self, caller: &Caller, mode: Mode, outcome: Outcome) {
-        let source = match caller {
-            Caller::Plaintext { service: None, .. } => "unknown".to_string(),
-            other => other.name(),
-        };
+    pub fn verdict(&self, source: &str, identified: Identified, mode: Mode, outcome: Outcome) {
+        let source = if identified == Identified::Unknown { "unknown" } else { source }.to_string();
         self.metrics
             .verdicts
             .get_or_create(&VerdictLabels {

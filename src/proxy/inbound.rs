@@ -130,12 +130,12 @@ impl Inbound {
         &self,
         mut policy_rx: watch::Receiver<Arc<Policy>>,
         caller: &Caller,
+        source: &str,
         conn: &CancellationToken,
     ) {
         if !self.settings.close_denied_on_enforce {
             return;
         }
-        let source = caller.name();
         loop {
             tokio::select! {
                 changed = policy_rx.changed() => if changed.is_err() { return },
@@ -145,7 +145,7 @@ impl Inbound {
             if policy.mode(self.service.as_str()) != Mode::Enforce {
                 continue;
             }
-            let verdict = policy.decide(&source, self.service.as_str()).verdict;
+            let verdict = policy.decide(source, self.service.as_str()).verdict;
             if !caller.is_tls() || verdict == crate::policy::Verdict::Deny {
                 info!(source = %source, "closing open connection: the new policy refuses it");
                 self.metrics.policy_closed.inc();
@@ -176,7 +176,7 @@ impl Inbound {
         outcome: Outcome,
         rule: Arc<str>,
     ) {
-        self.metrics.verdict(caller, edge.mode, outcome);
+        self.metrics.verdict(&edge.source, edge.identified, edge.mode, outcome);
         if outcome == Outcome::Allowed {
             return;
         }
@@ -255,7 +255,7 @@ impl Inbound {
                 conn_cancel.cancel();
                 carried
             },
-            self.recheck_on_policy_change(policy_rx, &caller, &conn_cancel),
+            self.recheck_on_policy_change(policy_rx, &caller, &edge.source, &conn_cancel),
         );
         self.metrics.bytes_to_destination.inc_by(carried.forward);
         self.metrics.bytes_to_source.inc_by(carried.back);
