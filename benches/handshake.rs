@@ -20,6 +20,8 @@ fn main() {
     let (db, web) = (ServiceName::new("db").expect("db"), ServiceName::new("web").expect("web"));
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let server = TlsStore::load(&source, &td, std::slice::from_ref(&db)).expect("server store");
+    // Over pipes there is no address; the client keeps tickets per backend address all the same.
+    let backend = std::net::SocketAddr::from(([127, 0, 0, 1], 14000));
     let run = |fresh: bool, n: usize| -> f64 {
         let shared = TlsStore::load(&source, &td, std::slice::from_ref(&web)).expect("client store");
         rt.block_on(async {
@@ -31,10 +33,10 @@ fn main() {
                 } else {
                     shared.clone()
                 };
-                let config = client.client_config(&web, &db).expect("client config");
+                let config = client.client_config(&web, &db, backend, false).expect("client config");
                 let (a, b) = tokio::io::duplex(64 * 1024);
                 let acceptor =
-                    tokio_rustls::TlsAcceptor::from(server.server_config(&db).expect("server config"));
+                    tokio_rustls::TlsAcceptor::from(server.server_config(&db, false).expect("server config"));
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
                 let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(server_name(&db), b));
                 let (mut s, mut c) = (s.expect("server side"), c.expect("client side"));

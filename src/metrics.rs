@@ -79,6 +79,7 @@ pub struct Metrics {
     no_backend: Family<ServiceLabels, Counter>,
     policy_closed: Family<ServiceLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
+    hop_reused: Family<ServiceLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +111,7 @@ impl Metrics {
             no_backend: Family::default(),
             policy_closed: Family::default(),
             handshakes: Family::default(),
+            hop_reused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections_opened", "Connections accepted", m.opened.clone());
@@ -151,6 +153,11 @@ impl Metrics {
             "Completed TLS handshakes: full, or resumed (no certificates or signatures)",
             m.handshakes.clone(),
         );
+        registry.register(
+            "hop_reused",
+            "Connections carried on an mTLS connection between two agents that had already carried one",
+            m.hop_reused.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -186,6 +193,7 @@ impl Metrics {
             |kind| HandshakeLabels { direction: direction.as_str(), service: service.to_string(), kind };
         let full_handshakes = self.handshakes.get_or_create(&handshake("full")).clone();
         let resumed_handshakes = self.handshakes.get_or_create(&handshake("resumed")).clone();
+        let hop_reused = self.hop_reused.get_or_create(&labels).clone();
         ListenerMetrics {
             opened,
             closed,
@@ -198,6 +206,7 @@ impl Metrics {
             policy_closed,
             full_handshakes,
             resumed_handshakes,
+            hop_reused,
             metrics: self.clone(),
             direction,
             service: service.to_string(),
@@ -219,6 +228,7 @@ pub struct ListenerMetrics {
     pub policy_closed: Counter,
     pub full_handshakes: Counter,
     pub resumed_handshakes: Counter,
+    pub hop_reused: Counter,
     metrics: Arc<Metrics>,
     direction: Direction,
     service: String,

@@ -100,7 +100,7 @@ async fn server(
     let identity = name(identity);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let config = store.server_config(&identity).unwrap();
+            let config = store.server_config(&identity, false).unwrap();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
@@ -144,7 +144,7 @@ async fn a_good_pair_connects_and_each_side_sees_the_other() {
     pki.issue("db");
     pki.issue("web");
     let (addr, mut seen) = server(pki.store(&["db"]), "db").await;
-    let client = pki.store(&["web"]).client_config(&name("web"), &name("db")).unwrap();
+    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
     let tls = dial(addr, client, "db").await.unwrap();
     assert_eq!(peer_service_id(tls.get_ref().1).unwrap().to_string(), format!("spiffe://{TD}/service/db"));
     assert_eq!(seen.recv().await.unwrap().unwrap().to_string(), format!("spiffe://{TD}/service/web"));
@@ -187,7 +187,7 @@ async fn each_rejection_reason_is_produced_by_a_certificate_built_for_it() {
     pki.issue("api");
     pki.issue("web");
     let (api_addr, _) = server(pki.store(&["api"]), "api").await;
-    let client = pki.store(&["web"]).client_config(&name("web"), &name("db")).unwrap();
+    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), api_addr, false).unwrap();
     let err = dial(api_addr, client, "db").await.unwrap_err();
     assert_eq!(RejectReason::classify(&err), RejectReason::UnexpectedService, "{err}");
 }
@@ -198,7 +198,7 @@ async fn reconnects_resume_the_session_and_keep_the_identity() {
     pki.issue("db");
     pki.issue("web");
     let (addr, mut seen) = server(pki.store(&["db"]), "db").await;
-    let client = pki.store(&["web"]).client_config(&name("web"), &name("db")).unwrap();
+    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
     let first = dial(addr, client.clone(), "db").await.unwrap();
     assert_eq!(first.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
     drop(first);
@@ -207,6 +207,28 @@ async fn reconnects_resume_the_session_and_keep_the_identity() {
     seen.recv().await.unwrap().unwrap();
     let resumed = seen.recv().await.unwrap().unwrap();
     assert_eq!(resumed.service().as_str(), "web", "a resumed session still names the caller");
+}
+
+#[tokio::test]
+async fn each_backend_resumes_with_its_own_tickets() {
+    // Two backends of db, each its own agent (its own ticket keys), dialled in turn as a load
+    // balancer would: a ticket from one is no good at the other, so each keeps its own.
+    let pki = Pki::new();
+    pki.issue("db");
+    pki.issue("web");
+    let (a, _seen_a) = server(pki.store(&["db"]), "db").await;
+    let (b, _seen_b) = server(pki.store(&["db"]), "db").await;
+    let web = pki.store(&["web"]);
+    let mut kinds = Vec::new();
+    for round in 0..3 {
+        for addr in [a, b] {
+            let client = web.client_config(&name("web"), &name("db"), addr, false).unwrap();
+            let tls = dial(addr, client, "db").await.unwrap();
+            kinds.push((round, tls.get_ref().1.handshake_kind()));
+        }
+    }
+    let full = kinds.iter().filter(|(_, k)| *k == Some(rustls::HandshakeKind::Full)).count();
+    assert_eq!(full, 2, "one full handshake per backend, then resumption: {kinds:?}");
 }
 
 fn leaf_serial(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
@@ -221,7 +243,7 @@ async fn rotation_keeps_open_connections_and_a_corrupt_file_keeps_the_old_certif
     let db = pki.store(&["db"]);
     let (addr, _seen) = server(db.clone(), "db").await;
     let web = pki.store(&["web"]);
-    let client = || web.client_config(&name("web"), &name("db")).unwrap();
+    let client = || web.client_config(&name("web"), &name("db"), addr, false).unwrap();
     let mut open = dial(addr, client(), "db").await.unwrap();
     let before = leaf_serial(&open);
 
@@ -233,7 +255,7 @@ async fn rotation_keeps_open_connections_and_a_corrupt_file_keeps_the_old_certif
     open.read_exact(&mut one).await.unwrap();
     assert_eq!(&one, b"y", "the open connection survived the rotation");
     // A fresh client (no session to resume) sees the new certificate.
-    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db")).unwrap();
+    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
     let after = dial(addr, fresh, "db").await.unwrap();
     assert_ne!(leaf_serial(&after), before, "new connections use the new certificate");
 
@@ -241,7 +263,7 @@ async fn rotation_keeps_open_connections_and_a_corrupt_file_keeps_the_old_certif
     std::fs::write(pki.tls_dir().join("db/cert.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
     let err = db.reload().unwrap_err().to_string();
     assert!(err.contains("db/cert.pem"), "{err}");
-    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db")).unwrap();
+    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
     let still = dial(addr, fresh, "db").await.unwrap();
     assert_eq!(leaf_serial(&still), leaf_serial(&after), "still the last good certificate");
     assert_eq!(db.expiries().len(), 1);

@@ -66,6 +66,7 @@ struct RawProxy {
     drain_timeout_s: Option<u64>,
     max_connections: Option<usize>,
     close_denied_on_enforce: Option<bool>,
+    reuse_connections: Option<bool>,
     recorder_capacity: Option<usize>,
     flush_interval_ms: Option<u64>,
 }
@@ -116,6 +117,9 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// Close open connections of callers that a new policy denies in enforce mode.
     pub close_denied_on_enforce: bool,
+    /// Carry app connections one after another over each mTLS connection between two cordon
+    /// agents (`proxy::hop`), instead of a TCP and TLS handshake between them for each one.
+    pub reuse_connections: bool,
     /// Recorder channel capacity; a full channel drops (and counts) events.
     pub recorder_capacity: usize,
     /// How often the recorder writes a batch to the ledger.
@@ -132,6 +136,7 @@ impl Default for ProxySettings {
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             close_denied_on_enforce: true,
+            reuse_connections: true,
             recorder_capacity: 16_384,
             flush_interval: Duration::from_millis(1000),
         }
@@ -317,6 +322,9 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
     }
     if let Some(v) = p.close_denied_on_enforce {
         proxy.close_denied_on_enforce = v;
+    }
+    if let Some(v) = p.reuse_connections {
+        proxy.reuse_connections = v;
     }
 
     let mut services = Vec::new();

@@ -21,7 +21,7 @@ use crate::ledger::{Recorder, RecorderHandle};
 use crate::metrics::{Direction, Metrics};
 use crate::pki::{ServiceName, TlsStore};
 use crate::policy::{DecisionLog, PolicyWatcher};
-use crate::proxy::{Balancer, Inbound, Lifecycle, Outbound};
+use crate::proxy::{Balancer, HopPool, Inbound, Lifecycle, Outbound};
 
 /// How long discovery waits for a burst of file changes to settle.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -178,6 +178,7 @@ impl Agent {
                 discovery: discovery_rx.clone(),
                 settings: config.proxy.clone(),
                 balancer: Balancer::default(),
+                pool: HopPool::default(),
             });
             info!(service = %u.service, listen = %addr, identity = %u.identity, "outbound listening");
             tokio::spawn(proxy.run(listener, life.clone()));

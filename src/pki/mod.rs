@@ -6,6 +6,7 @@
 mod ca;
 pub(crate) mod files;
 mod id;
+mod tickets;
 mod tls;
 mod verify;
 
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 
 pub use ca::{Ca, Leaf};
 pub use id::{IdError, ServiceId, ServiceName, TrustDomain};
-pub use tls::TlsStore;
+pub use tls::{HOP_ALPN, TlsStore};
 pub use verify::{
     RejectReason, SpiffeClientVerifier, SpiffeError, SpiffeServerVerifier, peer_service_id, server_name,
     spiffe_id_of,

@@ -2,15 +2,21 @@
 //! restart. Open connections keep the config they were made with; new ones get the new one.
 //!
 //! Session tickets are stateless (the server keeps nothing per session) and the ticketer and the
-//! client's session cache live outside the swapped material, so resumption keeps working across a
+//! client's ticket jars live outside the swapped material, so resumption keeps working across a
 //! certificate rotation.
+//!
+//! Cipher suites: AES-128-GCM with SHA-256 first. Every handshake runs its key schedule and
+//! transcript through the suite's hash, and SHA-256 has CPU instructions where SHA-384 does not;
+//! AES-128 also encrypts bulk traffic faster than AES-256. The other TLS 1.3 suites stay offered.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::client::{ClientSessionMemoryCache, Resumption};
+use std::net::SocketAddr;
+
+use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -21,18 +27,42 @@ use tracing::{error, info, warn};
 
 use super::ca::Ca;
 use super::files::read;
+use super::tickets::{JarKey, TicketJars};
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, spiffe_id_of};
 use super::{PkiError, ServiceId, ServiceName, TrustDomain};
 use crate::agent::config::TlsSource;
 
-/// Sessions the client side remembers (per server name rustls keeps a few tickets).
-const CLIENT_SESSION_CACHE: usize = 1024;
+/// The ALPN name of cordon's reusable hop: an mTLS connection between two cordon agents that
+/// carries app connections one after another (see `proxy::hop`). Peers that do not offer it get
+/// one app connection per mTLS connection, as any TLS client would.
+pub const HOP_ALPN: &[u8] = b"cordon-hop/1";
+
+/// The TLS 1.3 suites in order of preference (see the module doc).
+fn provider() -> CryptoProvider {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+/// Client configs kept per material; past this, the cache starts again (they are cheap to build;
+/// the tickets live in the jars).
+const CLIENT_CONFIGS: usize = 1024;
 
 /// One identity's certificate and the server config presenting it.
 #[derive(Clone)]
 struct Identity {
     key: Arc<CertifiedKey>,
     server: Arc<ServerConfig>,
+    /// The same, also agreeing to cordon's reusable hop (ALPN [`HOP_ALPN`]).
+    server_hop: Arc<ServerConfig>,
     not_before: SystemTime,
     not_after: SystemTime,
 }
@@ -41,8 +71,9 @@ struct Identity {
 struct Material {
     roots: Arc<RootCertStore>,
     identities: HashMap<ServiceName, Identity>,
-    /// Client configs by (our identity, the service we expect), built on first use.
-    clients: Mutex<HashMap<(ServiceName, ServiceName), Arc<ClientConfig>>>,
+    /// Client configs by (our identity, the service we expect, the backend) and whether they
+    /// offer the reusable hop, built on first use.
+    clients: Mutex<HashMap<(JarKey, bool), Arc<ClientConfig>>>,
 }
 
 /// Every identity's certificate, key and CA bundle, as rustls configs that can be swapped.
@@ -55,7 +86,7 @@ pub struct TlsStore {
     /// Stateless TLS 1.3 tickets: the server keeps no per-session memory, however many callers;
     /// one ticketer across reloads so resumption survives a rotation (it rotates its own keys).
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
-    client_sessions: Arc<ClientSessionMemoryCache>,
+    tickets: TicketJars,
 }
 
 impl std::fmt::Debug for TlsStore {
@@ -93,14 +124,14 @@ impl TlsStore {
             source: source.clone(),
             trust_domain: trust_domain.clone(),
             names: identities.to_vec(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(provider()),
             current: RwLock::new(Arc::new(Material {
                 roots: Arc::new(RootCertStore::empty()),
                 identities: HashMap::new(),
                 clients: Mutex::new(HashMap::new()),
             })),
             ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| PkiError::Config(e.to_string()))?,
-            client_sessions: Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSION_CACHE)),
+            tickets: TicketJars::default(),
         };
         let (material, problems) = store.build(None);
         if let Some(first) = problems.into_iter().next() {
@@ -111,19 +142,27 @@ impl TlsStore {
     }
 
     /// The current server config for `identity`: presents its certificate, requires a client
-    /// certificate of our trust domain.
-    pub fn server_config(&self, identity: &ServiceName) -> Option<Arc<ServerConfig>> {
-        self.material().identities.get(identity).map(|i| i.server.clone())
+    /// certificate of our trust domain. With `hop`, it also agrees to cordon's reusable hop when
+    /// the client offers it.
+    pub fn server_config(&self, identity: &ServiceName, hop: bool) -> Option<Arc<ServerConfig>> {
+        self.material()
+            .identities
+            .get(identity)
+            .map(|i| if hop { i.server_hop.clone() } else { i.server.clone() })
     }
 
-    /// The current client config presenting `identity` and requiring `expected_server`.
+    /// The current client config presenting `identity` to `backend`, which must prove to be
+    /// `expected_server`. With `hop`, it offers cordon's reusable hop. Each backend resumes with
+    /// its own tickets.
     pub fn client_config(
         &self,
         identity: &ServiceName,
         expected_server: &ServiceName,
+        backend: SocketAddr,
+        hop: bool,
     ) -> Option<Arc<ClientConfig>> {
         let material = self.material();
-        let key = (identity.clone(), expected_server.clone());
+        let key = ((identity.clone(), expected_server.clone(), backend), hop);
         let mut clients = material.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&key) {
             return Some(c.clone());
@@ -137,8 +176,14 @@ impl TlsStore {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(Presents(id.key.clone())));
-        config.resumption = Resumption::store(self.client_sessions.clone());
+        config.resumption = Resumption::store(self.tickets.get(&key.0));
+        if hop {
+            config.alpn_protocols = vec![HOP_ALPN.to_vec()];
+        }
         let config = Arc::new(config);
+        if clients.len() >= CLIENT_CONFIGS {
+            clients.clear();
+        }
         clients.insert(key, config.clone());
         Some(config)
     }
@@ -234,7 +279,9 @@ impl TlsStore {
             };
             let built = loaded.and_then(|(key, not_before, not_after)| {
                 let server = self.server_config_for(&roots, key.clone())?;
-                Ok(Identity { key, server, not_before, not_after })
+                let mut hop = (*server).clone();
+                hop.alpn_protocols = vec![HOP_ALPN.to_vec()];
+                Ok(Identity { key, server, server_hop: Arc::new(hop), not_before, not_after })
             });
             match built {
                 Ok(identity) => {

@@ -4,6 +4,9 @@
 //!
 //! A denied caller is refused before cordon dials the app, so the app never sees an accept. Open
 //! connections are decided again whenever the policy changes.
+//!
+//! Another cordon may offer the reusable hop (`proxy::hop`): then one mTLS connection carries its
+//! app connections one after another, each decided, recorded and counted on its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +19,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{ConnCount, Lifecycle, accept_loop, relay};
+use super::hop::{self, HopStream};
+use super::{ConnCount, End, Lifecycle, accept_loop, relay};
 use crate::agent::config::ProxySettings;
 use crate::ledger::{EdgeKey, Event, RecorderHandle};
 use crate::metrics::ListenerMetrics;
-use crate::pki::{RejectReason, ServiceName, TlsStore, peer_service_id};
+use crate::pki::{HOP_ALPN, RejectReason, ServiceName, TlsStore, peer_service_id};
 use crate::policy::{Caller, DecisionLog, DecisionRecord, Mode, Outcome, Policy};
 
 /// The first byte of a TLS handshake record.
@@ -46,9 +50,11 @@ impl Inbound {
     pub async fn run(self: Arc<Self>, listener: TcpListener, life: Lifecycle) {
         let max = self.settings.max_connections;
         let force = life.force_close.clone();
+        let stop = life.stop_accepting.clone();
         accept_loop(listener, max, life, move |stream, peer| {
             let this = self.clone();
             let cancel = force.child_token();
+            let stop = stop.clone();
             let span = info_span!(
                 "inbound",
                 destination = %this.service,
@@ -57,13 +63,19 @@ impl Inbound {
                 mode = tracing::field::Empty,
                 outcome = tracing::field::Empty,
             );
-            async move { this.handle(stream, peer, cancel).await }.instrument(span)
+            async move { this.handle(stream, peer, cancel, stop).await }.instrument(span)
         })
         .await;
     }
 
-    async fn handle(&self, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
-        let _counted = ConnCount::new(&self.metrics);
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+        stop: CancellationToken,
+    ) {
+        let counted = ConnCount::new(&self.metrics);
         let started = Instant::now();
         let mode = self.policy.borrow().mode(self.service.as_str());
 
@@ -83,27 +95,7 @@ impl Inbound {
         }
 
         if is_tls {
-            let Some(config) = self.tls.server_config(&self.service) else {
-                warn!("no certificate for this service's identity; refusing TLS");
-                return;
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let handshake =
-                tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)).await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    let reason = RejectReason::classify(&e);
-                    self.metrics.handshake_failure(reason);
-                    warn!(reason = reason.as_str(), error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    self.metrics.handshake_failure(RejectReason::Timeout);
-                    warn!(reason = "timeout", "TLS handshake timed out");
-                    return;
-                }
-            };
+            let Some((mut tls, hop)) = self.handshake(stream).await else { return };
             self.metrics.handshake(tls.get_ref().1.handshake_kind());
             let Some(id) = peer_service_id(tls.get_ref().1) else {
                 // The verifier already insists on one SPIFFE ID; this is defence in depth.
@@ -111,7 +103,12 @@ impl Inbound {
                 warn!("peer certificate without a service identity");
                 return;
             };
-            self.serve(tls, peer, Caller::Mtls(id), started, cancel).await;
+            let caller = Caller::Mtls(id);
+            if hop {
+                self.serve_hop(tls, peer, caller, counted, cancel, stop).await;
+            } else if self.serve(&mut tls, peer, caller, started, cancel).await.is_none() {
+                let _ = tls.shutdown().await;
+            }
         } else {
             let snapshot = self.discovery.borrow().clone();
             let service = snapshot.services_at(peer.ip()).first().and_then(|s| ServiceName::new(s).ok());
@@ -121,7 +118,100 @@ impl Inbound {
                 self.refuse(&caller, peer, "plaintext refused: the service enforces mTLS".into());
                 return;
             }
-            self.serve(stream, peer, caller, started, cancel).await;
+            let mut stream = stream;
+            if self.serve(&mut stream, peer, caller, started, cancel).await.is_none() {
+                let _ = stream.shutdown().await;
+            }
+        }
+    }
+
+    /// The TLS handshake, with the server config chosen after reading the client's hello: the
+    /// reusable hop is agreed only with a client that offers it (a client offering some other
+    /// protocol must not be refused for it). True when the hop was agreed.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, bool)> {
+        let handshake = async {
+            let acceptor = rustls::server::Acceptor::default();
+            let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+            let hop = self.settings.reuse_connections
+                && start.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| p == HOP_ALPN));
+            let Some(config) = self.tls.server_config(&self.service, hop) else {
+                return Ok(None);
+            };
+            start.into_stream(config).await.map(|tls| Some((tls, hop)))
+        };
+        match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+            Ok(Ok(Some(done))) => Some(done),
+            Ok(Ok(None)) => {
+                warn!("no certificate for this service's identity; refusing TLS");
+                None
+            }
+            Ok(Err(e)) => {
+                let reason = RejectReason::classify(&e);
+                self.metrics.handshake_failure(reason);
+                warn!(reason = reason.as_str(), error = %e, "TLS handshake refused");
+                None
+            }
+            Err(_) => {
+                self.metrics.handshake_failure(RejectReason::Timeout);
+                warn!(reason = "timeout", "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// Serves app connections one after another on a hop, until the client closes it, one ends
+    /// other than cleanly, it idles past [`hop::SERVER_IDLE`], or the agent stops.
+    async fn serve_hop(
+        &self,
+        mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SocketAddr,
+        caller: Caller,
+        first: ConnCount<'_>,
+        cancel: CancellationToken,
+        stop: CancellationToken,
+    ) {
+        let born = Instant::now();
+        let mut first = Some(first);
+        loop {
+            let opened = tokio::select! {
+                r = tokio::time::timeout(hop::SERVER_IDLE, hop::next_stream(&mut tls)) => r,
+                _ = stop.cancelled() => return,
+                _ = cancel.cancelled() => return,
+            };
+            match opened {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) | Err(_) => return,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "closing a hop that broke cordon's framing");
+                    return;
+                }
+            }
+            // The connection's own count covers its first app connection; each later one counts.
+            let _counted = match first.take() {
+                Some(c) => c,
+                None => {
+                    self.metrics.hop_reused.inc();
+                    ConnCount::new(&self.metrics)
+                }
+            };
+            let mut stream = HopStream::new(&mut tls);
+            let span = info_span!(
+                "stream",
+                source = tracing::field::Empty,
+                mode = tracing::field::Empty,
+                outcome = tracing::field::Empty
+            );
+            let end = self
+                .serve(&mut stream, peer, caller.clone(), Instant::now(), cancel.child_token())
+                .instrument(span)
+                .await;
+            let reusable = end == Some(End::Done) && stream.is_finished();
+            if !reusable || born.elapsed() > 2 * hop::MAX_AGE || stop.is_cancelled() {
+                return;
+            }
         }
     }
 
@@ -196,14 +286,17 @@ impl Inbound {
     }
 
     /// Decides, records and relays one identified connection.
+    /// Returns how the relay ended, or None when the connection was refused or the app not reached
+    /// (the caller then closes: a hop is closed whole, so a refusal never looks like a clean end).
     async fn serve<S>(
         &self,
-        mut client: S,
+        client: &mut S,
         peer: SocketAddr,
         caller: Caller,
         started: Instant,
         cancel: CancellationToken,
-    ) where
+    ) -> Option<End>
+    where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let mut policy_rx = self.policy.clone();
@@ -226,8 +319,7 @@ impl Inbound {
         self.note_decision(&caller, peer, &edge, outcome, decision.rule);
         self.recorder.record(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
         if !outcome.passes() {
-            let _ = client.shutdown().await;
-            return;
+            return None;
         }
 
         let app =
@@ -235,11 +327,11 @@ impl Inbound {
                 Ok(Ok(app)) => app,
                 Ok(Err(e)) => {
                     warn!(app = %self.app, error = %e, "app refused the connection");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     warn!(app = %self.app, "app did not accept in time");
-                    return;
+                    return None;
                 }
             };
         let _ = app.set_nodelay(true);
@@ -251,7 +343,7 @@ impl Inbound {
         let conn_cancel = cancel.child_token();
         let (carried, ()) = tokio::join!(
             async {
-                let carried = relay(&mut client, &mut app, self.settings.idle_timeout, &conn_cancel).await;
+                let carried = relay(client, &mut app, self.settings.idle_timeout, &conn_cancel).await;
                 conn_cancel.cancel();
                 carried
             },
@@ -267,5 +359,6 @@ impl Inbound {
             bytes_to_source: carried.back,
             duration: started.elapsed(),
         });
+        Some(carried.end)
     }
 }

@@ -6,11 +6,13 @@
 //! files itself, and never waits on either.
 
 mod balance;
+pub mod hop;
 mod inbound;
 mod outbound;
 mod relay;
 
 pub use balance::Balancer;
+pub use hop::HopPool;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use relay::{Carried, End, relay};

@@ -2,21 +2,26 @@
 //! from the live discovery snapshot, dials its mTLS port with this host's identity, checks that
 //! the server is the service expected, and relays. Backends that have not migrated (no
 //! `cordon_mtls_port` in discovery) are dialled in plaintext on their own port.
+//!
+//! When the backend's cordon agrees to the reusable hop (`proxy::hop`), the mTLS connection goes
+//! back to a pool after the app connection and carries the next one to that backend.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cordon_discovery::{Backend, Snapshot};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::{Balancer, ConnCount, Lifecycle, accept_loop, relay};
+use super::hop::{self, Hop, HopPool, HopStream};
+use super::{Balancer, ConnCount, End, Lifecycle, accept_loop, relay};
 use crate::agent::config::ProxySettings;
 use crate::metrics::ListenerMetrics;
-use crate::pki::{RejectReason, ServiceName, TlsStore, server_name};
+use crate::pki::{HOP_ALPN, RejectReason, ServiceName, TlsStore, server_name};
 
 /// One outbound listener's shared state.
 pub struct Outbound {
@@ -29,10 +34,14 @@ pub struct Outbound {
     pub metrics: ListenerMetrics,
     pub settings: ProxySettings,
     pub balancer: Balancer,
+    /// Idle hops to backends that agreed to reuse.
+    pub pool: HopPool,
 }
 
-/// A connection to a backend: over mTLS, or plaintext to a backend not yet migrated.
+/// A connection to a backend: a reusable hop, one mTLS connection for this app connection only,
+/// or plaintext to a backend not yet migrated.
 enum Upstream {
+    Hop { hop: Hop, backend: SocketAddr },
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Plain(TcpStream),
 }
@@ -42,34 +51,55 @@ impl Outbound {
     pub async fn run(self: Arc<Self>, listener: TcpListener, life: Lifecycle) {
         let max = self.settings.max_connections;
         let force = life.force_close.clone();
-        accept_loop(listener, max, life, move |stream, peer| {
+        let sweeper = tokio::spawn({
             let this = self.clone();
+            let stop = life.stop_accepting.clone();
+            async move {
+                let mut tick = tokio::time::interval(hop::CLIENT_IDLE / 3);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => this.pool.sweep(),
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        });
+        let this = self.clone();
+        accept_loop(listener, max, life, move |stream, peer| {
+            let this = this.clone();
             let cancel = force.child_token();
             let span =
                 info_span!("outbound", destination = %this.service, identity = %this.identity, app = %peer);
             async move { this.handle(stream, cancel).await }.instrument(span)
         })
         .await;
+        sweeper.abort();
     }
 
     async fn handle(&self, mut client: TcpStream, cancel: CancellationToken) {
         let _counted = ConnCount::new(&self.metrics);
-        if let Some(mut upstream) = self.dial().await {
-            let carried = match &mut upstream {
-                Upstream::Tls(tls) => {
-                    relay(&mut client, tls.as_mut(), self.settings.idle_timeout, &cancel).await
+        let Some(upstream) = self.dial(&mut client).await else { return };
+        let idle = self.settings.idle_timeout;
+        let carried = match upstream {
+            Upstream::Hop { mut hop, backend } => {
+                let mut stream = HopStream::new(&mut *hop.conn);
+                let carried = relay(&mut client, &mut stream, idle, &cancel).await;
+                if carried.end == End::Done && stream.is_finished() {
+                    self.pool.put(backend, hop);
                 }
-                Upstream::Plain(tcp) => relay(&mut client, tcp, self.settings.idle_timeout, &cancel).await,
-            };
-            self.metrics.bytes_to_destination.inc_by(carried.forward);
-            self.metrics.bytes_to_source.inc_by(carried.back);
-            debug!(forward = carried.forward, back = carried.back, end = ?carried.end, "closed");
-        }
+                carried
+            }
+            Upstream::Tls(mut tls) => relay(&mut client, tls.as_mut(), idle, &cancel).await,
+            Upstream::Plain(mut tcp) => relay(&mut client, &mut tcp, idle, &cancel).await,
+        };
+        self.metrics.bytes_to_destination.inc_by(carried.forward);
+        self.metrics.bytes_to_source.inc_by(carried.back);
+        debug!(forward = carried.forward, back = carried.back, end = ?carried.end, "closed");
     }
 
     /// Tries the backends in balancer order until one connects (and, over mTLS, proves to be the
     /// expected service). None when every backend failed; the local connection is then closed.
-    async fn dial(&self) -> Option<Upstream> {
+    async fn dial(&self, client: &mut TcpStream) -> Option<Upstream> {
         let snapshot = self.discovery.borrow().clone();
         let backends = snapshot.backends(self.service.as_str());
         let order = self.balancer.order(backends);
@@ -80,7 +110,7 @@ impl Outbound {
         }
         for (attempt, &i) in order.iter().enumerate() {
             let backend = &backends[i];
-            match self.dial_one(backend).await {
+            match self.dial_one(backend, client).await {
                 Ok(upstream) => {
                     if attempt > 0 {
                         self.metrics.failovers.inc();
@@ -98,9 +128,18 @@ impl Outbound {
         None
     }
 
-    async fn dial_one(&self, backend: &Backend) -> Result<Upstream, DialError> {
+    async fn dial_one(&self, backend: &Backend, client: &mut TcpStream) -> Result<Upstream, DialError> {
         let port = backend.mtls_port.unwrap_or(backend.port);
         let addr = resolve(&backend.host, port, self.settings.connect_timeout).await?;
+        if backend.mtls_port.is_some() && self.settings.reuse_connections {
+            while let Some(mut hop) = self.pool.take(addr) {
+                // The server may have closed it this very moment: then open on a fresh one.
+                if self.open(&mut hop, client).await.is_ok() {
+                    self.metrics.hop_reused.inc();
+                    return Ok(Upstream::Hop { hop, backend: addr });
+                }
+            }
+        }
         let tcp = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| DialError::ConnectTimeout(addr))?
@@ -109,24 +148,42 @@ impl Outbound {
         if backend.mtls_port.is_none() {
             return Ok(Upstream::Plain(tcp));
         }
-        let config = self.tls.client_config(&self.identity, &self.service).ok_or(DialError::NoIdentity)?;
+        let config = self
+            .tls
+            .client_config(&self.identity, &self.service, addr, self.settings.reuse_connections)
+            .ok_or(DialError::NoIdentity)?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let handshake = connector.connect(server_name(&self.service), tcp);
-        match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => {
-                self.metrics.handshake(tls.get_ref().1.handshake_kind());
-                Ok(Upstream::Tls(Box::new(tls)))
-            }
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let reason = RejectReason::classify(&e);
                 self.metrics.handshake_failure(reason);
-                Err(DialError::Handshake { addr, reason, error: e })
+                return Err(DialError::Handshake { addr, reason, error: e });
             }
             Err(_) => {
                 self.metrics.handshake_failure(RejectReason::Timeout);
-                Err(DialError::HandshakeTimeout(addr))
+                return Err(DialError::HandshakeTimeout(addr));
             }
+        };
+        self.metrics.handshake(tls.get_ref().1.handshake_kind());
+        if tls.get_ref().1.alpn_protocol() != Some(HOP_ALPN) {
+            return Ok(Upstream::Tls(Box::new(tls)));
         }
+        let mut hop = Hop { conn: Box::new(tls), born: std::time::Instant::now() };
+        self.open(&mut hop, client).await.map_err(|e| DialError::Open(addr, e))?;
+        Ok(Upstream::Hop { hop, backend: addr })
+    }
+
+    /// Starts an app connection on `hop`, with the app's first bytes in the same TLS record when
+    /// they are already here. They are only taken from the app's socket once sent, so a hop that
+    /// turns out dead loses nothing.
+    async fn open(&self, hop: &mut Hop, client: &mut TcpStream) -> std::io::Result<()> {
+        let mut first = [0u8; 4096];
+        let n = hop::peek_now(client, &mut first);
+        hop::open(&mut *hop.conn, &first[..n]).await?;
+        client.read_exact(&mut first[..n]).await?;
+        Ok(())
     }
 }
 
@@ -147,6 +204,8 @@ enum DialError {
     Handshake { addr: SocketAddr, reason: RejectReason, error: std::io::Error },
     #[error("TLS handshake with {0} timed out")]
     HandshakeTimeout(SocketAddr),
+    #[error("starting a connection on the hop to {0}: {1}")]
+    Open(SocketAddr, std::io::Error),
 }
 
 /// An IP literal at once; a host name through the system resolver, bounded by `timeout`.

@@ -3,9 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,8 +12,13 @@ use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-/// Buffer per direction. 64 KiB keeps a TLS record (16 KiB) and several socket reads in flight.
-const BUF: usize = 64 * 1024;
+/// Buffer per direction at first: enough for the requests and replies of most protocols, and
+/// cheap for the many short connections a proxy carries.
+const BUF_START: usize = 8 * 1024;
+
+/// A direction whose reads fill the buffer (bulk data) grows it to this: several TLS records
+/// (16 KiB each) per socket read and write.
+const BUF_BULK: usize = 64 * 1024;
 
 /// Why a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +109,78 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     }
 }
 
+/// One direction of a relay: read into the buffer, write it all out, pass the end of stream on as
+/// a shutdown. The buffer starts small and grows once a read fills it.
+struct Pipe {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+}
+
+impl Pipe {
+    fn new() -> Self {
+        Self { buf: Vec::new(), pos: 0, end: 0, read_done: false, need_flush: false, done: false }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.end && !self.read_done {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; BUF_START];
+                } else if self.end == self.buf.len() && self.buf.len() < BUF_BULK {
+                    self.buf.resize(BUF_BULK, 0);
+                }
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        (self.pos, self.end) = (0, n);
+                        self.read_done = n == 0;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Nothing more to read for now: push out what was written before waiting.
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.end {
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.done = true;
+                self.buf = Vec::new();
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
 /// Copies `client` <-> `server` until both halves close, one side fails, nothing moves for
 /// `idle`, or `cancel` fires. A half-close is passed on: when the client shuts down its write
 /// side, the server's write side is shut down and the reply still flows back in full.
@@ -118,15 +194,20 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let activity = Arc::new(Activity {
+    let activity = Activity {
         forward: AtomicU64::new(0),
         back: AtomicU64::new(0),
         last_ms: AtomicU64::new(0),
         start: Instant::now(),
-    });
+    };
     let mut c = Counted { inner: client, activity: &activity, is_client: true };
     let mut s = Counted { inner: server, activity: &activity, is_client: false };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut s, BUF, BUF);
+    let (mut forward, mut back) = (Pipe::new(), Pipe::new());
+    let copy = std::future::poll_fn(|cx| {
+        let forward_done = forward.poll_copy(cx, &mut c, &mut s)?.is_ready();
+        let back_done = back.poll_copy(cx, &mut s, &mut c)?.is_ready();
+        if forward_done && back_done { Poll::Ready(Ok::<_, io::Error>(())) } else { Poll::Pending }
+    });
     tokio::pin!(copy);
     let end = loop {
         // Wake at the earliest moment the idle limit could be reached.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use cordon::agent::Agent;
 use cordon::agent::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -250,4 +251,34 @@ pub async fn dead_port() -> u16 {
 
 pub fn localhost() -> IpAddr {
     IpAddr::from([127, 0, 0, 1])
+}
+
+/// Reads one counter or gauge from a Prometheus exposition: the sum over the series whose labels
+/// include all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A db host (inbound for "db" in front of an echo app) listed in discovery.
+pub async fn db_host(world: &World) -> (Agent, EchoApp) {
+    let app = EchoApp::start().await;
+    world.issue("db");
+    let db = Agent::start(world.config("db-host", &[("db", app.addr)], &[])).await.unwrap();
+    let port = db.bound().service("db").unwrap().port();
+    world.write_discovery("db", &[(localhost(), app.addr.port(), Some(port))]);
+    (db, app)
+}
+
+/// A caller host dialling "db" through its outbound listener with `identity`.
+pub async fn caller_host(world: &World, identity: &str) -> Agent {
+    world.issue(identity);
+    Agent::start(world.config(&format!("{identity}-host"), &[], &[("db", identity)])).await.unwrap()
 }
