@@ -38,7 +38,8 @@ fn main() {
                 rr(addr, arg(&args, 3, "CONNS"), arg(&args, 4, "SECONDS"), arg(&args, 5, "SIZE")).await
             }
             Some("paced") => {
-                let (conns, seconds, size) = (arg(&args, 3, "CONNS"), arg(&args, 4, "SECONDS"), arg(&args, 5, "SIZE"));
+                let (conns, seconds, size) =
+                    (arg(&args, 3, "CONNS"), arg(&args, 4, "SECONDS"), arg(&args, 5, "SIZE"));
                 paced(addr, conns, seconds, size, arg(&args, 6, "RATE")).await
             }
             Some("connect") => connect(addr, arg(&args, 3, "CONNS"), arg(&args, 4, "SECONDS")).await,
