@@ -126,42 +126,10 @@ async fn bulk(addr: SocketAddr, conns: usize, mib: usize) -> Result<()> {
 }
 
 async fn rr(addr: SocketAddr, conns: usize, seconds: f64, size: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await?;
-            s.set_nodelay(true)?;
-            let msg = vec![0x42u8; size];
-            let mut back = vec![0u8; size];
-            // At most a million samples per connection: bounded memory whatever the rate.
-            let mut lat = Vec::with_capacity(100_000);
-            while Instant::now() < deadline && lat.len() < 1_000_000 {
-                let t = Instant::now();
-                s.write_all(&msg).await?;
-                s.read_exact(&mut back).await?;
-                lat.push(t.elapsed().as_micros() as u32);
-            }
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(lat)
-        }));
-    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let secs = start.elapsed().as_secs_f64().max(seconds);
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0)
-    };
-    println!(
-        "rr {:.0} req/s p50_us={} p99_us={} conns={conns} size={size} requests={}",
-        all.len() as f64 / secs,
-        pct(0.50),
-        pct(0.99),
-        all.len()
-    );
+    let all = exchanges(addr, conns, size, deadline, None).await?;
+    print_latency("rr", all, start.elapsed().as_secs_f64().max(seconds), conns, size);
     Ok(())
 }
 
@@ -171,8 +139,23 @@ async fn rr(addr: SocketAddr, conns: usize, seconds: f64, size: usize) -> Result
 /// was actually sent.
 async fn paced(addr: SocketAddr, conns: usize, seconds: f64, size: usize, rate: f64) -> Result<()> {
     let period = Duration::from_secs_f64(conns as f64 / rate.max(1.0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let all = exchanges(addr, conns, size, deadline, Some(period)).await?;
+    print_latency("paced", all, seconds, conns, size);
+    Ok(())
+}
+
+/// `conns` keep-alive connections exchanging `size` bytes each way until `deadline`: back to back,
+/// or one exchange per `period` on each connection. Returns every exchange's latency in µs; at most
+/// a million samples per connection, so memory stays bounded whatever the rate.
+async fn exchanges(
+    addr: SocketAddr,
+    conns: usize,
+    size: usize,
+    deadline: tokio::time::Instant,
+    period: Option<Duration>,
+) -> Result<Vec<u32>> {
     let start = tokio::time::Instant::now();
-    let end = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for i in 0..conns {
         tasks.push(tokio::spawn(async move {
@@ -181,14 +164,22 @@ async fn paced(addr: SocketAddr, conns: usize, seconds: f64, size: usize, rate: 
             let msg = vec![0x42u8; size];
             let mut back = vec![0u8; size];
             let mut lat = Vec::with_capacity(100_000);
-            let mut due = start + period.mul_f64(i as f64 / conns as f64);
-            while due < end && lat.len() < 1_000_000 {
-                tokio::time::sleep_until(due).await;
+            let mut due = period.map(|p| start + p.mul_f64(i as f64 / conns as f64));
+            loop {
+                if let Some(due) = due {
+                    if due >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due).await;
+                }
+                if tokio::time::Instant::now() >= deadline || lat.len() >= 1_000_000 {
+                    break;
+                }
                 let sent = Instant::now();
                 s.write_all(&msg).await?;
                 s.read_exact(&mut back).await?;
                 lat.push(sent.elapsed().as_micros() as u32);
-                due += period;
+                due = due.zip(period).map(|(d, p)| d + p);
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(lat)
         }));
@@ -197,18 +188,22 @@ async fn paced(addr: SocketAddr, conns: usize, seconds: f64, size: usize, rate: 
     for t in tasks {
         all.extend(t.await??);
     }
+    Ok(all)
+}
+
+/// The one line a latency measurement prints: rate, p50 and p99.
+fn print_latency(name: &str, mut all: Vec<u32>, secs: f64, conns: usize, size: usize) {
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0)
     };
     println!(
-        "paced {:.0} req/s p50_us={} p99_us={} conns={conns} size={size} requests={}",
-        all.len() as f64 / seconds,
+        "{name} {:.0} req/s p50_us={} p99_us={} conns={conns} size={size} requests={}",
+        all.len() as f64 / secs,
         pct(0.50),
         pct(0.99),
         all.len()
     );
-    Ok(())
 }
 
 async fn connect(addr: SocketAddr, conns: usize, seconds: f64) -> Result<()> {

@@ -5,6 +5,11 @@ CORDON, LOADGEN = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BULK_MIB = int(os.environ.get("BENCH_BULK_MIB", "512"))
+# Extra lines for both agents' [proxy] table, e.g. BENCH_PROXY="threads = 2" or
+# BENCH_PROXY="reuse_connections = false", to measure a variant against the same HAProxy pair.
+PROXY_EXTRA = os.environ.get("BENCH_PROXY", "").replace(";", "\n")
+# Paced latency: requests per second, in total over 16 connections.
+PACED = [int(r) for r in os.environ.get("BENCH_PACED", "2000,8000").split(",") if r]
 TICK = os.sysconf("SC_CLK_TCK")
 work = tempfile.mkdtemp(prefix="cordon-bench-")
 procs = []
@@ -63,8 +68,8 @@ for s in ("web", "db"):
     with open(f"{s}.pem", "w") as f:
         f.write(open(f"tls/{s}/cert.pem").read() + open(f"tls/{s}/key.pem").read())
 
-APP, HA_IN, HA_TLS, CO_OUT, CO_IN = port(), port(), port(), port(), port()
-ADM_OUT, ADM_IN = port(), port()
+APP, HA_IN, HA_TLS, CO_OUT, CO_IN, CO_OUT_TLS = port(), port(), port(), port(), port(), port()
+ADM_OUT, ADM_IN, ADM_OUT_TLS = port(), port(), port()
 start([LOADGEN, "serve", f"127.0.0.1:{APP}"], "backend.log")
 wait_port(APP, "backend")
 
@@ -101,7 +106,7 @@ POLICY = {
     "enforce": '[modes]\n"*" = "enforce"\n[[intention]]\nsource = "web"\ndestination = "db"\naction = "allow"\n',
 }
 open("policy.toml", "w").write(POLICY["learn"])
-def agent_cfg(name, admin, body):
+def agent_cfg(name, admin, body, proxy=""):
     open(f"{name}.toml", "w").write(f"""trust_domain = "{TD}"
 discovery_dir = "discovery"
 policy = "policy.toml"
@@ -113,12 +118,19 @@ ca = "ca/ca.pem"
 dir = "tls"
 [proxy]
 max_connections = 20000
+{PROXY_EXTRA}
+{proxy}
 {body}""")
 agent_cfg("in", ADM_IN, f'[[service]]\nname = "db"\nlisten = "127.0.0.1:{CO_IN}"\napp = "127.0.0.1:{APP}"\n')
 agent_cfg("out", ADM_OUT, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT}"\nidentity = "web"\n')
+# The same caller with a TLS handshake (resumed) to the inbound for every app connection: what the
+# new-connection rate is without reusing connections between agents.
+agent_cfg("out-tls", ADM_OUT_TLS, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT_TLS}"\nidentity = "web"\n',
+          "reuse_connections = false")
 co_in = start([CORDON, "agent", "--config", "in.toml"], "cordon-in.log")
 co_out = start([CORDON, "agent", "--config", "out.toml"], "cordon-out.log")
-for p, what in ((HA_IN, "haproxy"), (HA_TLS, "haproxy"), (CO_OUT, "cordon"), (CO_IN, "cordon")):
+co_out_tls = start([CORDON, "agent", "--config", "out-tls.toml"], "cordon-out-tls.log")
+for p, what in ((HA_IN, "haproxy"), (HA_TLS, "haproxy"), (CO_OUT, "cordon"), (CO_IN, "cordon"), (CO_OUT_TLS, "cordon")):
     wait_port(p, what)
 
 def set_mode(mode):
@@ -131,13 +143,23 @@ TOPOLOGIES = {
     "haproxy": (HA_IN, [ha_out.pid, ha_in.pid]),
     "cordon-learn": (CO_OUT, [co_out.pid, co_in.pid]),
     "cordon-enforce": (CO_OUT, [co_out.pid, co_in.pid]),
+    "cordon-no-reuse": (CO_OUT_TLS, [co_out_tls.pid, co_in.pid]),
 }
+# Topologies measured by some tests only (the rest: every test).
+ONLY = {"cordon-no-reuse": {"connect"}}
 TESTS = {
     "bulk": lambda p: [LOADGEN, "bulk", f"127.0.0.1:{p}", "4", str(BULK_MIB)],
     "rr": lambda p: [LOADGEN, "rr", f"127.0.0.1:{p}", "16", str(SECONDS), "64"],
     "connect": lambda p: [LOADGEN, "connect", f"127.0.0.1:{p}", "16", str(SECONDS)],
 }
-UNIT = {"bulk": "MiB/s", "rr": "req/s", "connect": "conn/s"}
+for rate in PACED:
+    TESTS[f"paced{rate}"] = lambda p, rate=rate: [LOADGEN, "paced", f"127.0.0.1:{p}", "16", str(SECONDS), "64", str(rate)]
+# BENCH_TESTS=bulk,rr runs only those (the ratios need bulk, rr and connect).
+if os.environ.get("BENCH_TESTS"):
+    TESTS = {k: v for k, v in TESTS.items() if k in os.environ["BENCH_TESTS"].split(",")}
+UNIT = {"bulk": "MiB/s", "connect": "conn/s", **{t: "req/s" for t in TESTS if t == "rr" or t.startswith("paced")}}
+PER = {"bulk": "MiB", "connect": "conn", **{t: "req" for t in TESTS if t == "rr" or t.startswith("paced")}}
+LATENCY = [t for t in TESTS if t == "rr" or t.startswith("paced")]
 
 results = {}  # (topology, test) -> list of dicts
 mode = "learn"
@@ -147,7 +169,9 @@ for r in range(ROUNDS):
     rotated = order[r % len(order):] + order[:r % len(order)]
     for test, cmd in TESTS.items():
         for topo in rotated:
-            want = "enforce" if topo == "cordon-enforce" else "learn"
+            if test not in ONLY.get(topo, {test}):
+                continue
+            want = "enforce" if topo in ("cordon-enforce", "cordon-no-reuse") else "learn"
             if topo.startswith("cordon") and want != mode:
                 set_mode(want); mode = want
             p, pids = TOPOLOGIES[topo]
@@ -157,11 +181,11 @@ for r in range(ROUNDS):
             value = float(out[1])
             kv = dict(x.split("=") for x in out[3:])
             # Work done: MiB each way, requests, connections.
-            work_units = {"bulk": float(kv.get("mib", 0)), "rr": float(kv.get("requests", 0)), "connect": float(kv.get("done", 0))}[test]
+            work_units = float(kv.get({"bulk": "mib", "connect": "done"}.get(test, "requests"), 0))
             row = {"value": value, "cpu_per_unit": used / work_units if work_units else 0, **kv}
             results.setdefault((topo, test), []).append(row)
-            extra = f" p50={kv['p50_us']}us p99={kv['p99_us']}us" if test == "rr" else ""
-            cpu_txt = f" proxy_cpu={row['cpu_per_unit']*1e6:.1f}us/{'MiB' if test == 'bulk' else 'req' if test == 'rr' else 'conn'}" if pids else ""
+            extra = f" p50={kv['p50_us']}us p99={kv['p99_us']}us" if test in LATENCY else ""
+            cpu_txt = f" proxy_cpu={row['cpu_per_unit']*1e6:.1f}us/{PER[test]}" if pids else ""
             print(f"round {r+1} {topo:15} {test:8} {value:10.1f} {UNIT[test]}{extra}{cpu_txt}", flush=True)
 
 def med(topo, test, key="value"):
@@ -170,15 +194,19 @@ def med(topo, test, key="value"):
 print("\n== medians")
 for test in TESTS:
     for topo in TOPOLOGIES:
+        if (topo, test) not in results:
+            continue
         line = f"{topo:15} {test:8} {med(topo, test):10.1f} {UNIT[test]}"
-        if test == "rr":
+        if test in LATENCY:
             line += f"  p50 {med(topo, test, 'p50_us'):.0f} us  p99 {med(topo, test, 'p99_us'):.0f} us"
         if TOPOLOGIES[topo][1]:
-            line += f"  proxy CPU {med(topo, test, 'cpu_per_unit')*1e6:.1f} us per {'MiB' if test == 'bulk' else 'request' if test == 'rr' else 'connection'}"
+            line += f"  proxy CPU {med(topo, test, 'cpu_per_unit')*1e6:.1f} us per {PER[test]}"
         print(line)
-rss = {"haproxy": max(hwm_kib(ha_out.pid), hwm_kib(ha_in.pid)), "cordon": max(hwm_kib(co_out.pid), hwm_kib(co_in.pid))}
+rss = {"haproxy": max(hwm_kib(ha_out.pid), hwm_kib(ha_in.pid)), "cordon": max(hwm_kib(co_out.pid), hwm_kib(co_in.pid), hwm_kib(co_out_tls.pid))}
 print(f"peak RSS per proxy: haproxy {rss['haproxy']/1024:.1f} MiB, cordon {rss['cordon']/1024:.1f} MiB")
 
+if not all(t in TESTS for t in ("bulk", "rr", "connect")):
+    sys.exit(0)
 print("\n== ratios (same run; cordon = cordon-enforce)")
 def ratio(name, a, b, target, higher_is_better=True):
     ok = (a / b >= target) if higher_is_better else (a / b <= target)
@@ -187,13 +215,41 @@ c = "cordon-enforce"
 ratio("keep-alive req/s, cordon/haproxy", med(c, "rr"), med("haproxy", "rr"), 1.2)
 ratio("bulk MiB/s, cordon/haproxy", med(c, "bulk"), med("haproxy", "bulk"), 1.5)
 ratio("new conn/s, cordon/haproxy", med(c, "connect"), med("haproxy", "connect"), 5.0)
-ratio("p99 latency, cordon/haproxy", med(c, "rr", "p99_us"), med("haproxy", "rr", "p99_us"), 0.5, False)
+ratio("new conn/s, cordon without reuse/haproxy", med("cordon-no-reuse", "connect"), med("haproxy", "connect"), 5.0)
+ratio("p99 latency at saturation, cordon/haproxy", med(c, "rr", "p99_us"), med("haproxy", "rr", "p99_us"), 0.5, False)
+for rate in PACED:
+    t = f"paced{rate}"
+    ratio(f"p99 latency at {rate} req/s, cordon/haproxy", med(c, t, "p99_us"), med("haproxy", t, "p99_us"), 0.5, False)
+    ratio(f"p50 latency at {rate} req/s, cordon/haproxy", med(c, t, "p50_us"), med("haproxy", t, "p50_us"), 0.5, False)
 ratio("peak RSS per proxy, cordon/haproxy", rss["cordon"], rss["haproxy"], 1.0, False)
 ratio("proxy CPU per request, cordon/haproxy", med(c, "rr", "cpu_per_unit"), med("haproxy", "rr", "cpu_per_unit"), 1.0, False)
 ratio("proxy CPU per connection, cordon/haproxy", med(c, "connect", "cpu_per_unit"), med("haproxy", "connect", "cpu_per_unit"), 1.0, False)
+ratio("proxy CPU per conn, without reuse/haproxy", med("cordon-no-reuse", "connect", "cpu_per_unit"), med("haproxy", "connect", "cpu_per_unit"), 1.0, False)
 for test in TESTS:
     print(f"{'cordon/direct ' + test:44} {med(c, test)/med('direct', test):6.2f}x")
-for test in TESTS:
+for rate in PACED:
+    t = f"paced{rate}"
+    print(f"{'added p99 at ' + str(rate) + ' req/s, cordon/haproxy':44} {med(c, t, 'p99_us') - med('direct', t, 'p99_us'):4.0f} / {med('haproxy', t, 'p99_us') - med('direct', t, 'p99_us'):.0f} us")
+for test in ("bulk", "rr", "connect"):
     d = med("cordon-learn", test) / med(c, test)
     print(f"{'learn/enforce ' + test:44} {d:6.2f}x  target within 3%  {'met' if abs(d-1) <= 0.03 else 'NOT met'}")
 
+
+# How the outbound agents carried the app connections to the inbound one (their admin endpoints).
+import urllib.request
+def carried(agent, adm):
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{adm}/metrics", timeout=5).read().decode()
+    except OSError as e:
+        return f"(metrics unavailable: {e})"
+    totals = {}
+    for line in text.splitlines():
+        for name in ("cordon_tls_handshakes_total", "cordon_hop_reused_total"):
+            if line.startswith(name):
+                kind = line.split('kind="', 1)[1].split('"')[0] if 'kind="' in line else ""
+                key = name + (f"{{kind={kind}}}" if kind else "")
+                totals[key] = totals.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return ", ".join(f"{k} {v:.0f}" for k, v in sorted(totals.items()))
+print()
+for agent, adm in (("out", ADM_OUT), ("out-tls", ADM_OUT_TLS)):
+    print(f"== outbound agent {agent}, whole run: {carried(agent, adm)}")

@@ -3,7 +3,8 @@
 #  (a) a host still on HAProxy reaches a cordon inbound listener over mTLS with a cordon-issued
 #      client certificate (`server ... ssl crt ... ca-file ... verify required`) and is identified
 #      as its service;
-#  (b) cordon's outbound reaches a backend that HAProxy terminates with `verify required`;
+#  (b) cordon's outbound reaches a backend that HAProxy terminates with `verify required`, one
+#      mTLS connection per app connection (HAProxy does not take ALPN cordon-hop/1);
 #  (c) openssl s_client with a cordon certificate gets through; without one it is refused, and
 #      the refusal is counted by reason; curl reads the admin endpoint.
 # Installs haproxy (Debian) when it is missing. Exits non-zero on the first failed check.
@@ -144,9 +145,15 @@ check "echo through HAProxy -> cordon inbound -> app" "hello-a" "$(send "$HA_WEB
 metrics=$(curl -fsS "http://127.0.0.1:$DB_ADMIN/metrics")
 seen=$(grep -c '^cordon_verdicts_total{destination="db",source="web",' <<<"$metrics" || true)
 check "HAProxy's connection identified as service web" "1" "$seen"
+check "a second connection from HAProxy (no ALPN) -> cordon inbound" "hello-a2" "$(send "$HA_WEB" hello-a2)"
 
 echo "== (b) cordon outbound -> HAProxy terminating TLS with verify required"
 check "echo through cordon outbound -> HAProxy -> app" "hello-b" "$(send "$WEB_OUT" hello-b)"
+# cordon offers ALPN cordon-hop/1; HAProxy does not take it, so each app connection gets its own
+# mTLS connection, and none rides a reused one.
+check "a second connection through cordon outbound -> HAProxy" "hello-b2" "$(send "$WEB_OUT" hello-b2)"
+reused=$(curl -fsS "http://127.0.0.1:$WEB_ADMIN/metrics" | grep '^cordon_hop_reused_total{' | awk '{s+=$2} END {print s+0}')
+check "no connection reuse with a peer that is not cordon" "0" "$reused"
 
 echo "== (c) openssl s_client and curl"
 # Keep stdin open a moment: s_client quits at stdin's end, before the echo would come back.

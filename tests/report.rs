@@ -8,6 +8,19 @@ use std::time::{Duration, SystemTime};
 use cordon::ledger::{EdgeKey, Event, Recorder};
 use cordon::policy::{Identified, Mode, Verdict};
 
+/// `cordon report --db DB --policy POLICY --out OUT`, run as the built binary.
+fn report(db: &std::path::Path, policy: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    support::cordon(&[
+        "report",
+        "--db",
+        db.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn the_report_shows_every_edge_with_its_verdict() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,15 +56,8 @@ fn the_report_shows_every_edge_with_its_verdict() {
     )
     .unwrap();
     let out = dir.path().join("report.html");
-    support::cordon_ok(&[
-        "report",
-        "--db",
-        db.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = report(&db, &policy, &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let html = std::fs::read_to_string(&out).unwrap();
     let expected = [
         ("web", "api", "allowed"),
@@ -90,27 +96,47 @@ fn bad_inputs_exit_2_naming_the_file() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[modes]\n").unwrap();
     let missing = dir.path().join("missing.db");
-    let out = support::cordon(&[
-        "report",
-        "--db",
-        missing.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--out",
-        dir.path().join("r.html").to_str().unwrap(),
-    ]);
+    let out = report(&missing, &policy, &dir.path().join("r.html"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.db"));
     std::fs::write(&policy, "[modes]\ndb = \"maybe\"\n").unwrap();
-    let out = support::cordon(&[
-        "report",
-        "--db",
-        missing.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--out",
-        dir.path().join("r.html").to_str().unwrap(),
-    ]);
+    let out = report(&missing, &policy, &dir.path().join("r.html"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
+
+#[test]
+fn out_may_not_be_the_ledger_or_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (rec, h) = Recorder::start(&db, "host-1", 1024, Duration::from_millis(50)).unwrap();
+    let edge = EdgeKey {
+        source: "web".into(),
+        destination: "db".into(),
+        identified: Identified::Mtls,
+        mode: Mode::Learn,
+        verdict: Verdict::Allow,
+    };
+    h.record_wait(Event::Opened { edge, at: SystemTime::now() });
+    rec.shutdown();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[modes]\n").unwrap();
+    let (ledger_before, policy_before) = (std::fs::read(&db).unwrap(), std::fs::read(&policy).unwrap());
+    // Spelled differently from --db/--policy, so only the file's identity can tell.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for (target, flag) in [(sub.join("../ledger.db"), "--db"), (sub.join("../policy.toml"), "--policy")] {
+        let out = report(&db, &policy, &target);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("is the {flag} file")), "{stderr}");
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), ledger_before, "the ledger is untouched");
+    assert_eq!(std::fs::read(&policy).unwrap(), policy_before, "the policy is untouched");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -18,11 +18,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let config = Config::load(&args.config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("cordon")
-        .build()
-        .context("starting the async runtime")?;
+    let mut builder = match config.proxy.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let runtime = builder.enable_all().thread_name("cordon").build().context("starting the async runtime")?;
     runtime.block_on(async {
         let agent = Agent::start(config)
             .await

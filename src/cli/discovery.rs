@@ -25,7 +25,7 @@ pub enum Format {
 /// Arguments of `cordon discovery`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The directory Synapse's file_output writes (one <service>.json per service).
+    /// The directory Synapse's file_output writes (one `<service>.json` per service).
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
     /// Output format.

@@ -27,6 +27,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    for (input, flag) in [(&args.db, "--db"), (&args.policy, "--policy")] {
+        anyhow::ensure!(
+            !same_file(&args.out, input),
+            "--out {} is the {flag} file; the report would overwrite it",
+            args.out.display()
+        );
+    }
     let policy = Policy::load(&args.policy)?;
     let since = args.since.map(|w| std::time::SystemTime::now() - w);
     let observed = graph::load(&args.db, since)?;
@@ -34,7 +41,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let proposal = graph::propose(&observed, 1, Some(&policy));
     let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db.display())]);
     let html = report::render(&args.db, &observed, &policy, &services, &toml);
-    std::fs::write(&args.out, html)
+    // Whole or not at all: a browser or a copy job never sees half a page.
+    crate::pki::files::write_atomic(&args.out, html.as_bytes(), 0o644)
         .with_context(|| format!("{}: cannot write the report", args.out.display()))?;
     writeln!(
         std::io::stdout().lock(),
@@ -44,4 +52,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         observed.edges.len()
     )?;
     Ok(Outcome::Success)
+}
+
+/// Whether `a` and `b` name one file (through links or `..`); a missing `a` names nothing yet.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

@@ -2,7 +2,7 @@
 //! readiness of each service to be enforced.
 //!
 //! Owns the analysis ([`load`], [`propose()`], [`diff()`]) and, kept apart from it, the output
-//! formats ([`format`]: text, JSON, DOT, TOML). It reads the ledger only through
+//! formats ([`format`](mod@format): text, JSON, DOT, TOML). It reads the ledger only through
 //! [`crate::ledger`] (never SQL of its own) and sees the policy only through [`PolicyView`], so
 //! it is testable without a policy file and reusable by the HTML report. It must not write files.
 
