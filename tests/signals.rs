@@ -11,10 +11,20 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
+    signals_with("").await;
+}
+
+/// The same with the data plane on a multi-threaded runtime (`[proxy] threads`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_two_data_plane_threads() {
+    signals_with("threads = 2\n").await;
+}
+
+async fn signals_with(proxy: &str) {
     let world = World::new();
     let app = EchoApp::start().await;
     world.issue("db");
-    world.config("db-host", &[("db", app.addr)], &[]);
+    world.config_with("db-host", &[("db", app.addr)], &[], proxy);
     let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
         .args(["agent", "--config", world.path("db-host.toml").to_str().unwrap()])
         .stderr(Stdio::piped())

@@ -467,6 +467,13 @@ identity = "web"
     }
 
     #[test]
+    fn the_data_plane_is_single_threaded_unless_told() {
+        assert_eq!(parse(GOOD).unwrap().proxy.threads, 1);
+        let text = GOOD.replace("[tls]", "[proxy]\nthreads = 4\n[tls]");
+        assert_eq!(parse(&text).unwrap().proxy.threads, 4);
+    }
+
+    #[test]
     fn unknown_field_is_named_with_its_line() {
         let text = GOOD.replace("lockdown = true", "lockdwn = true");
         let err = parse(&text).unwrap_err().to_string();
@@ -488,6 +495,7 @@ identity = "web"
             ("dir = \"/etc/cordon/tls\"", "ca_dir = \"/etc/cordon/ca\"", "tls:"),
             ("host          = \"db-1\"", "host = \" \"", "host:"),
             ("[tls]", "[proxy]\nmax_connections = 0\n[tls]", "proxy.max_connections:"),
+            ("[tls]", "[proxy]\nthreads = 0\n[tls]", "proxy.threads:"),
         ];
         for (from, to, field) in cases {
             assert!(GOOD.contains(from), "fixture lost {from}");
