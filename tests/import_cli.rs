@@ -1,5 +1,6 @@
 //! `cordon import haproxy-cfg` and `cordon import haproxy-log`, run as the built binary on the
-//! fixtures under `fixtures/haproxy/`.
+//! fixtures under `fixtures/haproxy/`: what they read, and that importing again never counts a
+//! line twice.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -101,10 +102,11 @@ fn haproxy_cfg_refuses_bad_input_naming_it() {
     assert!(text(&missing.stderr).contains("nowhere.cfg"), "{}", text(&missing.stderr));
 }
 
-/// The edge table `import haproxy-log` prints: (source, destination, connections).
+/// The edge table `import haproxy-log` prints after its notes: (source, destination, connections).
 fn edges(stdout: &str) -> Vec<(String, String, u64)> {
     stdout
         .lines()
+        .skip_while(|l| !l.starts_with("SOURCE "))
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -348,4 +350,299 @@ fn haproxy_log_records_what_a_given_policy_allows() {
     let bad = cordon(&args, dir.path());
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("policy.toml"), "{}", text(&bad.stderr));
+}
+
+// Importing again: a file is imported once, however often the import runs.
+
+fn cordon_stdin(args: &[&str], dir: &Path, input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cordon");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs cordon, asserts it succeeded, and returns (stdout, stderr).
+fn ok(args: &[&str], dir: &Path) -> (String, String) {
+    let out = cordon(args, dir);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+/// `import haproxy-log --db DB --source web --host web-1 FILES...`
+fn import<'a>(db: &'a str, files: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["import", "haproxy-log", "--db", db, "--source", "web", "--host", "web-1"];
+    args.extend_from_slice(files);
+    args
+}
+
+/// The lines of a fixture, newlines kept.
+fn fixture_lines(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(fixture(name)).unwrap();
+    let lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+    assert!(lines.len() > 8, "{name} has lines");
+    lines
+}
+
+fn totals(db: &Path) -> Vec<cordon::ledger::EdgeTotals> {
+    cordon::ledger::edge_totals(db, None).unwrap()
+}
+
+fn connections(db: &Path) -> u64 {
+    totals(db).iter().map(|e| e.connections).sum()
+}
+
+/// Every row of both tables, as text, sorted: to see that nothing was written.
+fn dump(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut rows = Vec::new();
+    for table in ["edge_hour", "imported_prefix"] {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let columns = stmt.column_count();
+        let mut query = stmt.query([]).unwrap();
+        while let Some(row) = query.next().unwrap() {
+            let values: Vec<String> = (0..columns)
+                .map(|i| format!("{:?}", row.get::<_, rusqlite::types::Value>(i).unwrap()))
+                .collect();
+            rows.push(format!("{table}: {}", values.join(", ")));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// What one import of `files` into a fresh ledger gives: the reference for imports done in steps.
+fn imported_once(dir: &Path, files: &[&str]) -> Vec<cordon::ledger::EdgeTotals> {
+    let fresh = dir.join("reference.db");
+    let _ = std::fs::remove_file(&fresh);
+    ok(&import(fresh.to_str().unwrap(), files), dir);
+    totals(&fresh)
+}
+
+#[test]
+fn haproxy_log_imports_the_same_file_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    std::fs::copy(fixture("tcplog.log"), dir.path().join("access.log")).unwrap();
+
+    let (stdout, stderr) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(stderr.contains("12 lines: 8 connections imported (ledger.db)"), "{stderr}");
+    assert!(!stdout.contains("already imported"), "{stdout}");
+    let first = totals(&db);
+    assert_eq!(connections(&db), 8);
+
+    let (stdout, stderr) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(stdout.starts_with("access.log: already imported (13 lines), skipped\n"), "{stdout}");
+    assert!(edges(&stdout).is_empty(), "{stdout}");
+    assert!(stderr.contains("0 lines: 0 connections imported"), "{stderr}");
+    assert!(stderr.contains("13 lines skipped as already imported"), "{stderr}");
+    assert!(!stderr.contains("not an HAProxy traffic line"), "skipped lines are not read: {stderr}");
+    assert_eq!(totals(&db), first, "connections and bytes unchanged");
+
+    // The file is known by its content: a copy, and the same name twice in one run, add nothing.
+    std::fs::copy(dir.path().join("access.log"), dir.path().join("copy.log")).unwrap();
+    let (stdout, _) = ok(&import("ledger.db", &["copy.log", "access.log", "copy.log"]), dir.path());
+    assert_eq!(stdout.matches("already imported (13 lines), skipped").count(), 3, "{stdout}");
+    assert_eq!(totals(&db), first);
+
+    // Stdin cannot be recognised: it is imported in full, every time.
+    let tcp = std::fs::read(fixture("tcplog.log")).unwrap();
+    let out = cordon_stdin(&import("ledger.db", &["-"]), dir.path(), &tcp);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("already imported"), "{}", text(&out.stdout));
+    assert_eq!(connections(&db), 16);
+}
+
+#[test]
+fn haproxy_log_imports_only_the_lines_appended_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let log = dir.path().join("access.log");
+    let (tcp, http) = (fixture_lines("tcplog.log"), fixture_lines("httplog.log"));
+    let append = |text: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+
+    append(&tcp[..6].concat());
+    let (_, stderr) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(stderr.contains("6 lines: 5 connections imported"), "{stderr}");
+    assert_eq!(connections(&db), 5);
+
+    append(&tcp[6..].concat());
+    let (stdout, stderr) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(
+        stdout.starts_with("access.log: 6 lines already imported, skipped; 7 new lines imported\n"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("6 lines: 3 connections imported"), "{stderr}");
+    assert!(stderr.contains("access.log:13: not an HAProxy traffic line"), "real line numbers: {stderr}");
+    assert_eq!(connections(&db), 8);
+
+    // The writer is halfway through a line: it is left for the next run, then read whole.
+    let (half, rest) = http[0].split_at(60);
+    append(half);
+    let (stdout, stderr) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(stdout.starts_with("access.log: already imported (13 lines), skipped\n"), "{stdout}");
+    assert!(
+        stderr.contains(
+            "access.log:14: no newline at the end (still being written?); left for the next import"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(connections(&db), 8);
+    append(rest);
+    let (stdout, _) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(
+        stdout.contains("access.log: 13 lines already imported, skipped; 1 new lines imported"),
+        "{stdout}"
+    );
+
+    // Four imports of a growing log equal one import of all of it.
+    let whole = dir.path().join("whole.log");
+    std::fs::write(&whole, format!("{}{}", tcp.concat(), http[0])).unwrap();
+    assert_eq!(totals(&db), imported_once(dir.path(), &["whole.log"]));
+    assert_eq!(connections(&db), 9);
+}
+
+#[test]
+fn haproxy_log_after_a_rotation_imports_the_rest_of_the_old_file_and_all_of_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (tcp, http) = (fixture_lines("tcplog.log"), fixture_lines("httplog.log"));
+
+    // cron imported access.log while it held six lines.
+    std::fs::write(dir.path().join("access.log"), tcp[..6].concat()).unwrap();
+    ok(&import("ledger.db", &["access.log"]), dir.path());
+    // The log grew, logrotate moved it to access.log.1, and a new access.log began.
+    std::fs::write(dir.path().join("access.log"), tcp.concat()).unwrap();
+    std::fs::rename(dir.path().join("access.log"), dir.path().join("access.log.1")).unwrap();
+    std::fs::write(dir.path().join("access.log"), http.concat()).unwrap();
+
+    let (stdout, stderr) = ok(&import("ledger.db", &["access.log.1", "access.log"]), dir.path());
+    assert!(
+        stdout.contains("access.log.1: 6 lines already imported, skipped; 7 new lines imported"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("access.log: "), "the new file is imported in full: {stdout}");
+    assert!(stderr.contains("15 lines: 10 connections imported"), "{stderr}");
+
+    std::fs::write(dir.path().join("tcp.log"), tcp.concat()).unwrap();
+    std::fs::write(dir.path().join("http.log"), http.concat()).unwrap();
+    assert_eq!(totals(&db), imported_once(dir.path(), &["tcp.log", "http.log"]));
+
+    // Truncated and written afresh (logrotate's copytruncate): another beginning, a full import.
+    std::fs::write(dir.path().join("access.log"), tcp[9..].concat()).unwrap();
+    let before = connections(&db);
+    let (stdout, _) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(!stdout.contains("already imported"), "{stdout}");
+    assert_eq!(connections(&db), before + 2);
+}
+
+#[test]
+fn haproxy_log_dry_run_says_what_it_would_skip_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let tcp = fixture_lines("tcplog.log");
+    std::fs::write(dir.path().join("access.log"), tcp[..6].concat()).unwrap();
+    ok(&import("ledger.db", &["access.log"]), dir.path());
+    std::fs::write(dir.path().join("access.log"), tcp.concat()).unwrap();
+    let before = dump(&db);
+    assert!(before.iter().any(|r| r.starts_with("imported_prefix: ")), "{before:?}");
+
+    let mut dry = import("ledger.db", &["access.log"]);
+    dry.push("--dry-run");
+    let (stdout, stderr) = ok(&dry, dir.path());
+    assert!(
+        stdout.starts_with(
+            "access.log: 6 lines already imported, would be skipped; 7 new lines would be imported\n"
+        ),
+        "{stdout}"
+    );
+    // Lines 7 to 13 hold web -> db (::1, line 9; line 12) and web -> cache (line 10).
+    let expected = [("web", "cache", 1), ("web", "db", 2)].map(|(s, d, n)| (s.to_string(), d.to_string(), n));
+    assert_eq!(edges(&stdout), expected, "{stdout}");
+    assert!(stderr.contains("dry run, nothing written"), "{stderr}");
+    assert_eq!(dump(&db), before, "a dry run writes neither connections nor bookkeeping");
+
+    // So the real run after it still imports the new lines.
+    let (stdout, _) = ok(&import("ledger.db", &["access.log"]), dir.path());
+    assert!(stdout.contains("7 new lines imported"), "{stdout}");
+    assert_eq!(connections(&db), 8);
+    let (stdout, _) = ok(&dry, dir.path());
+    assert!(stdout.starts_with("access.log: already imported (13 lines), would be skipped\n"), "{stdout}");
+    assert!(edges(&stdout).is_empty(), "{stdout}");
+}
+
+/// `fixtures/ledger/v2-tcplog.db`: a ledger cordon 0.1.0 (schema version 2) wrote importing
+/// `tcplog.log` as `--source web --host web-1`.
+fn version_2_ledger(dir: &Path, name: &str) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ledger/v2-tcplog.db");
+    let db = dir.join(name);
+    std::fs::copy(&fixture, &db).unwrap_or_else(|e| panic!("{}: {e}", fixture.display()));
+    db
+}
+
+fn schema_of(db: &Path) -> (i64, Vec<String>) {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+    let tables = stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+    (version, tables)
+}
+
+#[test]
+fn haproxy_log_migrates_a_ledger_of_the_previous_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = version_2_ledger(dir.path(), "ledger.db");
+    assert_eq!(schema_of(&db), (2, vec!["edge_hour".to_string()]));
+    assert_eq!(connections(&db), 8, "the fixture holds tcplog.log");
+    std::fs::copy(fixture("httplog.log"), dir.path().join("http.log")).unwrap();
+
+    let (_, stderr) = ok(&import("ledger.db", &["http.log"]), dir.path());
+    assert!(stderr.contains("7 connections imported"), "{stderr}");
+    assert_eq!(schema_of(&db), (3, vec!["edge_hour".to_string(), "imported_prefix".to_string()]));
+    std::fs::copy(fixture("tcplog.log"), dir.path().join("tcp.log")).unwrap();
+    assert_eq!(totals(&db), imported_once(dir.path(), &["tcp.log", "http.log"]), "the old rows are kept");
+
+    let (stdout, _) = ok(&import("ledger.db", &["http.log"]), dir.path());
+    assert!(stdout.starts_with("http.log: already imported (9 lines), skipped\n"), "{stdout}");
+    assert_eq!(connections(&db), 15);
+    let (graph, _) = ok(&["graph", "--db", "ledger.db", "--format", "json"], dir.path());
+    let graph: serde_json::Value = serde_json::from_str(&graph).unwrap();
+    assert!(graph.to_string().contains("haproxy-log"), "{graph}");
+}
+
+#[test]
+fn merge_carries_what_was_imported_and_reads_older_ledgers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("httplog.log"), dir.path().join("access.log")).unwrap();
+    ok(&import("host.db", &["access.log"]), dir.path());
+    version_2_ledger(dir.path(), "old.db");
+
+    let (stdout, _) = ok(&["merge", "--out", "fleet.db", "host.db", "old.db"], dir.path());
+    assert!(stdout.contains(" rows, 1 import record) into fleet.db"), "{stdout}");
+    let fleet = dir.path().join("fleet.db");
+    assert_eq!(connections(&fleet), 15);
+    assert_eq!(schema_of(&dir.path().join("old.db")).0, 2, "an input is only read");
+
+    // The fleet ledger knows access.log is in it: importing it there adds nothing.
+    let (stdout, _) = ok(&import("fleet.db", &["access.log"]), dir.path());
+    assert!(stdout.starts_with("access.log: already imported (9 lines), skipped\n"), "{stdout}");
+    assert_eq!(connections(&fleet), 15);
+    // Merging again changes nothing.
+    let before = dump(&fleet);
+    ok(&["merge", "--out", "fleet.db", "old.db", "host.db"], dir.path());
+    assert_eq!(dump(&fleet), before);
 }

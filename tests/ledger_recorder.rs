@@ -256,7 +256,7 @@ fn kill_9_loses_at_most_the_last_interval_and_leaves_a_sound_file() {
 }
 
 #[test]
-fn a_version_1_ledger_is_migrated_keeping_its_rows() {
+fn a_version_1_ledger_is_migrated_to_the_current_version_keeping_its_rows() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
     {
@@ -277,7 +277,9 @@ fn a_version_1_ledger_is_migrated_keeping_its_rows() {
 
     let conn = rusqlite::Connection::open(&db).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    let imported: i64 = conn.query_row("SELECT count(*) FROM imported_prefix", [], |r| r.get(0)).unwrap();
+    assert_eq!(imported, 0, "the import bookkeeping is there, empty");
     let (host, conns, bytes): (String, i64, i64) = conn
         .query_row("SELECT host, connections, bytes_to_source FROM edge_hour", [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -324,6 +326,81 @@ fn a_ledger_from_a_future_cordon_is_refused() {
     conn.execute_batch("CREATE TABLE edge_hour (x); PRAGMA user_version = 9;").unwrap();
     drop(conn);
     assert_refused(&db, "version 9");
+}
+
+#[test]
+fn a_ledger_from_a_future_cordon_with_tables_of_its_own_is_refused_as_too_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE edge_hour (x); CREATE TABLE later (y); PRAGMA user_version = 4;")
+        .unwrap();
+    drop(conn);
+    assert_refused(&db, "ledger schema version 4 is newer than this cordon understands");
+}
+
+#[test]
+fn a_current_ledger_missing_a_table_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    Recorder::start(&db, "h", 16, Duration::from_secs(1)).unwrap().0.shutdown();
+    rusqlite::Connection::open(&db).unwrap().execute_batch("DROP TABLE imported_prefix").unwrap();
+    assert_refused(&db, "user_version 3 without table imported_prefix");
+}
+
+fn imported(len: u64) -> ledger::ImportedPrefix {
+    ledger::ImportedPrefix {
+        sha256: [7; 32],
+        len,
+        lines: len / 10,
+        file: "access.log".into(),
+        imported_at: at(T0),
+    }
+}
+
+#[test]
+fn an_imported_prefix_is_written_with_the_events_before_it_never_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (recorder, handle) = Recorder::start(&db, "h", 1024, Duration::from_millis(100)).unwrap();
+    let mut blocker = rusqlite::Connection::open(&db).unwrap();
+    let lock = blocker.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let e = edge("web", "db", Identified::HaproxyLog, Verdict::Deny);
+    for _ in 0..3 {
+        handle.record_wait(Event::Opened { edge: e.clone(), at: at(T0) });
+    }
+    handle.mark_imported(imported(100));
+    assert!(handle.flush_wait());
+    assert!(handle.stats().write_errors.load(Ordering::Relaxed) >= 1, "the write failed");
+    assert_eq!(ledger::imported_prefixes(&db, u64::MAX).unwrap(), [], "nothing recorded as imported");
+    assert_eq!(connections(&db), 0);
+    drop(lock);
+    assert!(handle.flush_wait());
+    assert_eq!(ledger::imported_prefixes(&db, u64::MAX).unwrap(), [imported(100)]);
+    assert_eq!(connections(&db), 3, "written in the same transaction");
+    assert_eq!(ledger::imported_prefixes(&db, 99).unwrap(), [], "only prefixes that fit");
+    recorder.shutdown();
+}
+
+#[test]
+fn after_a_dropped_event_nothing_is_recorded_as_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (recorder, handle) = Recorder::start(&db, "h", 1, Duration::from_millis(20)).unwrap();
+    let mut blocker = rusqlite::Connection::open(&db).unwrap();
+    let lock = blocker.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+    let e = edge("web", "db", Identified::HaproxyLog, Verdict::Deny);
+    // The writer waits on the lock; a channel of one fills and `record` drops.
+    eventually("a dropped event", || {
+        handle.record(Event::Opened { edge: e.clone(), at: at(T0) });
+        handle.stats().dropped.load(Ordering::Relaxed) >= 1
+    });
+    handle.mark_imported(imported(100));
+    drop(lock);
+    assert!(handle.flush_wait());
+    recorder.shutdown();
+    assert!(connections(&db) >= 1, "the events kept are written");
+    assert_eq!(ledger::imported_prefixes(&db, u64::MAX).unwrap(), [], "but the file is not marked");
 }
 
 #[test]

@@ -149,8 +149,13 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
     let stats = crate::ledger::merge(&args.out, &args.inputs)?;
+    let imports = match stats.imports_read {
+        0 => String::new(),
+        1 => ", 1 import record".to_owned(),
+        n => format!(", {n} import records"),
+    };
     print(&format!(
-        "merged {} ledgers ({} rows) into {}\n",
+        "merged {} ledgers ({} rows{imports}) into {}\n",
         stats.inputs,
         stats.rows_read,
         args.out.display()

@@ -4,10 +4,14 @@
 //! so the merge keeps the largest counters per key (and the earliest first / latest last seen).
 //! Merging the same ledger twice, or the ledgers in another order, gives the same result; a newer
 //! copy of a host's ledger supersedes an older one already merged.
+//!
+//! The file prefixes `cordon import haproxy-log` recorded in an input are copied too (their lines
+//! are in the merged rows), so importing the same log into the merged ledger adds nothing twice.
 
 use std::path::{Path, PathBuf};
 
 use super::LedgerError;
+use super::imported;
 use super::schema::{self, classify};
 
 /// What a merge did.
@@ -17,6 +21,8 @@ pub struct MergeStats {
     pub inputs: usize,
     /// Rows read from the inputs.
     pub rows_read: u64,
+    /// Imported file prefixes read from the inputs.
+    pub imports_read: u64,
 }
 
 /// Merges `inputs` into `out` (created when missing; an existing ledger is merged into).
@@ -34,7 +40,7 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
     let mut conn = schema::open_write(out, "", schema::BUSY_TIMEOUT)?;
     let out_err = |what| move |e| classify(out, what, e);
     let tx = conn.transaction().map_err(out_err("begin the merge"))?;
-    let mut stats = MergeStats { inputs: inputs.len(), rows_read: 0 };
+    let mut stats = MergeStats { inputs: inputs.len(), rows_read: 0, imports_read: 0 };
     {
         let mut insert = tx
             .prepare(
@@ -82,6 +88,31 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
                     .execute(rusqlite::params_from_iter(values))
                     .map_err(out_err("write the merged ledger"))?;
                 stats.rows_read += 1;
+            }
+        }
+        let mut insert = tx.prepare(imported::INSERT).map_err(out_err("prepare the merge"))?;
+        for (path, input) in &opened {
+            if input.version < 3 {
+                continue;
+            }
+            let in_err = |e| classify(path, "read the import bookkeeping", e);
+            let mut select = input
+                .conn
+                .prepare("SELECT len, sha256, lines, file, imported_at FROM imported_prefix")
+                .map_err(in_err)?;
+            let mut rows = select.query([]).map_err(in_err)?;
+            while let Some(row) = rows.next().map_err(in_err)? {
+                let values: [rusqlite::types::Value; 5] = [
+                    row.get(0).map_err(in_err)?,
+                    row.get(1).map_err(in_err)?,
+                    row.get(2).map_err(in_err)?,
+                    row.get(3).map_err(in_err)?,
+                    row.get(4).map_err(in_err)?,
+                ];
+                insert
+                    .execute(rusqlite::params_from_iter(values))
+                    .map_err(out_err("write the merged ledger"))?;
+                stats.imports_read += 1;
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Owns the `ledger.db` format and every SQL statement that touches it: the schema and its
 //! migrations ([`schema`]), the writer thread ([`Recorder`]), the read queries the review commands
-//! and the `cordon mode` preflight use, and `cordon merge`.
+//! and the `cordon mode` preflight use, `cordon merge`, and the record of what
+//! `cordon import haproxy-log` has imported ([`imported_prefixes`]).
 //!
 //! The data plane only ever calls [`RecorderHandle::record`], which never blocks; one writer
 //! thread owns the SQLite connection, aggregates events in memory into hourly per-edge counters
@@ -10,12 +11,14 @@
 //! anything else: every other function here does blocking file I/O.
 
 mod event;
+mod imported;
 mod merge;
 mod read;
 mod recorder;
 pub mod schema;
 
 pub use event::{EdgeKey, Event};
+pub use imported::{ImportedPrefix, imported_prefixes};
 pub use merge::{MergeStats, merge};
 pub use read::{EdgeTotals, ObservedCaller, callers_into, edge_totals};
 pub use recorder::{MAX_PENDING_KEYS, Recorder, RecorderHandle, RecorderStats};
@@ -45,8 +48,8 @@ pub enum LedgerError {
     #[error("{}: {what}: {source}", path.display())]
     Sqlite { path: PathBuf, what: &'static str, source: rusqlite::Error },
     /// A row holds a value cordon never writes (the file was edited by hand).
-    #[error("{}: unexpected {column} {value:?} in table edge_hour", path.display())]
-    BadRow { path: PathBuf, column: &'static str, value: String },
+    #[error("{}: unexpected {column} {value:?} in table {table}", path.display())]
+    BadRow { path: PathBuf, table: &'static str, column: &'static str, value: String },
     /// The writer thread could not be spawned.
     #[error("cannot start the ledger writer thread: {0}")]
     Thread(std::io::Error),

@@ -210,6 +210,7 @@ fn raw_row<'a>(db: &Path, row: &'a Row<'_>) -> Result<RawRow<'a>, LedgerError> {
     let err = |e| classify(db, "read the ledger", e);
     let bad = |column: &'static str, value: &str| LedgerError::BadRow {
         path: db.to_owned(),
+        table: "edge_hour",
         column,
         value: value.to_owned(),
     };

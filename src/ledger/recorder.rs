@@ -6,6 +6,10 @@
 //! counted, and its counters stay pending and are retried at the next interval; while writes keep
 //! failing, events for edges not already pending are dropped once [`MAX_PENDING_KEYS`] is reached,
 //! so memory stays bounded. The data plane never waits on any of this.
+//!
+//! An importer also hands over the file prefixes it has read ([`RecorderHandle::mark_imported`]):
+//! they wait with the pending counters and are written in the same transaction, so a prefix is
+//! never in the ledger without the events read before it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
+use super::imported::{self, ImportedPrefix};
 use super::{EdgeKey, Event, LedgerError, schema};
 
 /// Pending distinct (hour, edge) counters that trigger a write before the interval is up.
@@ -46,6 +51,8 @@ pub struct RecorderStats {
 #[derive(Debug)]
 enum Msg {
     Event(Event),
+    /// Every event before this one came from this file prefix (importers).
+    Imported(ImportedPrefix),
     /// Write everything pending now and report back (tests, importers).
     Flush(SyncSender<()>),
     /// Drain the channel, write, and stop.
@@ -74,6 +81,14 @@ impl RecorderHandle {
         if self.tx.send(Msg::Event(event)).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records that `prefix` of a file has been imported, waiting for room: for importers. The
+    /// prefix is written in the same transaction as the events handed over before it, and never
+    /// if any event was dropped before it; check [`RecorderStats`] after [`Self::flush_wait`].
+    pub fn mark_imported(&self, prefix: ImportedPrefix) {
+        // A stopped recorder writes nothing more; there is nothing to count.
+        let _ = self.tx.send(Msg::Imported(prefix));
     }
 
     /// Writes everything received so far and waits for the write (or its failure). Blocking:
@@ -119,6 +134,7 @@ impl Recorder {
             stats: Arc::clone(&stats),
             pending: HashMap::new(),
             pending_events: 0,
+            pending_imports: Vec::new(),
             interval: flush_interval.max(Duration::from_millis(1)),
             failing: false,
             delay: flush_interval.max(Duration::from_millis(1)),
@@ -172,6 +188,8 @@ struct Writer {
     pending: HashMap<(i64, EdgeKey), Counts>,
     /// How many events `pending` holds (for the `written` counter).
     pending_events: u64,
+    /// Imported file prefixes to write with the pending counters.
+    pending_imports: Vec<ImportedPrefix>,
     interval: Duration,
     /// The last write failed: no early writes until one succeeds again.
     failing: bool,
@@ -186,6 +204,7 @@ impl Writer {
         loop {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
+                Ok(Msg::Imported(prefix)) => self.imported(prefix),
                 Ok(Msg::Event(event)) => {
                     self.add(event);
                     // Under steady traffic the receive never times out: the interval is checked
@@ -226,12 +245,26 @@ impl Writer {
         for _ in 0..10_000_000usize {
             match rx.try_recv() {
                 Ok(Msg::Event(event)) => self.add(event),
+                Ok(Msg::Imported(prefix)) => self.imported(prefix),
                 Ok(Msg::Flush(done)) => waiting.push(done),
                 Ok(Msg::Shutdown) => return true,
                 Err(_) => return false,
             }
         }
         false
+    }
+
+    /// Keeps `prefix` to write with the pending counters, unless an event before it was lost.
+    fn imported(&mut self, prefix: ImportedPrefix) {
+        if self.stats.dropped.load(Ordering::Relaxed) > 0 {
+            tracing::error!(
+                ledger = %self.path.display(),
+                file = %prefix.file,
+                "events were dropped; not recording the file as imported"
+            );
+            return;
+        }
+        self.pending_imports.push(prefix);
     }
 
     fn add(&mut self, event: Event) {
@@ -269,7 +302,7 @@ impl Writer {
 
     /// Writes the pending counters in one transaction. On failure they stay pending.
     fn flush(&mut self) -> bool {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_imports.is_empty() {
             return true;
         }
         match self.write() {
@@ -278,6 +311,7 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.pending.clear();
                 self.pending_events = 0;
+                self.pending_imports.clear();
                 self.failing = false;
                 self.delay = self.interval;
                 true
@@ -326,6 +360,12 @@ impl Writer {
                     c.first_seen,
                     c.last_seen,
                 ])?;
+            }
+            if !self.pending_imports.is_empty() {
+                let mut stmt = tx.prepare_cached(imported::INSERT)?;
+                for prefix in &self.pending_imports {
+                    stmt.execute(imported::insert_params(prefix))?;
+                }
             }
         }
         tx.commit()

@@ -1,6 +1,6 @@
 //! The `ledger.db` schema, its version in `PRAGMA user_version`, and the migrations.
 //!
-//! Version 2 (current) keeps one row per host, hour and edge:
+//! Version 3 (current) keeps one row per host, hour and edge:
 //!
 //! ```sql
 //! CREATE TABLE edge_hour (
@@ -15,10 +15,25 @@
 //! ) WITHOUT ROWID;
 //! ```
 //!
-//! Version 1 had the same table without `host`; opening it for writing migrates it, naming its
-//! rows after the recording host. Readers accept version 1 as is (its rows have host `""`).
-//! Anything else (tables cordon did not create, a version from the future, a file that is not
-//! SQLite) is refused with an error naming the file; nothing in it is touched.
+//! and one row per file prefix `cordon import haproxy-log` has imported (see [`super::imported`]):
+//!
+//! ```sql
+//! CREATE TABLE imported_prefix (
+//!     len INTEGER NOT NULL,                               -- bytes, through a newline
+//!     sha256 BLOB NOT NULL,                               -- SHA-256 of those bytes
+//!     lines INTEGER NOT NULL,                             -- lines in them
+//!     file TEXT NOT NULL,                                 -- the name imported, for people
+//!     imported_at INTEGER NOT NULL,                       -- unix milliseconds
+//!     PRIMARY KEY (len, sha256)
+//! ) WITHOUT ROWID;
+//! ```
+//!
+//! Version 2 is version 3 without `imported_prefix`; version 1 also had no `host` in
+//! `edge_hour`. Opening an older ledger for writing migrates it in one transaction, naming a
+//! version-1 ledger's rows after the recording host. Readers accept versions 1 and 2 as they are
+//! (version-1 rows have host `""`; neither has imported anything that is recorded). Anything
+//! else (tables cordon did not create, a version from the future, a file that is not SQLite) is
+//! refused with an error naming the file; nothing in it is touched.
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,9 +43,11 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::LedgerError;
 
 /// The schema version this cordon writes.
-pub const CURRENT_VERSION: i64 = 2;
-/// The one table of every version.
+pub const CURRENT_VERSION: i64 = 3;
+/// The table of every version.
 const TABLE: &str = "edge_hour";
+/// The import bookkeeping, since version 3.
+pub(crate) const IMPORTED_TABLE: &str = "imported_prefix";
 /// How long any ledger connection waits for a lock before giving up. Readers in WAL mode never
 /// block the writer; this only covers checkpoints and a concurrent `cordon merge`.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +83,24 @@ const CREATE_V2: &str = "CREATE TABLE edge_hour (
     PRIMARY KEY (host, hour, source, destination, identified, mode, verdict)
 ) WITHOUT ROWID";
 
+const CREATE_IMPORTED: &str = "CREATE TABLE imported_prefix (
+    len INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    lines INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    imported_at INTEGER NOT NULL,
+    PRIMARY KEY (len, sha256)
+) WITHOUT ROWID";
+
+/// The tables a ledger of `version` has (a version from the future may have more).
+fn tables_of(version: i64) -> &'static [&'static str] {
+    match version {
+        0 => &[],
+        1 | 2 => &[TABLE],
+        _ => &[TABLE, IMPORTED_TABLE],
+    }
+}
+
 /// Creates a version-1 ledger: only for tests of the migration path.
 #[doc(hidden)]
 pub fn create_v1_for_tests(conn: &Connection) -> rusqlite::Result<()> {
@@ -97,12 +132,9 @@ pub(crate) fn open_write(path: &Path, host: &str, busy: Duration) -> Result<Conn
     // NORMAL in WAL mode survives a crash of the process (kill -9) without losing a committed
     // batch; only an OS crash or power loss can drop the last batches.
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql("set synchronous"))?;
-    match version {
-        0 => conn.execute_batch(&format!("BEGIN; {CREATE_V2}; PRAGMA user_version = 2; COMMIT;")),
-        1 => migrate_v1(&conn, host),
-        _ => Ok(()),
+    if version < CURRENT_VERSION {
+        migrate(&conn, host).map_err(sql("create or migrate the schema"))?;
     }
-    .map_err(sql("create or migrate the schema"))?;
     Ok(conn)
 }
 
@@ -126,21 +158,25 @@ fn check(conn: &Connection, path: &Path) -> Result<i64, LedgerError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(|e| classify(path, "read the schema version", e))?;
     let tables = user_tables(conn).map_err(|e| classify(path, "list tables", e))?;
-    let foreign: Vec<String> = tables.iter().filter(|t| *t != TABLE).cloned().collect();
-    if !foreign.is_empty() || (version == 0 && !tables.is_empty()) {
+    let too_new =
+        || LedgerError::TooNew { path: path.to_owned(), found: version, supported: CURRENT_VERSION };
+    // A newer cordon may have added tables of its own: that is a version to upgrade for, not a
+    // foreign database.
+    if version > CURRENT_VERSION && tables.iter().any(|t| t == TABLE) {
+        return Err(too_new());
+    }
+    let expected = tables_of(version);
+    if tables.iter().any(|t| !expected.contains(&t.as_str())) {
         return Err(LedgerError::Foreign { path: path.to_owned(), tables });
     }
     if !(0..=CURRENT_VERSION).contains(&version) {
-        return Err(LedgerError::TooNew {
-            path: path.to_owned(),
-            found: version,
-            supported: CURRENT_VERSION,
-        });
+        return Err(too_new());
     }
-    if version > 0 && tables.is_empty() {
+    if let Some(missing) = expected.iter().find(|t| !tables.iter().any(|have| have == *t)) {
+        let what = if tables.is_empty() { "tables".to_owned() } else { format!("table {missing}") };
         return Err(LedgerError::Foreign {
             path: path.to_owned(),
-            tables: vec![format!("user_version {version} without tables")],
+            tables: vec![format!("user_version {version} without {what}")],
         });
     }
     Ok(version)
@@ -153,17 +189,30 @@ fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     stmt.query_map([], |row| row.get(0))?.collect()
 }
 
-/// Version 1 -> 2: adds `host` to every row and to the key.
-fn migrate_v1(conn: &Connection, host: &str) -> rusqlite::Result<()> {
+/// Brings the ledger from the version it has to [`CURRENT_VERSION`] in one transaction: a new
+/// file gets every table; version 1 -> 2 adds `host` to every row and to the key (naming the rows
+/// after `host`); version 2 -> 3 adds `imported_prefix`. The version is read again under the
+/// write lock, so two cordons opening one old ledger at once migrate it once.
+fn migrate(conn: &Connection, host: &str) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| {
-        conn.execute_batch(&format!("ALTER TABLE {TABLE} RENAME TO edge_hour_v1; {CREATE_V2};"))?;
-        conn.execute(
-            "INSERT INTO edge_hour SELECT ?1, hour, source, destination, identified, mode, verdict,
-                connections, bytes_to_destination, bytes_to_source, first_seen, last_seen FROM edge_hour_v1",
-            [host],
-        )?;
-        conn.execute_batch("DROP TABLE edge_hour_v1; PRAGMA user_version = 2;")
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version == 0 {
+            conn.execute_batch(CREATE_V2)?;
+        }
+        if version == 1 {
+            conn.execute_batch(&format!("ALTER TABLE {TABLE} RENAME TO edge_hour_v1; {CREATE_V2};"))?;
+            conn.execute(
+                "INSERT INTO edge_hour SELECT ?1, hour, source, destination, identified, mode, verdict,
+                    connections, bytes_to_destination, bytes_to_source, first_seen, last_seen FROM edge_hour_v1",
+                [host],
+            )?;
+            conn.execute_batch("DROP TABLE edge_hour_v1")?;
+        }
+        if version < 3 {
+            conn.execute_batch(CREATE_IMPORTED)?;
+        }
+        conn.pragma_update(None, "user_version", CURRENT_VERSION)
     })();
     match result {
         Ok(()) => conn.execute_batch("COMMIT"),

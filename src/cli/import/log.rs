@@ -3,10 +3,14 @@
 //! Streams every file line by line in bounded memory; a line that does not parse, or that names
 //! no caller cordon can attribute, is counted (the first few shown with file and line) and never
 //! stops the import. Events go through the ledger's own recorder, as the agent's would.
+//!
+//! Running it again is safe: what of a file the ledger already holds is skipped ([`super::dedup`]),
+//! and a file is recorded as imported in the same transaction as its last events. The last line of
+//! a file without its newline may still be being written: it is left for the next run.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,11 +18,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cordon_haproxy::parse_log_line;
 
+use super::dedup::{self, Done};
 use super::discovery::DiscoveryNames;
 use super::events::{self, Naming};
 use super::lines::BoundedLines;
 use crate::cli::Outcome;
-use crate::ledger::{Recorder, RecorderHandle};
+use crate::ledger::{ImportedPrefix, Recorder, RecorderHandle, RecorderStats};
 use crate::pki::ServiceName;
 use crate::policy::{Policy, Verdict};
 
@@ -48,10 +53,14 @@ pub struct LogArgs {
     /// The logging host's offset from UTC, as HAProxy logs local time without a zone, e.g. +01:00.
     #[arg(long, default_value = "+00:00", allow_hyphen_values = true)]
     pub utc_offset: String,
-    /// Parse and name the edges, print them, but write nothing.
+    /// Parse and name the edges, print them, but write nothing; what a real run would skip as
+    /// already imported is skipped and said so.
     #[arg(long)]
     pub dry_run: bool,
     /// HAProxy log files (tcplog or httplog, with or without syslog prefixes); `-` is stdin.
+    /// Files are deduplicated: what of a file the ledger already holds is skipped, so a log that
+    /// grew imports only its new lines. Stdin and pipes cannot be recognised and are imported in
+    /// full every time.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
@@ -60,6 +69,8 @@ pub struct LogArgs {
 #[derive(Debug, Default)]
 struct Tally {
     lines: u64,
+    /// Lines skipped because the ledger already holds them.
+    already: u64,
     imported: u64,
     malformed: u64,
     unattributed: u64,
@@ -89,12 +100,18 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
     let mut inputs = Vec::new();
     for path in &args.files {
         let name = path.display().to_string();
-        let reader: Box<dyn BufRead> = if name == "-" {
-            Box::new(BufReader::new(std::io::stdin()))
+        let input = if name == "-" {
+            Input::Stream(Box::new(BufReader::new(std::io::stdin())))
         } else {
-            Box::new(BufReader::new(File::open(path).with_context(|| format!("opening {name}"))?))
+            let file = File::open(path).with_context(|| format!("opening {name}"))?;
+            let meta = file.metadata().with_context(|| format!("reading {name}"))?;
+            if meta.is_file() {
+                Input::File(file, meta.len())
+            } else {
+                Input::Stream(Box::new(BufReader::new(file)))
+            }
         };
-        inputs.push((name, reader));
+        inputs.push((name, input));
     }
     let names = DiscoveryNames::load(args.discovery.as_deref())?;
     let policy = match &args.policy {
@@ -103,6 +120,14 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
     };
     let host = args.host.clone().unwrap_or_else(crate::agent::config::local_hostname);
     let recorder = if args.dry_run { None } else { Some(start_recorder(&args.db, &host)?) };
+    // What the ledger already holds; a dry run into a ledger that does not exist yet holds nothing.
+    let longest = inputs.iter().filter_map(|(_, i)| i.size()).max().unwrap_or(0);
+    let mut known = if args.dry_run && !args.db.exists() {
+        Vec::new()
+    } else {
+        crate::ledger::imported_prefixes(&args.db, longest)
+            .with_context(|| format!("reading what was imported into {}", args.db.display()))?
+    };
     let service_at = |ip| names.service_at(ip);
     let services_of_host = |host: &str| names.services_of_host(host);
     let naming =
@@ -114,12 +139,26 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
         policy: policy.as_ref(),
         handle: recorder.as_ref().map(|(_, h)| h),
         utc_offset_s,
+        dry_run: args.dry_run,
         tally: Tally::default(),
     };
-    for (name, reader) in inputs {
-        let mut lines = BoundedLines::new(reader, MAX_LINE);
-        while let Some((number, bytes, cut)) = lines.next_line().with_context(|| format!("reading {name}"))? {
-            import.line(&name, number, bytes, cut)?;
+    // The file whose events could not all be written: the import stops there.
+    let mut failed_at = None;
+    for (name, input) in inputs {
+        match input {
+            Input::Stream(reader) => import.stream(&name, reader)?,
+            Input::File(file, size) => {
+                if let Some(prefix) = import.file(&name, file, size, &known)? {
+                    known.push(prefix);
+                }
+            }
+        }
+        // Each file is written (and recorded as imported) before the next is read.
+        if let Some(handle) = import.handle
+            && !(handle.flush_wait() && all_written(handle.stats()))
+        {
+            failed_at = Some(name);
+            break;
         }
     }
     let tally = import.tally;
@@ -129,14 +168,48 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
         recorder.shutdown();
         let failed = stats.write_errors.load(Ordering::Relaxed);
         let dropped = stats.dropped.load(Ordering::Relaxed);
-        anyhow::ensure!(
-            failed == 0 && dropped == 0,
-            "{}: {failed} batch writes failed and {dropped} events were lost; see the log above",
-            args.db.display()
-        );
+        let db = args.db.display();
+        match failed_at {
+            Some(file) if all_written(&stats) => anyhow::bail!(
+                "{db}: a write failed while importing {file} and succeeded when retried; the files \
+                 after it were not read: run the same import again (what is imported is skipped)"
+            ),
+            Some(file) => anyhow::bail!(
+                "{db}: {failed} batch writes failed and {dropped} events were lost while importing \
+                 {file}; it is not recorded as imported and the files after it were not read; see \
+                 the log above"
+            ),
+            None => anyhow::ensure!(
+                all_written(&stats),
+                "{db}: {failed} batch writes failed and {dropped} events were lost; see the log above"
+            ),
+        }
     }
     report(&tally, started.elapsed(), &args)?;
     Ok(Outcome::Success)
+}
+
+/// A log to read.
+enum Input {
+    /// A regular file and its size: deduplicated.
+    File(File, u64),
+    /// Stdin or a pipe: read once, imported in full.
+    Stream(Box<dyn BufRead>),
+}
+
+impl Input {
+    fn size(&self) -> Option<u64> {
+        match self {
+            Input::File(_, size) => Some(*size),
+            Input::Stream(_) => None,
+        }
+    }
+}
+
+/// Every event handed over is in the ledger (the recorder only serves this import).
+fn all_written(stats: &RecorderStats) -> bool {
+    stats.dropped.load(Ordering::Relaxed) == 0
+        && stats.written.load(Ordering::Relaxed) == stats.received.load(Ordering::Relaxed)
 }
 
 /// One import run: how callers are named and judged, where events go, what was seen.
@@ -146,10 +219,79 @@ struct Import<'a> {
     /// `None` on a dry run.
     handle: Option<&'a RecorderHandle>,
     utc_offset_s: i32,
+    dry_run: bool,
     tally: Tally,
 }
 
 impl Import<'_> {
+    /// Imports every line of a stream.
+    fn stream(&mut self, name: &str, reader: Box<dyn BufRead>) -> anyhow::Result<()> {
+        let mut lines = BoundedLines::new(reader, MAX_LINE);
+        while let Some(line) = lines.next_line().with_context(|| format!("reading {name}"))? {
+            self.line(name, line.number, line.bytes, line.cut)?;
+        }
+        Ok(())
+    }
+
+    /// Imports the lines of a file the ledger does not hold yet, and returns the prefix read
+    /// through its last newline (`None` when nothing new was read); with a recorder, the prefix
+    /// is handed to it after the events.
+    fn file(
+        &mut self,
+        name: &str,
+        mut file: File,
+        size: u64,
+        known: &[ImportedPrefix],
+    ) -> anyhow::Result<Option<ImportedPrefix>> {
+        let reading = || format!("reading {name}");
+        let done = dedup::already_imported(&mut file, size, known).with_context(reading)?;
+        file.seek(SeekFrom::Start(done.len)).with_context(reading)?;
+        let after = usize::try_from(done.lines).unwrap_or(usize::MAX);
+        let mut lines = BoundedLines::hashed(BufReader::new(file), MAX_LINE, after, done.digest.clone());
+        while let Some(line) = lines.next_line().with_context(reading)? {
+            if !line.newline {
+                if !String::from_utf8_lossy(line.bytes).trim().is_empty() {
+                    writeln!(
+                        std::io::stderr().lock(),
+                        "cordon: {name}:{}: no newline at the end (still being written?); left for \
+                         the next import",
+                        line.number
+                    )?;
+                }
+                break;
+            }
+            self.line(name, line.number, line.bytes, line.cut)?;
+        }
+        let (bytes, count, digest) = lines.complete();
+        self.tally.already += done.lines;
+        self.note(name, &done, count)?;
+        let prefix = dedup::new_prefix(name, &done, bytes, count, digest);
+        if let (Some(handle), Some(prefix)) = (self.handle, &prefix) {
+            handle.mark_imported(prefix.clone());
+        }
+        Ok(prefix)
+    }
+
+    /// Says on stdout what of a file was skipped as already imported.
+    fn note(&self, name: &str, done: &Done, new_lines: u64) -> anyhow::Result<()> {
+        if done.len == 0 {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        let (skip, import) =
+            if self.dry_run { ("would be skipped", "would be imported") } else { ("skipped", "imported") };
+        if new_lines == 0 {
+            writeln!(out, "{name}: already imported ({} lines), {skip}", done.lines)?;
+        } else {
+            writeln!(
+                out,
+                "{name}: {} lines already imported, {skip}; {new_lines} new lines {import}",
+                done.lines
+            )?;
+        }
+        Ok(())
+    }
+
     /// Parses, names and records one line; a line that cannot be imported is counted, not fatal.
     fn line(&mut self, file: &str, number: usize, bytes: &[u8], cut: bool) -> anyhow::Result<()> {
         let text = String::from_utf8_lossy(bytes);
@@ -214,15 +356,20 @@ fn report(tally: &Tally, elapsed: Duration, args: &LogArgs) -> anyhow::Result<()
     let target =
         if args.dry_run { "dry run, nothing written".to_string() } else { args.db.display().to_string() };
     let mut err = std::io::stderr().lock();
+    let already = match tally.already {
+        0 => String::new(),
+        n => format!(", {n} lines skipped as already imported"),
+    };
     writeln!(
         err,
-        "cordon: {} lines: {} connections imported ({}), {} malformed, {} without a known caller; \
+        "cordon: {} lines: {} connections imported ({}), {} malformed, {} without a known caller{}; \
          {:.0} lines/s",
         tally.lines,
         tally.imported,
         target,
         tally.malformed,
         tally.unattributed,
+        already,
         tally.lines as f64 / secs
     )?;
     Ok(())
