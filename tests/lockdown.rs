@@ -1,7 +1,8 @@
 //! Lockdown end to end, as root, in two network namespaces this test creates (two "hosts" joined
 //! by a veth pair; addresses exist only inside them). Host A runs an app on all addresses and the
 //! real cordon agent with `lockdown = true`; host B dials the app directly and through cordon.
-//! Under CI=true, not being able to create namespaces or run nft is a failure, not a skip.
+//! Under CI=true, not being able to create namespaces or run nft is a failure, not a skip. Each
+//! test has its own pair of namespaces (named by the test's tag and the process id).
 
 mod support;
 
@@ -31,10 +32,10 @@ struct Hosts {
 }
 
 impl Hosts {
-    fn create() -> Result<Hosts, String> {
+    fn create(tag: char) -> Result<Hosts, String> {
         let n = std::process::id() % 100_000;
-        let hosts = Hosts { a: format!("cordon-a-{n}"), b: format!("cordon-b-{n}") };
-        let (va, vb) = (format!("cva{n}"), format!("cvb{n}"));
+        let hosts = Hosts { a: format!("cordon-{tag}a-{n}"), b: format!("cordon-{tag}b-{n}") };
+        let (va, vb) = (format!("cv{tag}a{n}"), format!("cv{tag}b{n}"));
         let steps: Vec<Vec<String>> = vec![
             vec!["ip".into(), "netns".into(), "add".into(), hosts.a.clone()],
             vec!["ip".into(), "netns".into(), "add".into(), hosts.b.clone()],
@@ -137,23 +138,25 @@ while True:
     c, _ = srv.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
 "#;
 
-#[test]
-fn lockdown_closes_the_app_port_only_while_enforcing() {
+/// The two hosts, or `None` (the test is skipped) where they cannot be made outside CI.
+fn hosts_or_skip(tag: char) -> Option<Hosts> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let hosts = match (sh(&["nft", "--version"]).status.success(), Hosts::create()) {
-        (true, Ok(h)) => h,
+    match (sh(&["nft", "--version"]).status.success(), Hosts::create(tag)) {
+        (true, Ok(h)) => Some(h),
         (nft, hosts) => {
             let why = format!("nft present: {nft}; namespaces: {:?}", hosts.err());
             assert!(!ci, "lockdown tests cannot run under CI=true: {why}");
             eprintln!("SKIPPED lockdown test (needs root, iproute2 and nftables): {why}");
-            return;
+            None
         }
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let p = |rel: &str| dir.path().join(rel);
-    let (ca, tls) = (p("ca"), p("tls"));
+    }
+}
+
+/// A CA in `dir/ca` and a certificate per service in `dir/tls/<service>`.
+fn identities(dir: &Path, services: &[&str]) {
+    let ca = dir.join("ca");
     support::cordon_ok(&["ca", "init", "--dir", ca.to_str().unwrap(), "--trust-domain", "lock.internal"]);
-    for s in ["db", "web"] {
+    for s in services {
         support::cordon_ok(&[
             "cert",
             "issue",
@@ -162,9 +165,18 @@ fn lockdown_closes_the_app_port_only_while_enforcing() {
             "--service",
             s,
             "--out",
-            tls.join(s).to_str().unwrap(),
+            dir.join("tls").join(s).to_str().unwrap(),
         ]);
     }
+}
+
+#[test]
+fn lockdown_closes_the_app_port_only_while_enforcing() {
+    let Some(hosts) = hosts_or_skip('e') else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |rel: &str| dir.path().join(rel);
+    let (ca, tls) = (p("ca"), p("tls"));
+    identities(dir.path(), &["db", "web"]);
     std::fs::create_dir_all(p("discovery")).unwrap();
     std::fs::write(p("client.py"), CLIENT).unwrap();
     std::fs::write(p("echo.py"), ECHO).unwrap();
@@ -290,4 +302,123 @@ fn lockdown_closes_the_app_port_only_while_enforcing() {
     let printed =
         hosts.exec(&hosts.a, &[cordon, "lockdown", "--config", config.to_str().unwrap(), "--print"]);
     assert!(String::from_utf8_lossy(&printed.stdout).contains(&format!("tcp dport {APP_PORT}")));
+}
+
+/// The named counters in cordon's table, by name, as `nft -j list counters` shows them on host A.
+fn listed_counters(hosts: &Hosts) -> std::collections::BTreeMap<String, u64> {
+    let out = hosts.exec(&hosts.a, &["nft", "-j", "list", "counters", "table", "inet", "cordon"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    doc["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o["counter"]["name"].as_str()?.to_string(), o["counter"]["packets"].as_u64()?)))
+        .collect()
+}
+
+#[test]
+fn counters_of_services_no_longer_locked_are_deleted_and_remove_is_idempotent() {
+    let Some(hosts) = hosts_or_skip('c') else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |rel: &str| dir.path().join(rel);
+    identities(dir.path(), &["db", "cache", "search"]);
+    std::fs::create_dir_all(p("discovery")).unwrap();
+    std::fs::write(p("client.py"), CLIENT).unwrap();
+    std::fs::write(p("policy.toml"), "[modes]\n\"*\" = \"learn\"\n").unwrap();
+    let config = p("a.toml");
+    let write_config = |services: &[(&str, u16, bool)]| {
+        let mut text =
+            "trust_domain = \"lock.internal\"\ndiscovery_dir = \"discovery\"\npolicy = \"policy.toml\"\n\
+                        state_dir = \"state\"\n[tls]\nca = \"ca/ca.pem\"\ndir = \"tls\"\n"
+                .to_string();
+        for (i, (name, app_port, lockdown)) in services.iter().enumerate() {
+            text += &format!(
+                "[[service]]\nname = \"{name}\"\nlisten = \"0.0.0.0:{}\"\napp = \"127.0.0.1:{app_port}\"\nlockdown = {lockdown}\n",
+                CORDON_PORT + i as u16
+            );
+        }
+        std::fs::write(&config, text).unwrap();
+    };
+    let cordon = env!("CARGO_BIN_EXE_cordon");
+    let agent = |log: &str| {
+        Kill(hosts.spawn(&hosts.a, &[cordon, "agent", "--config", config.to_str().unwrap()], &p(log)))
+    };
+    // Nothing listens on the app ports: each attempt is refused, its SYN counted.
+    let knock = |port: u16| {
+        hosts.exec(&hosts.b, &["python3", p("client.py").to_str().unwrap(), A_IP, &port.to_string(), "x"]);
+    };
+
+    // Three services locked down, each with traffic counted.
+    write_config(&[("db", 7000, true), ("cache", 7001, true), ("search", 7002, true)]);
+    let first = agent("agent1.log");
+    let names = |c: &std::collections::BTreeMap<String, u64>| c.keys().cloned().collect::<Vec<_>>();
+    wait_for("three counters", || {
+        names(&listed_counters(&hosts)) == ["direct_cache", "direct_db", "direct_search"]
+    });
+    for port in [7000, 7001, 7002] {
+        knock(port);
+    }
+    wait_for("traffic counted", || {
+        let counters = listed_counters(&hosts);
+        counters.len() == 3 && counters.values().all(|&packets| packets > 0)
+    });
+    drop(first);
+    let db_before = listed_counters(&hosts)["direct_db"];
+
+    // cache is now `lockdown = false` and search left the config: only db's counter stays, with
+    // its count.
+    write_config(&[("db", 7000, true), ("cache", 7001, false)]);
+    let second = agent("agent2.log");
+    wait_for("the counters of services no longer locked down to go", || {
+        names(&listed_counters(&hosts)) == ["direct_db"]
+    });
+    let db_after = listed_counters(&hosts)["direct_db"];
+    assert!(db_after >= db_before, "db's counter kept its count: {db_before} before, {db_after} after");
+    let rules = ok(&["ip", "netns", "exec", &hosts.a, "nft", "list", "table", "inet", "cordon"]);
+    assert_eq!(rules.matches("counter name").count(), 1, "only db's rule:\n{rules}");
+    assert!(rules.contains("tcp dport 7000"), "{rules}");
+    let log = std::fs::read_to_string(p("agent2.log")).unwrap();
+    assert!(!log.contains("lockdown not applied"), "{log}");
+    drop(second);
+
+    // --remove lifts the table; a second --remove finds nothing and still succeeds.
+    let remove =
+        || hosts.exec(&hosts.a, &[cordon, "lockdown", "--config", config.to_str().unwrap(), "--remove"]);
+    let first_remove = remove();
+    assert!(first_remove.status.success(), "{}", String::from_utf8_lossy(&first_remove.stderr));
+    assert_eq!(String::from_utf8_lossy(&first_remove.stdout), "removed nftables table inet cordon\n");
+    let again = remove();
+    assert!(
+        again.status.success(),
+        "a second --remove is a no-op: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "no cordon table to remove\n");
+    let ruleset = ok(&["ip", "netns", "exec", &hosts.a, "nft", "list", "ruleset"]);
+    assert!(!ruleset.contains("cordon"), "no trace left:\n{ruleset}");
+
+    // A failing nft (here: no CAP_NET_ADMIN) is an error, not "nothing to remove".
+    if sh(&["setpriv", "--version"]).status.success() {
+        let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(dir.path(), perms).unwrap();
+        let unprivileged = hosts.exec(
+            &hosts.a,
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                cordon,
+                "lockdown",
+                "--config",
+                config.to_str().unwrap(),
+                "--remove",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&unprivileged.stderr);
+        assert_eq!(unprivileged.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("nft"), "{stderr}");
+        assert!(unprivileged.stdout.is_empty(), "{}", String::from_utf8_lossy(&unprivileged.stdout));
+    }
 }

@@ -288,16 +288,19 @@ async fn keep_lockdown(
     counters: Arc<std::sync::Mutex<Vec<crate::lockdown::ServiceCounter>>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut applied: Option<String> = None;
+    // The services are fixed for the agent's life, so their modes say which rules are in place.
+    // Counters of services no longer locked down can only predate this agent: the first
+    // application deletes them.
+    let mut applied: Option<Vec<crate::policy::Mode>> = None;
     loop {
         let policy = policy_rx.borrow_and_update().clone();
         let states: Vec<_> = services.iter().map(|s| (s.clone(), policy.mode(s.name.as_str()))).collect();
-        let script = crate::lockdown::ruleset(&states);
-        if applied.as_deref() != Some(script.as_str()) {
+        let modes: Vec<_> = states.iter().map(|(_, mode)| *mode).collect();
+        if applied.as_ref() != Some(&modes) {
             match tokio::task::spawn_blocking(move || crate::lockdown::apply(&states)).await {
                 Ok(Ok(())) => {
                     info!("lockdown rules applied (nftables table inet cordon)");
-                    applied = Some(script);
+                    applied = Some(modes);
                 }
                 Ok(Err(e)) => error!(error = %e, "lockdown not applied; the proxies keep working without it"),
                 Err(_) => {}

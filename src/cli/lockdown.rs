@@ -15,10 +15,12 @@ pub struct Args {
     /// The agent configuration (cordon.toml).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Print the nft script the agent would apply with the current policy's modes.
+    /// Print the nft script the agent would apply with the current policy's modes (including the
+    /// deletion of counters of services no longer locked down, when nft can list them).
     #[arg(long, group = "action")]
     pub print: bool,
-    /// Delete cordon's nftables table (the rules stay when the agent stops: fail closed).
+    /// Delete cordon's nftables table (the rules stay when the agent stops: fail closed); succeeds
+    /// with a note when there is none.
     #[arg(long, group = "action")]
     pub remove: bool,
 }
@@ -34,6 +36,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let policy = Policy::load(&config.policy)?;
     let states: Vec<_> = config.services.iter().map(|s| (s.clone(), policy.mode(s.name.as_str()))).collect();
-    write!(out, "{}", lockdown::ruleset(&states))?;
+    // The agent also deletes the counters of services no longer locked down; reading them needs
+    // nft and CAP_NET_ADMIN, which a review of the script may not have.
+    let existing = match lockdown::existing_counters() {
+        Ok(counters) => counters.into_iter().map(|c| c.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list cordon's nftables counters; the script deletes no stale counter");
+            Vec::new()
+        }
+    };
+    write!(out, "{}", lockdown::ruleset(&states, &existing))?;
     Ok(Outcome::Success)
 }

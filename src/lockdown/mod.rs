@@ -7,11 +7,20 @@
 //! dropped. cordon's inbound proxy reaches the app over loopback, so it is never affected.
 //!
 //! Every change is one `nft -f -` transaction that refills cordon's chain, so a restarted agent
-//! adopts the existing table, and the named counters survive re-application. When the agent stops
-//! the rules stay (fail closed); `cordon lockdown --config FILE --remove` lifts them.
+//! adopts the existing table, and the named counters of services still locked down survive
+//! re-application; the counters of services no longer locked down are deleted in the same
+//! transaction. When the agent stops the rules stay (fail closed); `cordon lockdown --config FILE
+//! --remove` lifts them.
+//!
+//! This module is the only code that runs nft or reads its JSON. The script is built by a pure
+//! function ([`ruleset`]) from the wanted services and the counters nft listed, so it is tested
+//! without nft.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
+
+use serde::Deserialize;
 
 use crate::agent::config::ServiceConfig;
 use crate::policy::Mode;
@@ -20,6 +29,8 @@ use crate::policy::Mode;
 pub const TABLE: &str = "cordon";
 /// The base chain in that table.
 const CHAIN: &str = "lockdown";
+/// The prefix of every counter cordon creates (see [`counter_name`]).
+const COUNTER_PREFIX: &str = "direct_";
 
 /// Why lockdown could not be applied. The data plane keeps working either way.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +39,17 @@ pub enum LockdownError {
     /// The `nft` command is not installed.
     #[error("nft not found ({0}); install Debian's nftables package to use lockdown")]
     NoNft(std::io::Error),
-    /// nft refused the ruleset (often: not root / no CAP_NET_ADMIN).
-    #[error("nft refused the ruleset: {0}")]
+    /// nft refused the ruleset or the command (often: not root / no CAP_NET_ADMIN).
+    #[error("nft failed: {0}")]
     Nft(String),
-    /// nft's output could not be read.
-    #[error("cannot read nft's counters: {0}")]
-    Counters(String),
+    /// nft printed JSON that cordon cannot read.
+    #[error("cannot read the JSON printed by `nft {command}`: {error}")]
+    Json {
+        /// The nft arguments, as typed on a shell.
+        command: String,
+        /// What was wrong, with the line and column in nft's output.
+        error: String,
+    },
 }
 
 /// One service's direct-to-app traffic, as its nftables counter saw it.
@@ -49,20 +65,43 @@ pub struct ServiceCounter {
 pub fn counter_name(service: &str) -> String {
     let clean: String =
         service.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
-    format!("direct_{clean}")
+    format!("{COUNTER_PREFIX}{clean}")
+}
+
+/// Whether a counter found in cordon's table has a name cordon gives its counters. Only those are
+/// ever deleted, and only such names are written into a script.
+fn is_cordon_counter(name: &str) -> bool {
+    name.len() > COUNTER_PREFIX.len()
+        && name.starts_with(COUNTER_PREFIX)
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The nft script that makes cordon's table match `services` (those with `lockdown` set), each
-/// with its current mode. Pure: `cordon lockdown --print` shows exactly this.
-pub fn ruleset(services: &[(ServiceConfig, Mode)]) -> String {
+/// with its current mode. `existing` names the counters now in cordon's table (as
+/// [`existing_counters`] lists them): those cordon created for services no longer locked down are
+/// deleted after the flush that drops the rules using them; the others keep their counts. Pure:
+/// `cordon lockdown --print` shows exactly this.
+pub fn ruleset(services: &[(ServiceConfig, Mode)], existing: &[String]) -> String {
+    let locked: Vec<_> = services.iter().filter(|(s, _)| s.lockdown).collect();
+    let wanted: BTreeSet<String> = locked.iter().map(|(s, _)| counter_name(s.name.as_str())).collect();
+    let stale: BTreeSet<&str> = existing
+        .iter()
+        .map(String::as_str)
+        .filter(|name| is_cordon_counter(name) && !wanted.contains(*name))
+        .collect();
     let mut s = format!(
         "# cordon lockdown: TCP to an app's port from anywhere but loopback is counted, and dropped\n\
-         # while the service enforces. One transaction; the counters survive re-application.\n\
+         # while the service enforces. One transaction; the counters of services still locked down\n\
+         # survive re-application, those of services no longer locked down are removed.\n\
          add table inet {TABLE}\n\
          add chain inet {TABLE} {CHAIN} {{ type filter hook input priority filter; policy accept; }}\n\
          flush chain inet {TABLE} {CHAIN}\n"
     );
-    for (svc, mode) in services.iter().filter(|(s, _)| s.lockdown) {
+    // After the flush: a counter still named by a rule cannot be deleted.
+    for counter in stale {
+        s += &format!("delete counter inet {TABLE} {counter}\n");
+    }
+    for (svc, mode) in locked {
         let counter = counter_name(svc.name.as_str());
         let verdict = match mode {
             Mode::Enforce => " drop",
@@ -98,35 +137,103 @@ fn nft(args: &[&str], script: Option<&str>) -> Result<String, LockdownError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Applies the rules for `services` in one transaction.
-pub fn apply(services: &[(ServiceConfig, Mode)]) -> Result<(), LockdownError> {
-    nft(&["-f", "-"], Some(&ruleset(services))).map(|_| ())
+/// What `nft -j list ...` prints: a list of objects, each keyed by its kind (`metainfo`, `table`,
+/// `counter`, ...). Kinds cordon does not read are skipped; a table or counter without the fields
+/// below is an error.
+#[derive(Debug, Deserialize)]
+struct Listing {
+    nftables: Vec<Listed>,
 }
 
-/// Deletes cordon's table; nothing to do when it is not there.
-pub fn remove() -> Result<bool, LockdownError> {
-    match nft(&["delete", "table", "inet", TABLE], None) {
-        Ok(_) => Ok(true),
-        Err(LockdownError::Nft(e)) if e.contains("No such file") => Ok(false),
-        Err(e) => Err(e),
+#[derive(Debug, Deserialize)]
+struct Listed {
+    table: Option<ListedTable>,
+    counter: Option<ListedCounter>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedTable {
+    family: String,
+    name: String,
+}
+
+/// A named counter as nft lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ListedCounter {
+    family: String,
+    table: String,
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Listing {
+    /// Reads nft's JSON; the error says what is wrong and where (line and column).
+    fn parse(text: &str) -> Result<Listing, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn has_cordon_table(&self) -> bool {
+        self.nftables.iter().filter_map(|o| o.table.as_ref()).any(|t| t.family == "inet" && t.name == TABLE)
+    }
+
+    fn cordon_counters(self) -> Vec<ListedCounter> {
+        self.nftables
+            .into_iter()
+            .filter_map(|o| o.counter)
+            .filter(|c| c.family == "inet" && c.table == TABLE)
+            .collect()
     }
 }
 
-/// The direct-to-app counters of the services in `services`.
+/// Runs `nft -j list ...` and reads its JSON.
+fn list(args: &[&str]) -> Result<Listing, LockdownError> {
+    let out = nft(args, None)?;
+    Listing::parse(&out).map_err(|error| LockdownError::Json { command: args.join(" "), error })
+}
+
+/// Whether cordon's table `inet cordon` exists.
+pub fn table_exists() -> Result<bool, LockdownError> {
+    Ok(list(&["-j", "list", "tables", "inet"])?.has_cordon_table())
+}
+
+/// The named counters now in cordon's table; none when there is no table.
+pub fn existing_counters() -> Result<Vec<ListedCounter>, LockdownError> {
+    if !table_exists()? {
+        return Ok(Vec::new());
+    }
+    Ok(list(&["-j", "list", "counters", "table", "inet", TABLE])?.cordon_counters())
+}
+
+/// Applies the rules for `services` in one transaction, deleting the counters of services that
+/// are no longer locked down.
+pub fn apply(services: &[(ServiceConfig, Mode)]) -> Result<(), LockdownError> {
+    let existing: Vec<String> = existing_counters()?.into_iter().map(|c| c.name).collect();
+    nft(&["-f", "-"], Some(&ruleset(services, &existing))).map(|_| ())
+}
+
+/// Deletes cordon's table: `Ok(false)` when there is none. Whether it exists is asked of nft, not
+/// read from its error text (which changes between nft versions), so any failure of nft is an error.
+pub fn remove() -> Result<bool, LockdownError> {
+    if !table_exists()? {
+        return Ok(false);
+    }
+    nft(&["delete", "table", "inet", TABLE], None)?;
+    Ok(true)
+}
+
+/// The direct-to-app counters of the services in `services` that have one.
 pub fn counters(services: &[ServiceConfig]) -> Result<Vec<ServiceCounter>, LockdownError> {
-    let out = nft(&["-j", "list", "counters", "table", "inet", TABLE], None)?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| LockdownError::Counters(e.to_string()))?;
-    let listed = doc["nftables"].as_array().cloned().unwrap_or_default();
+    let listed = existing_counters()?;
     Ok(services
         .iter()
         .filter(|s| s.lockdown)
         .filter_map(|s| {
             let name = counter_name(s.name.as_str());
-            listed.iter().find(|o| o["counter"]["name"] == name.as_str()).map(|o| ServiceCounter {
+            listed.iter().find(|c| c.name == name).map(|c| ServiceCounter {
                 service: s.name.to_string(),
-                packets: o["counter"]["packets"].as_u64().unwrap_or(0),
-                bytes: o["counter"]["bytes"].as_u64().unwrap_or(0),
+                packets: c.packets,
+                bytes: c.bytes,
             })
         })
         .collect())
@@ -145,13 +252,20 @@ mod tests {
         }
     }
 
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
     #[test]
     fn learn_counts_enforce_drops_and_unlocked_services_are_left_alone() {
-        let rules = ruleset(&[
-            (svc("db", 5432, true), Mode::Enforce),
-            (svc("search-v2", 9200, true), Mode::Learn),
-            (svc("cache", 6379, false), Mode::Enforce),
-        ]);
+        let rules = ruleset(
+            &[
+                (svc("db", 5432, true), Mode::Enforce),
+                (svc("search-v2", 9200, true), Mode::Learn),
+                (svc("cache", 6379, false), Mode::Enforce),
+            ],
+            &[],
+        );
         assert!(rules.contains("add table inet cordon\n"));
         assert!(rules.contains("flush chain inet cordon lockdown\n"), "re-application replaces the rules");
         assert!(rules.contains(
@@ -167,8 +281,101 @@ mod tests {
 
     #[test]
     fn nothing_locked_still_owns_an_empty_chain() {
-        let rules = ruleset(&[(svc("db", 5432, false), Mode::Enforce)]);
+        let rules = ruleset(&[(svc("db", 5432, false), Mode::Enforce)], &[]);
         assert!(rules.contains("flush chain"));
         assert!(!rules.contains("add rule"));
+    }
+
+    #[test]
+    fn counters_of_services_no_longer_locked_are_deleted_after_the_flush() {
+        // db stays locked; cache is now `lockdown = false`; old_api left the config.
+        let rules = ruleset(
+            &[(svc("db", 5432, true), Mode::Enforce), (svc("cache", 6379, false), Mode::Learn)],
+            &names(&["direct_old_api", "direct_db", "direct_cache"]),
+        );
+        let deletes: Vec<&str> = rules.lines().filter(|l| l.starts_with("delete")).collect();
+        assert_eq!(
+            deletes,
+            ["delete counter inet cordon direct_cache", "delete counter inet cordon direct_old_api"],
+            "{rules}"
+        );
+        let at = |needle: &str| rules.find(needle).unwrap_or_else(|| panic!("{needle:?} missing:\n{rules}"));
+        assert!(at("flush chain") < at("delete counter"), "deleted only once no rule names it:\n{rules}");
+        assert!(at("delete counter") < at("add rule"), "{rules}");
+        assert!(
+            rules.contains("add counter inet cordon direct_db\n"),
+            "the remaining counter is kept:\n{rules}"
+        );
+        assert!(!rules.contains("delete table"));
+    }
+
+    #[test]
+    fn nothing_is_deleted_when_nothing_is_stale() {
+        let services = [(svc("db", 5432, true), Mode::Learn), (svc("search-v2", 9200, true), Mode::Enforce)];
+        for existing in [names(&[]), names(&["direct_db"]), names(&["direct_db", "direct_search_v2"])] {
+            let rules = ruleset(&services, &existing);
+            assert!(!rules.contains("delete"), "{existing:?}:\n{rules}");
+            assert_eq!(rules, ruleset(&services, &[]), "the script only differs by deletions");
+        }
+    }
+
+    #[test]
+    fn counters_cordon_did_not_name_are_left_alone() {
+        let rules = ruleset(
+            &[(svc("db", 5432, true), Mode::Learn)],
+            &names(&["site_counter", "direct_", "direct_x; flush ruleset", "direct_gone"]),
+        );
+        let deletes: Vec<&str> = rules.lines().filter(|l| l.starts_with("delete")).collect();
+        assert_eq!(deletes, ["delete counter inet cordon direct_gone"], "{rules}");
+        assert!(!rules.contains("flush ruleset"), "a name from nft never reaches the script unchecked");
+    }
+
+    const METAINFO: &str =
+        r#"{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}"#;
+
+    #[test]
+    fn the_table_is_found_by_name_and_family_in_nft_json() {
+        let listing =
+            |items: &str| Listing::parse(&format!(r#"{{"nftables": [{METAINFO}{items}]}}"#)).unwrap();
+        assert!(!listing("").has_cordon_table(), "nft lists no table");
+        assert!(
+            listing(r#", {"table": {"family": "inet", "name": "cordon", "handle": 1}}"#).has_cordon_table()
+        );
+        assert!(
+            !listing(r#", {"table": {"family": "inet", "name": "filter", "handle": 1}}"#).has_cordon_table()
+        );
+        assert!(
+            !listing(r#", {"table": {"family": "ip", "name": "cordon", "handle": 2}}"#).has_cordon_table()
+        );
+    }
+
+    #[test]
+    fn counters_are_read_from_nft_json() {
+        let text = format!(
+            r#"{{"nftables": [{METAINFO},
+                {{"counter": {{"family": "inet", "name": "direct_db", "table": "cordon", "handle": 3, "packets": 7, "bytes": 420}}}},
+                {{"counter": {{"family": "inet", "name": "direct_web", "table": "other", "handle": 4, "packets": 1, "bytes": 60}}}}]}}"#
+        );
+        let counters = Listing::parse(&text).unwrap().cordon_counters();
+        assert_eq!(counters.len(), 1, "only cordon's table counts: {counters:?}");
+        assert_eq!(
+            (counters[0].name.as_str(), counters[0].packets, counters[0].bytes),
+            ("direct_db", 7, 420)
+        );
+    }
+
+    #[test]
+    fn json_nft_did_not_mean_is_a_clear_error() {
+        let truncated = Listing::parse(r#"{"nftables": [{"metainfo": {}"#).unwrap_err();
+        assert!(truncated.contains("line 1"), "{truncated}");
+        let no_list = Listing::parse(r#"{"tables": []}"#).unwrap_err();
+        assert!(no_list.contains("missing field `nftables`"), "{no_list}");
+        let no_packets = Listing::parse(
+            r#"{"nftables": [{"counter": {"family": "inet", "name": "direct_db", "table": "cordon", "bytes": 1}}]}"#,
+        )
+        .unwrap_err();
+        assert!(no_packets.contains("missing field `packets`"), "{no_packets}");
+        let error = LockdownError::Json { command: "-j list tables inet".into(), error: no_packets };
+        assert!(error.to_string().starts_with("cannot read the JSON printed by `nft -j list tables inet`: "));
     }
 }
