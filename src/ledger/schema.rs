@@ -15,7 +15,7 @@
 //! ) WITHOUT ROWID;
 //! ```
 //!
-//! and one row per file prefix `cordon import haproxy-log` has imported (see [`super::imported`]):
+//! and one row per file prefix `cordon import haproxy-log` has imported (see [`super::ImportedPrefix`]):
 //!
 //! ```sql
 //! CREATE TABLE imported_prefix (
