@@ -160,6 +160,7 @@ if os.environ.get("BENCH_TESTS"):
 UNIT = {"bulk": "MiB/s", "connect": "conn/s", **{t: "req/s" for t in TESTS if t == "rr" or t.startswith("paced")}}
 PER = {"bulk": "MiB", "connect": "conn", **{t: "req" for t in TESTS if t == "rr" or t.startswith("paced")}}
 LATENCY = [t for t in TESTS if t == "rr" or t.startswith("paced")]
+PACED = [rate for rate in PACED if f"paced{rate}" in TESTS]
 
 results = {}  # (topology, test) -> list of dicts
 mode = "learn"
