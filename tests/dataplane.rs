@@ -102,14 +102,19 @@ async fn plaintext_is_named_by_address_in_learn_and_refused_in_enforce() {
     let (db, app) = db_host(&world).await;
     let legacy: IpAddr = "127.0.0.2".parse().unwrap();
     let stranger: IpAddr = "127.0.0.3".parse().unwrap();
+    // A host that runs two services: a plaintext caller from there could be either.
+    let shared: IpAddr = "127.0.0.4".parse().unwrap();
     world.write_discovery("legacy", &[(legacy, 8080, None)]);
+    world.write_discovery("batch", &[(shared, 8081, None)]);
+    world.write_discovery("reports", &[(shared, 8082, None)]);
     let inbound = db.bound().service("db").unwrap();
-    eventually("discovery knows legacy", 3 * SECOND, || async {
-        round_trip_from(legacy, inbound, b"ping").await.is_ok()
-            && std::fs::read_dir(world.discovery()).unwrap().count() == 2
+    eventually("discovery knows db, legacy, batch and reports", 3 * SECOND, || async {
+        db.status()["discovery"]["services"] == 4
     })
     .await;
+    round_trip_from(legacy, inbound, b"ping").await.unwrap();
     assert_eq!(round_trip_from(stranger, inbound, b"hi").await.unwrap(), b"hi");
+    assert_eq!(round_trip_from(shared, inbound, b"hi").await.unwrap(), b"hi");
 
     world.write_policy("[modes]\ndb = \"enforce\"\n[[intention]]\nsource = \"*\"\ndestination = \"db\"\naction = \"allow\"\n");
     wait_mode(&db, "db", "enforce").await;
@@ -128,6 +133,8 @@ async fn plaintext_is_named_by_address_in_learn_and_refused_in_enforce() {
     let find = |name: &str| callers.iter().find(|c| c.source == name).map(|c| c.identified);
     assert_eq!(find("legacy"), Some(Identified::PlaintextIp), "{callers:?}");
     assert_eq!(find("ip:127.0.0.3"), Some(Identified::Unknown), "{callers:?}");
+    assert_eq!(find("ip:127.0.0.4"), Some(Identified::Unknown), "two services there: {callers:?}");
+    assert_eq!(find("batch").or(find("reports")), None, "never named after one of them: {callers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

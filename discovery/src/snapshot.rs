@@ -99,6 +99,17 @@ impl Snapshot {
         self.by_ip.get(&ip.to_canonical()).map_or(&[], Vec::as_slice)
     }
 
+    /// The one service with a backend on `ip`: the name a plaintext caller from there is given.
+    /// `None` when no service, or several, have a backend there: a host that runs several
+    /// services cannot tell which of them called, and naming it after one would record (and
+    /// later propose) an edge that may be another's.
+    pub fn service_at(&self, ip: IpAddr) -> Option<&str> {
+        match self.services_at(ip) {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
     /// Increases by one on every published change; 1 for the first snapshot.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -82,6 +82,8 @@ fn plaintext_callers_are_named_by_ip() {
     assert_eq!(snap.services_at(ip("10.20.1.13")), ["web"]);
     // One host serving two services gives both, sorted.
     assert_eq!(snap.services_at(ip("10.20.3.14")), ["cache", "search"]);
+    assert_eq!(snap.service_at(ip("10.20.1.13")), Some("web"), "one service: its name");
+    assert_eq!(snap.service_at(ip("10.20.3.14")), None, "two services: ambiguous, no name");
     // A caller seen on a dual-stack socket as an IPv4-mapped address is the same host.
     assert_eq!(snap.services_at(ip("::ffff:10.20.5.10")), ["db"]);
     // Unknown addresses and host-name backends give nothing.

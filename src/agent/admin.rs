@@ -159,6 +159,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
         "discovery": {
             "dir": parts.config.discovery_dir.display().to_string(),
             "generation": snapshot.generation(),
+            "services": snapshot.service_count(),
             "reloads_ok": ds.reloads_ok.load(Ordering::Relaxed),
             "reloads_failed": ds.reloads_failed.load(Ordering::Relaxed),
             "last_reload": rfc3339_unix(ds.last_ok.load(Ordering::Relaxed)),

@@ -156,7 +156,8 @@ impl fmt::Display for Identified {
 pub enum Caller {
     /// Proved by its client certificate.
     Mtls(ServiceId),
-    /// Plaintext, named by its source address through discovery when discovery knows it.
+    /// Plaintext, named by its source address through discovery when exactly one service has a
+    /// backend there.
     Plaintext { ip: IpAddr, service: Option<ServiceName> },
 }
 

@@ -111,7 +111,7 @@ impl Inbound {
             }
         } else {
             let snapshot = self.discovery.borrow().clone();
-            let service = snapshot.services_at(peer.ip()).first().and_then(|s| ServiceName::new(s).ok());
+            let service = snapshot.service_at(peer.ip()).and_then(|s| ServiceName::new(s).ok());
             let caller = Caller::Plaintext { ip: peer.ip(), service };
             if mode == Mode::Enforce {
                 self.metrics.handshake_failure(RejectReason::PlaintextInEnforce);

@@ -42,10 +42,10 @@ impl DiscoveryNames {
         Ok(Self { snapshot: Some(snapshot), by_host })
     }
 
-    /// The service with a backend at `ip` (the first by name when several share the address, as
-    /// the inbound proxy names plaintext callers).
+    /// The one service with a backend at `ip`; none when several share the address (as the
+    /// inbound proxy names plaintext callers).
     pub(super) fn service_at(&self, ip: IpAddr) -> Option<String> {
-        self.snapshot.as_ref()?.services_at(ip).first().cloned()
+        self.snapshot.as_ref()?.service_at(ip).map(str::to_owned)
     }
 
     /// The services a host (a syslog host name or address) is a backend of.
