@@ -226,16 +226,7 @@ fn lockdown_closes_the_app_port_only_while_enforcing() {
         );
         String::from_utf8_lossy(&hosts.exec(&hosts.b, &["bash", "-c", &script]).stdout).into_owned()
     };
-    let counted = || {
-        let out = hosts.exec(&hosts.a, &["nft", "-j", "list", "counters", "table", "inet", "cordon"]);
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        doc["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["counter"]["packets"].as_u64())
-            .sum::<u64>()
-    };
+    let counted = || listed_counters(&hosts).values().sum::<u64>();
 
     // Learn: the rule counts, nothing is dropped.
     wait_for("the learn-mode rules", || rules().contains("direct_db"));

@@ -68,27 +68,8 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
                         bytes_to_destination, bytes_to_source, first_seen, last_seen FROM edge_hour"
                 ))
                 .map_err(in_err)?;
-            let mut rows = select.query([]).map_err(in_err)?;
-            while let Some(row) = rows.next().map_err(in_err)? {
-                let values: [rusqlite::types::Value; 12] = [
-                    row.get(0).map_err(in_err)?,
-                    row.get(1).map_err(in_err)?,
-                    row.get(2).map_err(in_err)?,
-                    row.get(3).map_err(in_err)?,
-                    row.get(4).map_err(in_err)?,
-                    row.get(5).map_err(in_err)?,
-                    row.get(6).map_err(in_err)?,
-                    row.get(7).map_err(in_err)?,
-                    row.get(8).map_err(in_err)?,
-                    row.get(9).map_err(in_err)?,
-                    row.get(10).map_err(in_err)?,
-                    row.get(11).map_err(in_err)?,
-                ];
-                insert
-                    .execute(rusqlite::params_from_iter(values))
-                    .map_err(out_err("write the merged ledger"))?;
-                stats.rows_read += 1;
-            }
+            stats.rows_read +=
+                copy_rows(&mut select, &mut insert, in_err, out_err("write the merged ledger"))?;
         }
         let mut insert = tx.prepare(imported::INSERT).map_err(out_err("prepare the merge"))?;
         for (path, input) in &opened {
@@ -100,22 +81,32 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
                 .conn
                 .prepare("SELECT len, sha256, lines, file, imported_at FROM imported_prefix")
                 .map_err(in_err)?;
-            let mut rows = select.query([]).map_err(in_err)?;
-            while let Some(row) = rows.next().map_err(in_err)? {
-                let values: [rusqlite::types::Value; 5] = [
-                    row.get(0).map_err(in_err)?,
-                    row.get(1).map_err(in_err)?,
-                    row.get(2).map_err(in_err)?,
-                    row.get(3).map_err(in_err)?,
-                    row.get(4).map_err(in_err)?,
-                ];
-                insert
-                    .execute(rusqlite::params_from_iter(values))
-                    .map_err(out_err("write the merged ledger"))?;
-                stats.imports_read += 1;
-            }
+            stats.imports_read +=
+                copy_rows(&mut select, &mut insert, in_err, out_err("write the merged ledger"))?;
         }
     }
     tx.commit().map_err(out_err("commit the merge"))?;
     Ok(stats)
+}
+
+/// Runs `select` on an input and `insert` with each of its rows, column for column; returns the
+/// rows copied.
+fn copy_rows(
+    select: &mut rusqlite::Statement<'_>,
+    insert: &mut rusqlite::Statement<'_>,
+    in_err: impl Fn(rusqlite::Error) -> LedgerError,
+    out_err: impl Fn(rusqlite::Error) -> LedgerError,
+) -> Result<u64, LedgerError> {
+    let columns = select.column_count();
+    let mut rows = select.query([]).map_err(&in_err)?;
+    let mut copied = 0;
+    while let Some(row) = rows.next().map_err(&in_err)? {
+        let values = (0..columns)
+            .map(|i| row.get::<_, rusqlite::types::Value>(i))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&in_err)?;
+        insert.execute(rusqlite::params_from_iter(values)).map_err(&out_err)?;
+        copied += 1;
+    }
+    Ok(copied)
 }
