@@ -35,8 +35,9 @@ fn main() {
                 };
                 let config = client.client_config(&web, &db, backend, false).expect("client config");
                 let (a, b) = tokio::io::duplex(64 * 1024);
-                let acceptor =
-                    tokio_rustls::TlsAcceptor::from(server.server_config(&db, false).expect("server config"));
+                let acceptor = tokio_rustls::TlsAcceptor::from(
+                    server.server_config(&db, false).expect("server config").config,
+                );
                 let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
                 let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(server_name(&db), b));
                 let (mut s, mut c) = (s.expect("server side"), c.expect("client side"));

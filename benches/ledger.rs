@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cordon::graph::{self, PolicyView};
+use cordon::graph;
 use cordon::ledger::{EdgeKey, Event, Recorder};
-use cordon::policy::{Identified, Mode, Verdict};
+use cordon::policy::{Identified, Mode, Policy, Verdict};
 
 const SERVICES: u64 = 10_000;
 const CALLERS_PER_SERVICE: u64 = 5;
@@ -93,21 +93,29 @@ fn file_kib(db: &Path) -> u64 {
         / 1024
 }
 
-/// Allows nine edges in ten; half the services are enforced.
-struct BenchPolicy;
-
-impl PolicyView for BenchPolicy {
-    fn mode(&self, destination: &str) -> Mode {
-        if destination.ends_with(['0', '2', '4', '6', '8']) { Mode::Enforce } else { Mode::Learn }
+/// A real policy that allows nine edges in ten and enforces half the services.
+fn bench_policy() -> Policy {
+    let mut text = String::from("[modes]\n");
+    for dest in (0..SERVICES).step_by(2) {
+        text += &format!("svc{dest:05} = \"enforce\"\n");
     }
-    fn verdict(&self, source: &str, destination: &str) -> Verdict {
-        let mut h = DefaultHasher::new();
-        (source, destination).hash(&mut h);
-        if h.finish().is_multiple_of(10) { Verdict::Deny } else { Verdict::Allow }
+    let mut pairs = std::collections::BTreeSet::new();
+    for dest in 0..SERVICES {
+        for k in 0..CALLERS_PER_SERVICE {
+            let e = edge(dest * CALLERS_PER_SERVICE + k, dest);
+            let mut h = DefaultHasher::new();
+            (&e.source, &e.destination).hash(&mut h);
+            if !h.finish().is_multiple_of(10) && !e.source.starts_with("ip:") {
+                pairs.insert((e.source, e.destination));
+            }
+        }
     }
-    fn has_intention(&self, source: &str, destination: &str) -> bool {
-        self.verdict(source, destination) == Verdict::Allow
+    for (source, destination) in pairs {
+        text += &format!(
+            "[[intention]]\nsource = {source:?}\ndestination = {destination:?}\naction = \"allow\"\n"
+        );
     }
+    Policy::parse(&text, Path::new("bench-policy.toml")).unwrap()
 }
 
 fn synthetic_ledger(dir: &Path) {
@@ -155,8 +163,9 @@ fn synthetic_ledger(dir: &Path) {
         (load + p).as_secs_f64()
     );
 
+    let policy = bench_policy();
     let t = Instant::now();
-    let proposal = graph::propose(&observed, 1, Some(&BenchPolicy));
+    let proposal = graph::propose(&observed, 1, Some(&policy));
     let p = t.elapsed();
     println!(
         "propose --policy: {} intentions in {:.3} s (with load: {:.3} s)",
@@ -166,7 +175,7 @@ fn synthetic_ledger(dir: &Path) {
     );
 
     let t = Instant::now();
-    let services = graph::diff(&observed, &BenchPolicy, None);
+    let services = graph::diff(&observed, &policy, None);
     let text = graph::format::diff_text(&services);
     let d = t.elapsed();
     let ready = services.iter().filter(|s| s.ready()).count();

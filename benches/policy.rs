@@ -26,7 +26,7 @@ fn main() {
     let mut allowed = 0u64;
     for i in 0..n {
         let (s, d) = &pairs[i % pairs.len()];
-        if policy.decide(black_box(s), black_box(d)).verdict == cordon::policy::Verdict::Allow {
+        if policy.intention_for(black_box(s), black_box(d)).verdict == cordon::policy::Verdict::Allow {
             allowed += 1;
         }
     }

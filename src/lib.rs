@@ -1,11 +1,12 @@
 //! cordon: mutual-TLS segmentation for SmartStack-style fleets, rolled out learn-first.
 //!
-//! Modules, one per concern: [`pki`] (identities, CA, TLS), [`policy`] (intentions and modes),
+//! Modules, one per concern: [`base`] (the shared vocabulary), [`pki`] (identities, CA, TLS), [`policy`] (intentions and modes),
 //! [`proxy`] (the data plane), [`ledger`] (the recorded graph), [`graph`] (review), [`agent`]
 //! (wiring) and [`cli`]. The data plane never calls SQLite directly.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod base;
 pub mod cli;
 pub mod demo;
 pub mod graph;

@@ -41,11 +41,11 @@ fn the_demo_learns_proposes_enforces_refuses_and_rolls_back() {
     // The adopted proposal allows exactly the learned mTLS edges, and db is back in learn mode.
     let policy = cordon::policy::Policy::load(&world.join("policy.toml")).unwrap();
     for (s, d) in [("web", "db"), ("api", "db"), ("batch", "db"), ("web", "api"), ("api", "cache")] {
-        assert_eq!(policy.decide(s, d).verdict, cordon::policy::Verdict::Allow, "{s} -> {d}");
+        assert_eq!(policy.intention_for(s, d).verdict, cordon::policy::Verdict::Allow, "{s} -> {d}");
     }
-    assert_eq!(policy.decide("cache", "db").verdict, cordon::policy::Verdict::Deny);
+    assert_eq!(policy.intention_for("cache", "db").verdict, cordon::policy::Verdict::Deny);
     assert_eq!(
-        policy.decide("reports", "api").verdict,
+        policy.intention_for("reports", "api").verdict,
         cordon::policy::Verdict::Deny,
         "plaintext never allowed"
     );

@@ -44,7 +44,8 @@ async fn app_connections_ride_one_mtls_connection_and_each_is_decided_and_record
     .await;
 
     // A refusal is decided per app connection, on the hop too; it closes the hop, and the next
-    // allowed connection makes a new one.
+    // allowed connection makes a new one. The flip itself closes the idle hop of a caller the new
+    // policy refuses, so the refused connection comes on a second hop and `back` on a third.
     world.write_policy("[modes]\ndb = \"enforce\"\n");
     eventually("db enforces", 3 * SECOND, || async { db.status()["services"][0]["mode"] == "enforce" }).await;
     let refused = round_trip(upstream, b"let me in").await;
@@ -54,7 +55,7 @@ async fn app_connections_ride_one_mtls_connection_and_each_is_decided_and_record
     eventually("db learns again", 3 * SECOND, || async { db.status()["services"][0]["mode"] == "learn" })
         .await;
     assert_eq!(round_trip(upstream, b"back").await.unwrap(), b"back");
-    assert_eq!(inbound(&db, "cordon_tls_handshakes_total"), 2.0, "a new hop after the refusal");
+    assert_eq!(inbound(&db, "cordon_tls_handshakes_total"), 3.0, "a new hop after the refusal");
 
     web.shutdown().await;
     db.shutdown().await;

@@ -614,7 +614,20 @@ fn haproxy_log_migrates_a_ledger_of_the_previous_version() {
     assert!(stderr.contains("7 connections imported"), "{stderr}");
     assert_eq!(schema_of(&db), (3, vec!["edge_hour".to_string(), "imported_prefix".to_string()]));
     std::fs::copy(fixture("tcplog.log"), dir.path().join("tcp.log")).unwrap();
-    assert_eq!(totals(&db), imported_once(dir.path(), &["tcp.log", "http.log"]), "the old rows are kept");
+    // The old rows are kept as cordon 0.1.0 wrote them: it recorded a remote client of the log
+    // (ip:10.0.9.5 in tcplog.log) as haproxy-log evidence, where cordon now records it as evidence
+    // from an address.
+    let mut expected = imported_once(dir.path(), &["tcp.log", "http.log"]);
+    for e in &mut expected {
+        if e.source == "ip:10.0.9.5" && e.destination == "db" {
+            assert_eq!(e.identified, cordon::policy::Identified::Unknown);
+            e.identified = cordon::policy::Identified::HaproxyLog;
+        }
+    }
+    expected.sort_by(|a, b| {
+        (&a.destination, &a.source, a.identified).cmp(&(&b.destination, &b.source, b.identified))
+    });
+    assert_eq!(totals(&db), expected, "the old rows are kept");
 
     let (stdout, _) = ok(&import("ledger.db", &["http.log"]), dir.path());
     assert!(stdout.starts_with("http.log: already imported (9 lines), skipped\n"), "{stdout}");

@@ -100,7 +100,7 @@ async fn server(
     let identity = name(identity);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let config = store.server_config(&identity, false).unwrap();
+            let config = store.server_config(&identity, false).unwrap().config;
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {

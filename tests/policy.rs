@@ -41,7 +41,7 @@ fn the_most_specific_intention_decides_as_consul_orders_them() {
         ("ip:10.0.0.7", "db", Verdict::Allow, "* -> db allow"),
     ];
     for (s, d, verdict, rule) in table {
-        let got = p.decide(s, d);
+        let got = p.intention_for(s, d);
         assert_eq!(got.verdict, *verdict, "{s} -> {d}");
         assert!(got.rule.starts_with(rule), "{s} -> {d}: {}", got.rule);
     }
@@ -50,14 +50,14 @@ fn the_most_specific_intention_decides_as_consul_orders_them() {
         &[intention("*", "*", "allow"), intention("web", "*", "deny"), intention("*", "db", "allow")]
             .concat(),
     );
-    assert_eq!(p.decide("web", "db").verdict, Verdict::Allow, "* -> db beats web -> *");
+    assert_eq!(p.intention_for("web", "db").verdict, Verdict::Allow, "* -> db beats web -> *");
     let p = policy(&[intention("*", "*", "allow"), intention("web", "*", "deny")].concat());
-    assert_eq!(p.decide("web", "db").verdict, Verdict::Deny, "web -> * beats * -> *");
+    assert_eq!(p.intention_for("web", "db").verdict, Verdict::Deny, "web -> * beats * -> *");
     let p = policy(&intention("web", "db", "allow"));
-    let none = p.decide("api", "db");
+    let none = p.intention_for("api", "db");
     assert_eq!(none.verdict, Verdict::Deny, "no match is deny");
     assert!(none.rule.contains("no matching intention"));
-    assert!(p.decide("web", "db").rule.contains("policy.toml:1"), "the rule names file and line");
+    assert!(p.intention_for("web", "db").rule.contains("policy.toml:1"), "the rule names file and line");
 }
 
 #[test]

@@ -146,6 +146,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
     json!({
         "host": parts.config.host,
         "trust_domain": parts.config.trust_domain.as_str(),
+        "trust_bundle": format!("{:016x}", parts.tls.bundle().0),
         "identities": identities,
         "services": services,
         "upstreams": upstreams,

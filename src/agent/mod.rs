@@ -159,6 +159,7 @@ impl Agent {
                 recorder: recorder_handle.clone(),
                 decisions: decisions.clone(),
                 settings: config.proxy.clone(),
+                open: Default::default(),
             });
             info!(service = %s.name, listen = %addr, app = %s.app, "inbound listening");
             tokio::spawn(proxy.run(listener, life.clone()));
@@ -236,11 +237,16 @@ impl Agent {
     /// Re-reads certificates, policy and discovery now (SIGHUP). Bad new material is refused and
     /// logged; the old stays in use.
     pub fn reload(&self) {
-        if let Err(e) = self.parts.tls.reload() {
-            error!(error = %e, "certificate reload refused; keeping the current certificates");
+        reload(&self.parts);
+    }
+
+    /// [`Agent::reload`] on a blocking thread: it reads files and parses certificates, which the
+    /// data plane's thread must never wait on.
+    pub async fn reload_off_thread(&self) {
+        let parts = self.parts.clone();
+        if tokio::task::spawn_blocking(move || reload(&parts)).await.is_err() {
+            error!("reload did not finish");
         }
-        self.parts.policy.reload_now();
-        self.parts.discovery.reload_now();
     }
 
     /// Stops accepting, drains open connections up to the configured deadline, then flushes the
@@ -264,20 +270,53 @@ impl Agent {
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down cleanly.
     pub async fn run_until_signalled(self) -> std::io::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let signals = Signals::install()?;
+        self.run_until(signals).await;
+        Ok(())
+    }
+
+    /// Serves until `signals` brings SIGTERM or SIGINT, reloading on SIGHUP, then shuts down.
+    pub async fn run_until(self, mut signals: Signals) {
         loop {
             tokio::select! {
-                _ = term.recv() => { info!("SIGTERM: draining"); break }
-                _ = int.recv() => { info!("SIGINT: draining"); break }
-                _ = hup.recv() => { info!("SIGHUP: reloading certificates, policy and discovery"); self.reload() }
+                _ = signals.term.recv() => { info!("SIGTERM: draining"); break }
+                _ = signals.int.recv() => { info!("SIGINT: draining"); break }
+                _ = signals.hup.recv() => {
+                    info!("SIGHUP: reloading certificates, policy and discovery");
+                    self.reload_off_thread().await;
+                }
             }
         }
         self.shutdown().await;
-        Ok(())
     }
+}
+
+/// The agent's signal handlers. Installed before the agent starts, so a SIGHUP that arrives while
+/// it binds its listeners is a reload, not the default action (the end of the process).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+fn reload(parts: &Parts) {
+    if let Err(e) = parts.tls.reload() {
+        error!(error = %e, "certificate reload refused; keeping the current certificates");
+    }
+    parts.policy.reload_now();
+    parts.discovery.reload_now();
 }
 
 /// Keeps the nftables lockdown rules in step with the policy's modes, and the counters fresh.

@@ -7,8 +7,12 @@ use std::time::SystemTime;
 use anyhow::Context;
 
 use super::Outcome;
+use crate::base::Source;
 use crate::pki::ServiceName;
-use crate::policy::{Mode, Policy, Verdict, preflight, set_mode};
+use crate::policy::{
+    DecisionContext, Identified, Mode, Outcome as DecisionOutcome, Policy, Subject, Verdict, decide,
+    preflight, set_mode,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -40,23 +44,23 @@ pub struct ModeArgs {
 
 pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     let policy = Policy::load(&args.policy)?;
-    let decision = policy.decide(&args.source, &args.destination);
-    let mode = policy.mode(&args.destination);
+    // A name is a caller with a certificate; `ip:A.B.C.D` is a plaintext caller.
+    let identified = if Source::names_address(&args.source) { Identified::Unknown } else { Identified::Mtls };
+    let subject = Subject::recorded(&args.source, identified);
+    let decision = decide(&policy, &subject, &args.destination, &DecisionContext::review());
     let mut out = std::io::stdout().lock();
     writeln!(out, "{} -> {}: {}", args.source, args.destination, decision.verdict)?;
     writeln!(out, "  rule: {}", decision.rule)?;
-    match (mode, decision.verdict) {
-        (Mode::Enforce, Verdict::Allow) => {
-            writeln!(out, "  {} enforces: the connection is let in", args.destination)?
+    let dest = &args.destination;
+    match decision.outcome {
+        DecisionOutcome::Allowed if decision.mode == Mode::Enforce => {
+            writeln!(out, "  {dest} enforces: the connection is let in")?
         }
-        (Mode::Enforce, Verdict::Deny) => {
-            writeln!(out, "  {} enforces: the connection is refused", args.destination)?
-        }
-        (Mode::Learn, Verdict::Allow) => writeln!(out, "  {} learns: let in and recorded", args.destination)?,
-        (Mode::Learn, Verdict::Deny) => writeln!(
+        DecisionOutcome::Allowed => writeln!(out, "  {dest} learns: let in and recorded")?,
+        DecisionOutcome::Denied => writeln!(out, "  {dest} enforces: the connection is refused")?,
+        DecisionOutcome::WouldDeny => writeln!(
             out,
-            "  {} learns: let in anyway and recorded as would-deny; enforcing would refuse it",
-            args.destination
+            "  {dest} learns: let in anyway and recorded as would-deny; enforcing would refuse it"
         )?,
     }
     Ok(if decision.verdict == Verdict::Allow { Outcome::Success } else { Outcome::No })

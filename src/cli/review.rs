@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use clap::{Args, ValueEnum};
 
 use super::Outcome;
-use crate::graph::{self, PolicyView, format};
+use crate::graph::{self, format};
 use crate::policy::Policy;
 
 /// How `cordon graph` prints.
@@ -116,8 +116,7 @@ pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
     let since = since(args.since);
     let observed = graph::load(&args.db, since)?;
     let policy = args.policy.as_deref().map(load_policy).transpose()?;
-    let proposal =
-        graph::propose(&observed, args.min_connections, policy.as_ref().map(|p| p as &dyn PolicyView));
+    let proposal = graph::propose(&observed, args.min_connections, policy.as_ref());
     let mut header = vec![format!(
         "cordon propose: {} intention{} from {}, {}",
         proposal.intentions.len(),

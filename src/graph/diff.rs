@@ -1,16 +1,16 @@
 //! Readiness: for each destination, what enforcing it under the current policy would do to the
 //! callers the ledger recorded.
 //!
-//! A caller is cut off when the policy would deny it, or when it still arrives in plaintext
-//! (enforce mode refuses plaintext). A caller seen on only one or two days is flagged as rare:
+//! A caller is cut off when the one decision ([`crate::policy::decide_in`]) would refuse it were
+//! the destination enforced: the intentions deny it, or it still arrives in plaintext. A caller seen on only one or two days is flagged as rare:
 //! periodic jobs (a nightly backup, a monthly report) are the classic outage after a flip. Rare
 //! is only flagged once the window holds at least [`RARE_AFTER_DAYS`] days, so a young ledger does
 //! not flag everything.
 
 use std::time::SystemTime;
 
-use super::{Observed, PolicyView};
-use crate::policy::{Identified, Mode, Verdict};
+use super::Observed;
+use crate::policy::{DecisionContext, Identified, Mode, Policy, Proof, Subject, Verdict, decide_in};
 
 /// Days a window must span before callers seen on one or two days count as rare.
 pub const RARE_AFTER_DAYS: u64 = 7;
@@ -28,6 +28,13 @@ pub struct CallerReadiness {
     pub days_seen: u32,
     /// What the current policy says of this caller.
     pub verdict: Verdict,
+    /// Whether enforcing the destination would refuse it, and why.
+    pub cut_off: bool,
+    /// The deciding rule were the destination enforced.
+    pub rule: std::sync::Arc<str>,
+    /// Whether the intentions refuse it even once it arrives over mTLS (for a plaintext caller:
+    /// migrating it is not enough, it needs an intention too).
+    pub denied_by_intentions: bool,
     /// Seen on few days in a long window: likely a periodic job.
     pub rare: bool,
 }
@@ -35,12 +42,12 @@ pub struct CallerReadiness {
 impl CallerReadiness {
     /// Arrives without a certificate.
     pub fn plaintext(&self) -> bool {
-        matches!(self.identified, Identified::PlaintextIp | Identified::Unknown)
+        self.identified.is_plaintext()
     }
 
     /// Would be refused if the destination were enforced now.
     pub fn cut_off(&self) -> bool {
-        self.verdict == Verdict::Deny || self.plaintext()
+        self.cut_off
     }
 }
 
@@ -80,7 +87,8 @@ impl ServiceReadiness {
 
 /// Readiness of every recorded destination (or only `service`, which is reported even when the
 /// ledger holds no caller of it), sorted by name.
-pub fn diff(observed: &Observed, policy: &dyn PolicyView, service: Option<&str>) -> Vec<ServiceReadiness> {
+pub fn diff(observed: &Observed, policy: &Policy, service: Option<&str>) -> Vec<ServiceReadiness> {
+    let ctx = DecisionContext::review();
     let long_window = observed.span().is_some_and(|(first, last)| {
         last.duration_since(first).unwrap_or_default().as_secs() >= RARE_AFTER_DAYS * 86_400
     });
@@ -98,6 +106,11 @@ pub fn diff(observed: &Observed, policy: &dyn PolicyView, service: Option<&str>)
             });
         }
         let Some(current) = out.last_mut() else { continue };
+        let subject = Subject::recorded(&e.source, e.identified);
+        let now = decide_in(policy, &subject, &e.destination, current.mode, &ctx);
+        let enforced = decide_in(policy, &subject, &e.destination, Mode::Enforce, &ctx);
+        let migrated = Subject { source: &e.source, proof: Proof::Recorded };
+        let migrated = decide_in(policy, &migrated, &e.destination, Mode::Enforce, &ctx);
         current.callers.push(CallerReadiness {
             source: e.source.clone(),
             identified: e.identified,
@@ -105,7 +118,10 @@ pub fn diff(observed: &Observed, policy: &dyn PolicyView, service: Option<&str>)
             first_seen: e.first_seen,
             last_seen: e.last_seen,
             days_seen: e.days_seen,
-            verdict: policy.verdict(&e.source, &e.destination),
+            verdict: now.verdict,
+            cut_off: !enforced.outcome.passes(),
+            denied_by_intentions: !migrated.outcome.passes(),
+            rule: enforced.rule,
             rare: long_window && e.days_seen <= RARE_DAYS,
         });
     }

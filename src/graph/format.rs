@@ -261,7 +261,7 @@ pub fn diff_text(services: &[ServiceReadiness]) -> String {
         ];
         for c in &s.callers {
             let mut status = Vec::new();
-            if c.verdict == crate::policy::Verdict::Deny {
+            if c.denied_by_intentions {
                 status.push("would-deny");
             }
             if c.plaintext() {

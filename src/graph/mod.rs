@@ -3,8 +3,9 @@
 //!
 //! Owns the analysis ([`load`], [`propose()`], [`diff()`]) and, kept apart from it, the output
 //! formats ([`format`](mod@format): text, JSON, DOT, TOML). It reads the ledger only through
-//! [`crate::ledger`] (never SQL of its own) and sees the policy only through [`PolicyView`], so
-//! it is testable without a policy file and reusable by the HTML report. It must not write files.
+//! [`crate::ledger`] (never SQL of its own), and judges every recorded caller with the one
+//! decision, [`crate::policy::decide()`]: it never derives a verdict of its own. It must not
+//! write files.
 
 pub mod diff;
 pub mod format;
@@ -20,20 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
+use crate::base::Source;
 pub use crate::ledger::EdgeTotals as ObservedEdge;
 use crate::ledger::LedgerError;
-use crate::policy::{Mode, Verdict};
-
-/// What the analysis needs to know of a policy. `crate::policy::Policy` implements it; tests use
-/// small tables.
-pub trait PolicyView {
-    /// The destination's mode.
-    fn mode(&self, destination: &str) -> Mode;
-    /// What the intentions say of `source -> destination` (no match: deny).
-    fn verdict(&self, source: &str, destination: &str) -> Verdict;
-    /// Whether an intention names exactly this pair (a proposal for it would be a duplicate).
-    fn has_intention(&self, source: &str, destination: &str) -> bool;
-}
 
 /// Whether a graph node is a service or a bare address (`ip:A.B.C.D`, a caller discovery does
 /// not know).
@@ -45,7 +35,7 @@ pub enum NodeKind {
 
 impl NodeKind {
     pub fn of(name: &str) -> Self {
-        if name.starts_with("ip:") { NodeKind::Address } else { NodeKind::Service }
+        if Source::names_address(name) { NodeKind::Address } else { NodeKind::Service }
     }
 
     pub fn as_str(self) -> &'static str {

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use super::{Observed, PolicyView};
+use super::Observed;
 use crate::pki::ServiceName;
-use crate::policy::{Identified, Verdict};
+use crate::policy::{DecisionContext, Identified, Policy, Subject, Verdict, decide};
 
 /// One proposed `allow` intention and its evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,13 +71,18 @@ pub struct Proposal {
 
 /// Proposes an `allow` for each proven (source, destination) pair with at least
 /// `min_connections`; with `policy`, only pairs it does not already allow or name.
-pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&dyn PolicyView>) -> Proposal {
-    let covered =
-        |s: &str, d: &str| policy.is_some_and(|p| p.verdict(s, d) == Verdict::Allow || p.has_intention(s, d));
+pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&Policy>) -> Proposal {
+    let ctx = DecisionContext::review();
+    let covered = |s: &str, d: &str, identified: Identified| {
+        policy.is_some_and(|p| {
+            p.has_intention(s, d)
+                || decide(p, &Subject::recorded(s, identified), d, &ctx).verdict == Verdict::Allow
+        })
+    };
     let mut proven: BTreeMap<(&str, &str), ProposedIntention> = BTreeMap::new();
     let mut unproven = Vec::new();
     for e in &observed.edges {
-        if covered(&e.source, &e.destination) {
+        if covered(&e.source, &e.destination, e.identified) {
             continue;
         }
         let reason = match e.identified {

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 
 use super::diff::ServiceReadiness;
 use super::format;
-use super::{NodeKind, Observed, PolicyView};
-use crate::policy::{Identified, Mode, Verdict};
+use super::{NodeKind, Observed};
+use crate::policy::{DecisionContext, Identified, Outcome, Policy, Subject, decide};
 
 /// What the page shows an edge as; also its CSS class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +35,15 @@ impl EdgeClass {
     }
 
     /// How the current policy treats an edge recorded with this identification.
-    pub fn of(policy: &dyn PolicyView, source: &str, destination: &str, identified: Identified) -> Self {
-        if matches!(identified, Identified::PlaintextIp | Identified::Unknown) {
+    pub fn of(policy: &Policy, source: &str, destination: &str, identified: Identified) -> Self {
+        if identified.is_plaintext() {
             return EdgeClass::Plaintext;
         }
-        match (policy.verdict(source, destination), policy.mode(destination)) {
-            (Verdict::Allow, _) => EdgeClass::Allowed,
-            (Verdict::Deny, Mode::Learn) => EdgeClass::WouldDeny,
-            (Verdict::Deny, Mode::Enforce) => EdgeClass::Denied,
+        let subject = Subject::recorded(source, identified);
+        match decide(policy, &subject, destination, &DecisionContext::review()).outcome {
+            Outcome::Allowed => EdgeClass::Allowed,
+            Outcome::WouldDeny => EdgeClass::WouldDeny,
+            Outcome::Denied => EdgeClass::Denied,
         }
     }
 }
@@ -220,7 +221,7 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn svg(observed: &Observed, policy: &dyn PolicyView) -> String {
+fn svg(observed: &Observed, policy: &Policy) -> String {
     let at = layout(observed);
     let width = at.values().map(|p| p.0).fold(0.0, f64::max) + NODE_W / 2.0 + MARGIN;
     let height = at.values().map(|p| p.1).fold(0.0, f64::max) + NODE_H / 2.0 + MARGIN + 30.0;
@@ -315,7 +316,7 @@ fn readiness_table(services: &[ServiceReadiness]) -> String {
             name = escape(&svc.service),
             mode = svc.mode.as_str(),
             summary = escape(&svc.summary()),
-            deny = names(&|c| c.verdict == Verdict::Deny && !c.plaintext()),
+            deny = names(&|c| c.cut_off() && !c.plaintext()),
             rare = names(&|c| c.rare),
             plain = names(&|c| c.plaintext()),
         );
@@ -368,7 +369,7 @@ pre { background: #1f2933; color: #e4e7eb; padding: 14px 16px; border-radius: 8p
 pub fn render(
     db: &Path,
     observed: &Observed,
-    policy: &dyn PolicyView,
+    policy: &Policy,
     services: &[ServiceReadiness],
     proposal_toml: &str,
 ) -> String {

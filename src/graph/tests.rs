@@ -1,11 +1,10 @@
 //! The analysis over hand-built edges and a table policy: propose's filtering, diff's readiness
 //! and rare-caller rules, windows.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::policy::Identified;
+use crate::policy::{Identified, Mode, Policy};
 
 const DAY: u64 = 86_400;
 
@@ -33,22 +32,18 @@ fn edge(
     }
 }
 
-#[derive(Default)]
-struct Table {
-    modes: HashMap<&'static str, Mode>,
-    rules: HashMap<(&'static str, &'static str), Verdict>,
-}
-
-impl PolicyView for Table {
-    fn mode(&self, destination: &str) -> Mode {
-        self.modes.get(destination).copied().unwrap_or(Mode::Learn)
+/// A real policy with these modes and intentions (source, destination, action).
+fn policy(modes: &[(&str, &str)], rules: &[(&str, &str, &str)]) -> Policy {
+    let mut text = String::from("[modes]\n");
+    for (service, mode) in modes {
+        text += &format!("{service:?} = {mode:?}\n");
     }
-    fn verdict(&self, source: &str, destination: &str) -> Verdict {
-        self.rules.get(&(source, destination)).copied().unwrap_or(Verdict::Deny)
+    for (source, destination, action) in rules {
+        text += &format!(
+            "[[intention]]\nsource = {source:?}\ndestination = {destination:?}\naction = {action:?}\n"
+        );
     }
-    fn has_intention(&self, source: &str, destination: &str) -> bool {
-        self.rules.contains_key(&(source, destination))
-    }
+    Policy::parse(&text, std::path::Path::new("policy.toml")).expect("the test policy parses")
 }
 
 fn observed(edges: Vec<ObservedEdge>) -> Observed {
@@ -86,9 +81,7 @@ fn propose_merges_evidence_and_skips_what_the_policy_names() {
     assert_eq!(p.unproven[0].reason, "not a service name");
 
     // An explicit deny is not overridden by a proposal (the pair would be a duplicate).
-    let mut table = Table::default();
-    table.rules.insert(("old", "db"), Verdict::Deny);
-    table.rules.insert(("web", "db"), Verdict::Allow);
+    let table = policy(&[], &[("old", "db", "deny"), ("web", "db", "allow")]);
     let p = propose(&o, 2, Some(&table));
     assert!(p.intentions.is_empty(), "{:?}", p.intentions);
     assert_eq!(p.below_threshold, 1, "cron has one connection");
@@ -100,9 +93,7 @@ fn diff_flags_rare_callers_only_in_a_long_window() {
         edge("web", "db", Identified::Mtls, 50, (0, 3)),
         edge("cron", "db", Identified::Mtls, 1, (2, 2)),
     ]);
-    let mut table = Table::default();
-    table.rules.insert(("web", "db"), Verdict::Allow);
-    table.rules.insert(("cron", "db"), Verdict::Allow);
+    let table = policy(&[], &[("web", "db", "allow"), ("cron", "db", "allow")]);
     let r = diff(&short, &table, None);
     assert!(r[0].ready() && r[0].callers.iter().all(|c| !c.rare));
 
@@ -124,9 +115,7 @@ fn diff_counts_each_cut_off_caller_once() {
         edge("batch", "db", Identified::Mtls, 5, (1, 1)),
         edge("web", "api", Identified::Mtls, 5, (1, 1)),
     ]);
-    let mut table = Table::default();
-    table.rules.insert(("web", "db"), Verdict::Allow);
-    table.modes.insert("db", Mode::Enforce);
+    let table = policy(&[("db", "enforce")], &[("web", "db", "allow")]);
     let r = diff(&o, &table, None);
     assert_eq!(r.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(), ["api", "db"]);
     assert_eq!(r[1].mode, Mode::Enforce);

@@ -5,19 +5,18 @@
 
 mod ca;
 pub(crate) mod files;
-mod id;
 mod tickets;
 mod tls;
 mod verify;
 
 use std::path::PathBuf;
 
+pub use crate::base::{IdError, ServiceId, ServiceName, TrustDomain};
 pub use ca::{Ca, Leaf};
-pub use id::{IdError, ServiceId, ServiceName, TrustDomain};
-pub use tls::{HOP_ALPN, TlsStore};
+pub use tls::{HOP_ALPN, ServerTls, TlsStore};
 pub use verify::{
-    RejectReason, SpiffeClientVerifier, SpiffeError, SpiffeServerVerifier, peer_service_id, server_name,
-    spiffe_id_of,
+    RejectReason, SpiffeClientVerifier, SpiffeError, SpiffeServerVerifier, peer_of, peer_service_id,
+    server_name, spiffe_id_of,
 };
 
 /// Default lifetime of a leaf certificate, in days.

@@ -109,6 +109,16 @@ impl TicketJars {
         jar
     }
 
+    /// Forgets every ticket: after the trust bundle changes, no session from before it resumes.
+    pub(super) fn clear(&self) {
+        let mut jars = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for jar in jars.by_key.values() {
+            jar.jar().tickets.clear();
+        }
+        jars.by_key.clear();
+        jars.order.clear();
+    }
+
     /// How many backends have a jar (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -1,9 +1,13 @@
 //! TLS material for the data plane: rustls configs per identity, swapped on reload without a
 //! restart. Open connections keep the config they were made with; new ones get the new one.
 //!
-//! Session tickets are stateless (the server keeps nothing per session) and the ticketer and the
-//! client's ticket jars live outside the swapped material, so resumption keeps working across a
-//! certificate rotation.
+//! Session tickets are stateless (the server keeps nothing per session). The ticketer and the
+//! client's ticket jars outlive a certificate rotation, so resumption keeps working across one;
+//! they do not outlive a change of the trust bundle: a resumed session carries the certificate
+//! checked at its first handshake, so after the bundle changes no session from before it resumes
+//! (new ticket keys, emptied jars), and every connection reports the bundle it was verified
+//! against ([`ServerTls::bundle`]) so the one decision can refuse what the bundle in force would
+//! not verify.
 //!
 //! Cipher suites: AES-128-GCM with SHA-256 first. Every handshake runs its key schedule and
 //! transcript through the suite's hash, and SHA-256 has CPU instructions where SHA-384 does not;
@@ -31,6 +35,7 @@ use super::tickets::{JarKey, TicketJars};
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, spiffe_id_of};
 use super::{PkiError, ServiceId, ServiceName, TrustDomain};
 use crate::agent::config::TlsSource;
+use crate::base::BundleId;
 
 /// The ALPN name of cordon's reusable hop: an mTLS connection between two cordon agents that
 /// carries app connections one after another (see `proxy::hop`). Peers that do not offer it get
@@ -70,6 +75,11 @@ struct Identity {
 /// Everything loaded at one reload.
 struct Material {
     roots: Arc<RootCertStore>,
+    /// Which bundle `roots` is, and the ticket keys of the sessions verified against it.
+    bundle: BundleId,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    /// Verifies a client chain against `roots`, for connections made under an older bundle.
+    verifier: Option<Arc<SpiffeClientVerifier>>,
     identities: HashMap<ServiceName, Identity>,
     /// Client configs by (our identity, the service we expect, the backend) and whether they
     /// offer the reusable hop, built on first use.
@@ -83,10 +93,38 @@ pub struct TlsStore {
     names: Vec<ServiceName>,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Material>>,
-    /// Stateless TLS 1.3 tickets: the server keeps no per-session memory, however many callers;
-    /// one ticketer across reloads so resumption survives a rotation (it rotates its own keys).
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    /// Client-side tickets per backend; emptied when the trust bundle changes.
     tickets: TicketJars,
+    /// The bundle in force, for the listeners that re-check open connections when it changes.
+    bundle_tx: tokio::sync::watch::Sender<BundleId>,
+}
+
+/// A server config and the trust bundle its client verifier holds: a connection accepted with
+/// it, fully or by resumption, was verified against that bundle.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub bundle: BundleId,
+}
+
+/// A fingerprint of a bundle's certificates, independent of their order.
+fn bundle_id(certs: &[CertificateDer<'_>]) -> BundleId {
+    use sha2::{Digest, Sha256};
+    let mut digests: Vec<[u8; 32]> = certs.iter().map(|c| Sha256::digest(c.as_ref()).into()).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    let mut all = Sha256::new();
+    for d in &digests {
+        all.update(d);
+    }
+    let sum = all.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&sum[..8]);
+    BundleId(u64::from_be_bytes(first))
+}
+
+fn new_ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, PkiError> {
+    rustls::crypto::ring::Ticketer::new().map_err(|e| PkiError::Config(e.to_string()))
 }
 
 impl std::fmt::Debug for TlsStore {
@@ -127,28 +165,63 @@ impl TlsStore {
             provider: Arc::new(provider()),
             current: RwLock::new(Arc::new(Material {
                 roots: Arc::new(RootCertStore::empty()),
+                bundle: BundleId(0),
+                ticketer: new_ticketer()?,
+                verifier: None,
                 identities: HashMap::new(),
                 clients: Mutex::new(HashMap::new()),
             })),
-            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| PkiError::Config(e.to_string()))?,
             tickets: TicketJars::default(),
+            bundle_tx: tokio::sync::watch::Sender::new(BundleId(0)),
         };
         let (material, problems) = store.build(None);
         if let Some(first) = problems.into_iter().next() {
             return Err(first);
         }
-        *store.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        store.install(material);
         Ok(Arc::new(store))
+    }
+
+    /// Makes `material` current and tells the listeners when the bundle changed.
+    fn install(&self, material: Material) {
+        let bundle = material.bundle;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        self.bundle_tx.send_if_modified(|b| {
+            let changed = *b != bundle;
+            *b = bundle;
+            changed
+        });
+    }
+
+    /// The trust bundle in force.
+    pub fn bundle(&self) -> BundleId {
+        self.material().bundle
+    }
+
+    /// Follows the bundle in force: changes when a reload brings other CA certificates.
+    pub fn watch_bundle(&self) -> tokio::sync::watch::Receiver<BundleId> {
+        self.bundle_tx.subscribe()
+    }
+
+    /// Verifies a client's chain (leaf first) against the bundle in force: the bundle when it
+    /// still verifies now, None when it does not. For connections made under an older bundle.
+    pub fn verify_client_now(&self, chain: &[CertificateDer<'static>]) -> Option<BundleId> {
+        use rustls::server::danger::ClientCertVerifier as _;
+        let material = self.material();
+        let (leaf, intermediates) = chain.split_first()?;
+        let verifier = material.verifier.as_ref()?;
+        verifier.verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now()).ok()?;
+        Some(material.bundle)
     }
 
     /// The current server config for `identity`: presents its certificate, requires a client
     /// certificate of our trust domain. With `hop`, it also agrees to cordon's reusable hop when
     /// the client offers it.
-    pub fn server_config(&self, identity: &ServiceName, hop: bool) -> Option<Arc<ServerConfig>> {
-        self.material()
-            .identities
-            .get(identity)
-            .map(|i| if hop { i.server_hop.clone() } else { i.server.clone() })
+    pub fn server_config(&self, identity: &ServiceName, hop: bool) -> Option<ServerTls> {
+        let material = self.material();
+        let i = material.identities.get(identity)?;
+        let config = if hop { i.server_hop.clone() } else { i.server.clone() };
+        Some(ServerTls { config, bundle: material.bundle })
     }
 
     /// The current client config presenting `identity` to `backend`, which must prove to be
@@ -193,7 +266,14 @@ impl TlsStore {
     pub fn reload(&self) -> Result<(), PkiError> {
         let old = self.material();
         let (material, problems) = self.build(Some(&old));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        if material.bundle != old.bundle {
+            // Tickets from servers verified under the old bundle must not resume either.
+            self.tickets.clear();
+            warn!(
+                "trust bundle changed: sessions from before it no longer resume, open connections are checked again"
+            );
+        }
+        self.install(material);
         match problems.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -236,29 +316,35 @@ impl TlsStore {
             },
             TlsSource::Files { .. } => None,
         };
-        let roots = match self.load_roots(local_ca.as_ref()) {
-            Ok(r) => Arc::new(r),
+        let (roots, bundle) = match self.load_roots(local_ca.as_ref()) {
+            Ok((r, bundle)) => (Arc::new(r), bundle),
             Err(e) => {
                 problems.push(e);
                 // Without a good CA bundle nothing can be rebuilt: keep everything as it was.
-                return match old {
-                    Some(old) => (
-                        Material {
-                            roots: old.roots.clone(),
-                            identities: old.identities.clone(),
-                            clients: Mutex::new(HashMap::new()),
-                        },
-                        problems,
-                    ),
-                    None => (
-                        Material {
-                            roots: Arc::new(RootCertStore::empty()),
-                            identities: HashMap::new(),
-                            clients: Mutex::new(HashMap::new()),
-                        },
-                        problems,
-                    ),
-                };
+                return (self.keep(old), problems);
+            }
+        };
+        // Same bundle: keep the ticket keys, so sessions resume across a certificate rotation.
+        // Another bundle: new keys, so no session verified under the old one resumes.
+        let ticketer = match old.filter(|o| o.bundle == bundle) {
+            Some(o) => o.ticketer.clone(),
+            None => match new_ticketer() {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(e);
+                    return (self.keep(old), problems);
+                }
+            },
+        };
+        let verifier = match SpiffeClientVerifier::new(
+            roots.clone(),
+            self.trust_domain.clone(),
+            self.provider.clone(),
+        ) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                problems.push(PkiError::Config(e.to_string()));
+                return (self.keep(old), problems);
             }
         };
         let mut identities = HashMap::new();
@@ -278,7 +364,7 @@ impl TlsStore {
                 (TlsSource::LocalCa { .. }, None) => continue,
             };
             let built = loaded.and_then(|(key, not_before, not_after)| {
-                let server = self.server_config_for(&roots, key.clone())?;
+                let server = self.server_config_for(&roots, &ticketer, key.clone())?;
                 let mut hop = (*server).clone();
                 hop.alpn_protocols = vec![HOP_ALPN.to_vec()];
                 Ok(Identity { key, server, server_hop: Arc::new(hop), not_before, not_after })
@@ -290,16 +376,52 @@ impl TlsStore {
                 Err(e) => {
                     problems.push(e);
                     if let Some(prev) = old.and_then(|o| o.identities.get(name)) {
-                        // Keep serving the old certificate, with the old CA bundle's verifier.
-                        identities.insert(name.clone(), prev.clone());
+                        // Keep serving the old certificate, under the new bundle's verifier and
+                        // ticket keys (its old configs would still trust the old bundle).
+                        match self.server_config_for(&roots, &ticketer, prev.key.clone()) {
+                            Ok(server) => {
+                                let mut hop = (*server).clone();
+                                hop.alpn_protocols = vec![HOP_ALPN.to_vec()];
+                                identities.insert(
+                                    name.clone(),
+                                    Identity { server, server_hop: Arc::new(hop), ..prev.clone() },
+                                );
+                            }
+                            Err(e) => problems.push(e),
+                        }
                     }
                 }
             }
         }
-        (Material { roots, identities, clients: Mutex::new(HashMap::new()) }, problems)
+        (
+            Material { roots, bundle, ticketer, verifier, identities, clients: Mutex::new(HashMap::new()) },
+            problems,
+        )
     }
 
-    fn load_roots(&self, local_ca: Option<&Ca>) -> Result<RootCertStore, PkiError> {
+    /// `old` as it was (or nothing), when nothing new can be built.
+    fn keep(&self, old: Option<&Material>) -> Material {
+        match old {
+            Some(o) => Material {
+                roots: o.roots.clone(),
+                bundle: o.bundle,
+                ticketer: o.ticketer.clone(),
+                verifier: o.verifier.clone(),
+                identities: o.identities.clone(),
+                clients: Mutex::new(HashMap::new()),
+            },
+            None => Material {
+                roots: Arc::new(RootCertStore::empty()),
+                bundle: BundleId(0),
+                ticketer: Arc::new(NoTickets),
+                verifier: None,
+                identities: HashMap::new(),
+                clients: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+
+    fn load_roots(&self, local_ca: Option<&Ca>) -> Result<(RootCertStore, BundleId), PkiError> {
         let (path, pem) = match (&self.source, local_ca) {
             (TlsSource::Files { ca, .. }, _) => (ca.clone(), read(ca)?),
             (TlsSource::LocalCa { ca_dir, .. }, Some(ca)) => {
@@ -309,14 +431,16 @@ impl TlsStore {
                 return Err(PkiError::BadFile { path: ca_dir.clone(), message: "CA not loaded".into() });
             }
         };
+        let certs = parse_certs(&path, &pem)?;
+        let bundle = bundle_id(&certs);
         let mut roots = RootCertStore::empty();
-        for cert in parse_certs(&path, &pem)? {
+        for cert in certs {
             roots.add(cert).map_err(|e| PkiError::BadFile {
                 path: path.clone(),
                 message: format!("not a usable CA: {e}"),
             })?;
         }
-        Ok(roots)
+        Ok((roots, bundle))
     }
 
     fn load_identity_files(
@@ -380,6 +504,7 @@ impl TlsStore {
     fn server_config_for(
         &self,
         roots: &Arc<RootCertStore>,
+        ticketer: &Arc<dyn rustls::server::ProducesTickets>,
         key: Arc<CertifiedKey>,
     ) -> Result<Arc<ServerConfig>, PkiError> {
         let verifier =
@@ -390,7 +515,7 @@ impl TlsStore {
             .map_err(|e| PkiError::Config(e.to_string()))?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(Presents(key)));
-        config.ticketer = self.ticketer.clone();
+        config.ticketer = ticketer.clone();
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(config))
     }
@@ -473,6 +598,25 @@ impl TlsStore {
             return None;
         }
         self.material().identities.values().map(renewal_time).min()
+    }
+}
+
+/// Ticket keys for material that could not be built at all: issues no tickets.
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }
 

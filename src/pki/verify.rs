@@ -134,9 +134,17 @@ pub fn spiffe_id_of(
     cert: &CertificateDer<'_>,
     trust_domain: Option<&TrustDomain>,
 ) -> Result<ServiceId, SpiffeError> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, x509) =
         X509Certificate::from_der(cert.as_ref()).map_err(|e| SpiffeError::Unparsable(e.to_string()))?;
+    spiffe_id_in(&x509, trust_domain)
+}
+
+fn spiffe_id_in(
+    x509: &x509_parser::certificate::X509Certificate<'_>,
+    trust_domain: Option<&TrustDomain>,
+) -> Result<ServiceId, SpiffeError> {
+    use x509_parser::prelude::GeneralName;
     let uris: Vec<&str> = match x509.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
@@ -165,6 +173,30 @@ pub fn spiffe_id_of(
         });
     }
     Ok(id)
+}
+
+/// The peer of a finished server-side handshake (full or resumed) as the decision needs it: its
+/// SPIFFE ID, its certificate's validity, and `bundle`, the trust bundle the server config that
+/// accepted it verifies against. Also its chain, to verify again if the bundle changes while the
+/// connection is open. None when the peer presented no usable certificate.
+pub fn peer_of(
+    conn: &rustls::CommonState,
+    bundle: crate::base::BundleId,
+) -> Option<(crate::base::Peer, Vec<CertificateDer<'static>>)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let chain = conn.peer_certificates()?;
+    let (_, x509) = X509Certificate::from_der(chain.first()?.as_ref()).ok()?;
+    let id = spiffe_id_in(&x509, None).ok()?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    let peer = crate::base::Peer {
+        id,
+        not_before: at(x509.validity().not_before),
+        not_after: at(x509.validity().not_after),
+        bundle,
+    };
+    Some((peer, chain.to_vec()))
 }
 
 /// Server side: requires a client certificate from our CA naming a service of our trust domain.

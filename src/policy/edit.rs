@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::{Identified, Mode, Policy, PolicyError, Verdict};
+use super::{DecisionContext, Identified, Mode, Policy, PolicyError, Subject, decide_in};
 use crate::ledger::ObservedCaller;
 
 /// Sets `service`'s mode in the policy text and returns the new text, validated. `[modes]` is
@@ -63,23 +63,19 @@ pub struct CutOff {
 }
 
 /// The recorded callers of `service` that `policy_after_flip` would refuse once `service`
-/// enforces: callers the intentions deny, and every plaintext caller.
+/// enforces, as the one decision judges them: callers the intentions deny, and every plaintext
+/// caller.
 pub fn preflight(policy_after_flip: &Policy, service: &str, callers: &[ObservedCaller]) -> Vec<CutOff> {
+    let ctx = DecisionContext::review();
     let mut cut: Vec<CutOff> = callers
         .iter()
         .filter_map(|c| {
-            let why = match c.identified {
-                Identified::PlaintextIp | Identified::Unknown => {
-                    "plaintext: enforce accepts mTLS only (migrate the caller to cordon first)".to_string()
-                }
-                Identified::Mtls | Identified::HaproxyLog => {
-                    let d = policy_after_flip.decide(&c.source, service);
-                    if d.verdict == Verdict::Allow {
-                        return None;
-                    }
-                    d.rule.to_string()
-                }
-            };
+            let subject = Subject::recorded(&c.source, c.identified);
+            let d = decide_in(policy_after_flip, &subject, service, Mode::Enforce, &ctx);
+            if d.outcome.passes() {
+                return None;
+            }
+            let why = d.rule.to_string();
             Some(CutOff {
                 source: c.source.clone(),
                 identified: c.identified,

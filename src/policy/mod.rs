@@ -4,18 +4,19 @@
 //! Owns the `policy.toml` format. Evaluation is pure and allocation-free; file writes (mode flips,
 //! the decision log) happen off the data plane.
 
+mod decide;
 mod edit;
 mod log;
 mod parse;
-mod types;
 mod watch;
 
 use std::path::PathBuf;
 
+pub use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};
+pub use decide::{Decision, DecisionContext, Proof, Reason, Subject, decide, decide_in};
 pub use edit::{CutOff, preflight, set_mode, with_mode};
 pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
-pub use parse::{ANY, Intention, Policy};
-pub use types::{Caller, Decision, Identified, Mode, Outcome, Verdict};
+pub use parse::{ANY, Intention, Match, Policy};
 pub use watch::{PolicyWatcher, ReloadStats};
 
 /// Why a policy was refused or could not be written.
@@ -34,16 +35,4 @@ pub enum PolicyError {
     /// A file could not be written.
     #[error("{}: {message}", path.display())]
     Write { path: PathBuf, message: String },
-}
-
-impl crate::graph::PolicyView for Policy {
-    fn mode(&self, destination: &str) -> Mode {
-        Policy::mode(self, destination)
-    }
-    fn verdict(&self, source: &str, destination: &str) -> Verdict {
-        self.decide(source, destination).verdict
-    }
-    fn has_intention(&self, source: &str, destination: &str) -> bool {
-        Policy::has_intention(self, source, destination)
-    }
 }

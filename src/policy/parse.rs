@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Decision, Mode, PolicyError, Verdict};
+use super::{Mode, PolicyError, Verdict};
 use crate::pki::ServiceName;
 
 /// The wildcard that matches any service (and, as a source, any caller).
@@ -54,6 +54,17 @@ impl Rules {
     fn find(&self, source: &str) -> (Option<usize>, Option<usize>) {
         (self.by_source.get(source).copied(), self.any_source)
     }
+}
+
+/// The intention that decides a pair of names, or the default deny.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub verdict: Verdict,
+    /// Human-readable name of the rule, e.g. `web -> db allow (policy.toml:12)` or `no matching
+    /// intention (default deny)`. Shared, so a lookup costs no allocation.
+    pub rule: Arc<str>,
+    /// An intention matched (false: the default deny).
+    pub explicit: bool,
 }
 
 /// A validated policy: modes per destination and intentions, ready to decide.
@@ -214,15 +225,18 @@ impl Policy {
         self.modes.get(destination).copied().unwrap_or(self.default_mode)
     }
 
-    /// What the intentions say of `source -> destination`, most specific first, as Consul orders
-    /// them: `web -> db`, `* -> db`, `web -> *`, `* -> *`; no match is deny.
-    pub fn decide(&self, source: &str, destination: &str) -> Decision {
+    /// The intention that decides `source -> destination`, most specific first, as Consul orders
+    /// them: `web -> db`, `* -> db`, `web -> *`, `* -> *`; no match is deny. Only the names: the
+    /// decision for a connection (certificate, transport, mode) is [`super::decide()`].
+    pub fn intention_for(&self, source: &str, destination: &str) -> Match {
         let (exact, any_src) =
             self.by_destination.get(destination).map(|r| r.find(source)).unwrap_or((None, None));
         let (src_any_dst, any_any) = self.any_destination.find(source);
         match exact.or(any_src).or(src_any_dst).or(any_any) {
-            Some(i) => Decision { verdict: self.intentions[i].action, rule: self.rule_names[i].clone() },
-            None => Decision { verdict: Verdict::Deny, rule: self.no_match.clone() },
+            Some(i) => {
+                Match { verdict: self.intentions[i].action, rule: self.rule_names[i].clone(), explicit: true }
+            }
+            None => Match { verdict: Verdict::Deny, rule: self.no_match.clone(), explicit: false },
         }
     }
 

@@ -278,10 +278,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HopStream<'_, S> {
     }
 }
 
-/// A hop a client holds: the mTLS connection and when it was made.
+/// A hop a client holds: the mTLS connection, when it was made, and the trust bundle the server
+/// was verified against (a hop from before a bundle change is not used again).
 pub struct Hop {
     pub conn: Box<tokio_rustls::client::TlsStream<TcpStream>>,
     pub born: Instant,
+    pub bundle: crate::base::BundleId,
 }
 
 impl Hop {

@@ -8,11 +8,14 @@
 //! Another cordon may offer the reusable hop (`proxy::hop`): then one mTLS connection carries its
 //! app connections one after another, each decided, recorded and counted on its own.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use cordon_discovery::Snapshot;
+use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -22,10 +25,13 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::hop::{self, HopStream};
 use super::{ConnCount, End, Lifecycle, accept_loop, relay};
 use crate::agent::config::ProxySettings;
+use crate::base::{BundleId, Caller};
 use crate::ledger::{EdgeKey, Event, RecorderHandle};
 use crate::metrics::ListenerMetrics;
-use crate::pki::{HOP_ALPN, RejectReason, ServiceName, TlsStore, peer_service_id};
-use crate::policy::{Caller, DecisionLog, DecisionRecord, Mode, Outcome, Policy};
+use crate::pki::{HOP_ALPN, RejectReason, ServiceName, TlsStore, peer_of};
+use crate::policy::{
+    Decision, DecisionContext, DecisionLog, DecisionRecord, Outcome, Policy, Reason, Subject, decide,
+};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -43,11 +49,106 @@ pub struct Inbound {
     pub decisions: DecisionLog,
     pub metrics: ListenerMetrics,
     pub settings: ProxySettings,
+    /// The connections open now, so one task per listener can decide them again.
+    pub open: OpenConns,
+}
+
+/// One open connection (a plain TCP connection, an mTLS connection, or a hop carrying many app
+/// connections), as the re-check sees it.
+pub struct OpenConn {
+    /// The caller; its bundle is brought up to date when its chain still verifies under a new one.
+    caller: Mutex<Caller>,
+    /// [`Caller::name`], made once.
+    source: String,
+    /// The client's certificate chain, to verify again when the trust bundle changes.
+    chain: Option<Vec<CertificateDer<'static>>>,
+    /// Cancelled to close the connection (and every app connection on it).
+    cancel: CancellationToken,
+}
+
+impl OpenConn {
+    /// The caller as of `bundle`: a certificate verified under an older bundle is verified again
+    /// (it keeps its old bundle, and so is refused, when the new one does not verify it).
+    fn caller(&self, tls: &TlsStore, bundle: BundleId, verified: &mut Verified) -> Caller {
+        let mut caller = self.caller.lock().unwrap_or_else(|p| p.into_inner());
+        if let Caller::Mtls(peer) = &mut *caller
+            && peer.bundle != bundle
+            && let Some(chain) = &self.chain
+            && let Some(now) = verified.check(tls, chain)
+        {
+            peer.bundle = now;
+        }
+        caller.clone()
+    }
+}
+
+/// Chains verified again in one pass, by leaf: many connections share a caller's certificate.
+#[derive(Default)]
+struct Verified(HashMap<Vec<u8>, Option<BundleId>>);
+
+impl Verified {
+    fn check(&mut self, tls: &TlsStore, chain: &[CertificateDer<'static>]) -> Option<BundleId> {
+        let leaf = chain.first()?.as_ref();
+        if let Some(known) = self.0.get(leaf) {
+            return *known;
+        }
+        let result = tls.verify_client_now(chain);
+        self.0.insert(leaf.to_vec(), result);
+        result
+    }
+}
+
+/// The open connections of one listener.
+#[derive(Default)]
+pub struct OpenConns {
+    next: AtomicU64,
+    by_id: Mutex<HashMap<u64, Arc<OpenConn>>>,
+}
+
+impl OpenConns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<OpenConn>>> {
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, conn: OpenConn) -> Registered<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(conn);
+        self.lock().insert(id, conn.clone());
+        Registered { conns: self, id, conn }
+    }
+
+    fn snapshot(&self) -> Vec<Arc<OpenConn>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A registered connection; dropping it forgets the connection, however it ends.
+struct Registered<'a> {
+    conns: &'a OpenConns,
+    id: u64,
+    conn: Arc<OpenConn>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.conns.lock().remove(&self.id);
+    }
 }
 
 impl Inbound {
-    /// Serves `listener` until the lifecycle stops accepting.
+    /// Serves `listener` until the lifecycle stops accepting, and decides the open connections
+    /// again whenever the policy or the trust bundle changes, until the last one has ended.
     pub async fn run(self: Arc<Self>, listener: TcpListener, life: Lifecycle) {
+        life.tracker.spawn(self.clone().recheck(life.clone()));
         let max = self.settings.max_connections;
         let force = life.force_close.clone();
         let stop = life.stop_accepting.clone();
@@ -68,6 +169,47 @@ impl Inbound {
         .await;
     }
 
+    /// The one re-check task of this listener: on every new policy or trust bundle, each open
+    /// connection is decided again and closed when the decision now refuses it. A certificate
+    /// the bundle in force no longer verifies is always closed; a caller the new policy refuses
+    /// is closed when `close_denied_on_enforce` says so.
+    async fn recheck(self: Arc<Self>, life: Lifecycle) {
+        let mut policy_rx = self.policy.clone();
+        let mut bundle_rx = self.tls.watch_bundle();
+        policy_rx.mark_unchanged();
+        bundle_rx.mark_unchanged();
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                changed = policy_rx.changed() => if changed.is_err() { return },
+                changed = bundle_rx.changed() => if changed.is_err() { return },
+                _ = life.force_close.cancelled() => return,
+                _ = life.stop_accepting.cancelled(), if !stopping => { stopping = true; continue }
+                _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {
+                    if self.open.is_empty() { return }
+                    continue
+                }
+            }
+            let policy = policy_rx.borrow_and_update().clone();
+            let bundle = *bundle_rx.borrow_and_update();
+            let ctx = DecisionContext { now: SystemTime::now(), bundle: Some(bundle) };
+            let mut verified = Verified::default();
+            for conn in self.open.snapshot() {
+                let caller = conn.caller(&self.tls, bundle, &mut verified);
+                let d = decide(&policy, &Subject::live(&caller, &conn.source), self.service.as_str(), &ctx);
+                if d.outcome.passes()
+                    || !(d.reason.is_authentication() || self.settings.close_denied_on_enforce)
+                {
+                    continue;
+                }
+                info!(source = %conn.source, reason = d.reason.as_str(), rule = %d.rule,
+                      "closing open connection: it is refused now");
+                self.metrics.policy_closed.inc();
+                conn.cancel.cancel();
+            }
+        }
+    }
+
     async fn handle(
         &self,
         stream: TcpStream,
@@ -77,15 +219,15 @@ impl Inbound {
     ) {
         let counted = ConnCount::new(&self.metrics);
         let started = Instant::now();
-        let mode = self.policy.borrow().mode(self.service.as_str());
+        // One deadline from accept to the end of the handshake, however the time is spent.
+        let deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
 
-        // Peek without consuming: TLS clients speak first, at once. While learning, a plaintext
-        // client of a server-first protocol (a database greeting, say) may say nothing, so silence
-        // past the sniff window means plaintext. Enforcing, only TLS is taken: wait for it.
-        let wait = match mode {
-            Mode::Learn => self.settings.first_byte_timeout,
-            Mode::Enforce => self.settings.handshake_timeout,
-        };
+        // Peek without consuming: TLS clients speak first, at once, so in either mode the first
+        // byte is awaited only the first-byte time. Silence past it is a plaintext client of a
+        // server-first protocol (a database greeting, say): let in while the service learns,
+        // refused by the decision when it enforces (whichever mode is in force when it decides,
+        // not when the connection came).
+        let wait = self.settings.first_byte_timeout.min(self.settings.handshake_timeout);
         let mut first = [0u8; 1];
         let sniffed = tokio::time::timeout(wait, stream.peek(&mut first)).await;
         let is_tls = matches!(sniffed, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE;
@@ -95,31 +237,38 @@ impl Inbound {
         }
 
         if is_tls {
-            let Some((mut tls, hop)) = self.handshake(stream).await else { return };
+            let Some((mut tls, hop, bundle)) = self.handshake(stream, deadline).await else { return };
             self.metrics.handshake(tls.get_ref().1.handshake_kind());
-            let Some(id) = peer_service_id(tls.get_ref().1) else {
+            let Some((peer_cert, chain)) = peer_of(tls.get_ref().1, bundle) else {
                 // The verifier already insists on one SPIFFE ID; this is defence in depth.
                 self.metrics.handshake_failure(RejectReason::NoUriSan);
                 warn!("peer certificate without a service identity");
                 return;
             };
-            let caller = Caller::Mtls(id);
+            let caller = Caller::Mtls(peer_cert);
+            let conn = self.open.register(OpenConn {
+                source: caller.name(),
+                caller: Mutex::new(caller),
+                chain: Some(chain),
+                cancel,
+            });
             if hop {
-                self.serve_hop(tls, peer, caller, counted, cancel, stop).await;
-            } else if self.serve(&mut tls, peer, caller, started, cancel).await.is_none() {
+                self.serve_hop(tls, peer, &conn.conn, counted, stop).await;
+            } else if self.serve(&mut tls, peer, &conn.conn, started).await.is_none() {
                 let _ = tls.shutdown().await;
             }
         } else {
             let snapshot = self.discovery.borrow().clone();
             let service = snapshot.service_at(peer.ip()).and_then(|s| ServiceName::new(s).ok());
             let caller = Caller::Plaintext { ip: peer.ip(), service };
-            if mode == Mode::Enforce {
-                self.metrics.handshake_failure(RejectReason::PlaintextInEnforce);
-                self.refuse(&caller, peer, "plaintext refused: the service enforces mTLS".into());
-                return;
-            }
+            let conn = self.open.register(OpenConn {
+                source: caller.name(),
+                caller: Mutex::new(caller),
+                chain: None,
+                cancel,
+            });
             let mut stream = stream;
-            if self.serve(&mut stream, peer, caller, started, cancel).await.is_none() {
+            if self.serve(&mut stream, peer, &conn.conn, started).await.is_none() {
                 let _ = stream.shutdown().await;
             }
         }
@@ -131,18 +280,19 @@ impl Inbound {
     async fn handshake(
         &self,
         stream: TcpStream,
-    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, bool)> {
+        deadline: tokio::time::Instant,
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, bool, BundleId)> {
         let handshake = async {
             let acceptor = rustls::server::Acceptor::default();
             let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
             let hop = self.settings.reuse_connections
                 && start.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| p == HOP_ALPN));
-            let Some(config) = self.tls.server_config(&self.service, hop) else {
+            let Some(server) = self.tls.server_config(&self.service, hop) else {
                 return Ok(None);
             };
-            start.into_stream(config).await.map(|tls| Some((tls, hop)))
+            start.into_stream(server.config).await.map(|tls| Some((tls, hop, server.bundle)))
         };
-        match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+        match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(Some(done))) => Some(done),
             Ok(Ok(None)) => {
                 warn!("no certificate for this service's identity; refusing TLS");
@@ -163,14 +313,14 @@ impl Inbound {
     }
 
     /// Serves app connections one after another on a hop, until the client closes it, one ends
-    /// other than cleanly, it idles past [`hop::SERVER_IDLE`], or the agent stops.
+    /// other than cleanly, it idles past [`hop::SERVER_IDLE`], the re-check closes it, or the
+    /// agent stops. Every app connection on it is decided on its own.
     async fn serve_hop(
         &self,
         mut tls: tokio_rustls::server::TlsStream<TcpStream>,
         peer: SocketAddr,
-        caller: Caller,
+        conn: &OpenConn,
         first: ConnCount<'_>,
-        cancel: CancellationToken,
         stop: CancellationToken,
     ) {
         let born = Instant::now();
@@ -179,7 +329,7 @@ impl Inbound {
             let opened = tokio::select! {
                 r = tokio::time::timeout(hop::SERVER_IDLE, hop::next_stream(&mut tls)) => r,
                 _ = stop.cancelled() => return,
-                _ = cancel.cancelled() => return,
+                _ = conn.cancel.cancelled() => return,
             };
             match opened {
                 Ok(Ok(true)) => {}
@@ -204,10 +354,7 @@ impl Inbound {
                 mode = tracing::field::Empty,
                 outcome = tracing::field::Empty
             );
-            let end = self
-                .serve(&mut stream, peer, caller.clone(), Instant::now(), cancel.child_token())
-                .instrument(span)
-                .await;
+            let end = self.serve(&mut stream, peer, conn, Instant::now()).instrument(span).await;
             let reusable = end == Some(End::Done) && stream.is_finished();
             if !reusable || born.elapsed() > 2 * hop::MAX_AGE || stop.is_cancelled() {
                 return;
@@ -215,63 +362,37 @@ impl Inbound {
         }
     }
 
-    /// Returns when `conn` is cancelled, or cancels it when a new policy refuses `caller`.
-    async fn recheck_on_policy_change(
-        &self,
-        mut policy_rx: watch::Receiver<Arc<Policy>>,
-        caller: &Caller,
-        source: &str,
-        conn: &CancellationToken,
-    ) {
-        if !self.settings.close_denied_on_enforce {
-            return;
-        }
-        loop {
-            tokio::select! {
-                changed = policy_rx.changed() => if changed.is_err() { return },
-                _ = conn.cancelled() => return,
-            }
-            let policy = policy_rx.borrow_and_update().clone();
-            if policy.mode(self.service.as_str()) != Mode::Enforce {
-                continue;
-            }
-            let verdict = policy.decide(source, self.service.as_str()).verdict;
-            if !caller.is_tls() || verdict == crate::policy::Verdict::Deny {
-                info!(source = %source, "closing open connection: the new policy refuses it");
-                self.metrics.policy_closed.inc();
-                conn.cancel();
-                return;
-            }
-        }
+    /// Decides one app connection of `conn` now, with the policy and trust bundle in force.
+    fn decide_now(&self, policy: &Policy, conn: &OpenConn) -> (Caller, Decision) {
+        let bundle = self.tls.bundle();
+        let caller = conn.caller(&self.tls, bundle, &mut Verified::default());
+        let ctx = DecisionContext { now: SystemTime::now(), bundle: Some(bundle) };
+        let decision = decide(policy, &Subject::live(&caller, &conn.source), self.service.as_str(), &ctx);
+        (caller, decision)
     }
 
-    /// Logs, counts and records a plaintext caller refused in enforce mode.
-    fn refuse(&self, caller: &Caller, peer: SocketAddr, rule: Arc<str>) {
-        let edge = EdgeKey {
-            source: caller.name(),
-            destination: self.service.to_string(),
-            identified: caller.identified(),
-            mode: Mode::Enforce,
-            verdict: crate::policy::Verdict::Deny,
-        };
-        self.note_decision(caller, peer, &edge, Outcome::Denied, rule);
-        self.recorder.record(Event::Opened { edge, at: SystemTime::now() });
-    }
-
-    fn note_decision(
-        &self,
-        caller: &Caller,
-        peer: SocketAddr,
-        edge: &EdgeKey,
-        outcome: Outcome,
-        rule: Arc<str>,
-    ) {
+    /// Counts and logs a decision (denials and would-denies go to the decision log).
+    fn note_decision(&self, caller: &Caller, peer: SocketAddr, edge: &EdgeKey, decision: &Decision) {
+        let outcome = decision.outcome;
         self.metrics.verdict(&edge.source, edge.identified, edge.mode, outcome);
+        if outcome == Outcome::Denied {
+            let refused = match decision.reason {
+                Reason::Plaintext => Some(RejectReason::PlaintextInEnforce),
+                Reason::CertificateExpired => Some(RejectReason::Expired),
+                Reason::CertificateNotYetValid => Some(RejectReason::NotYetValid),
+                Reason::TrustBundleChanged => Some(RejectReason::UnknownCa),
+                _ => None,
+            };
+            if let Some(r) = refused {
+                self.metrics.handshake_failure(r);
+            }
+        }
         if outcome == Outcome::Allowed {
             return;
         }
         info!(source = %edge.source, identified = %edge.identified, mode = %edge.mode,
-              outcome = outcome.as_str(), rule = %rule, "connection {}", outcome.as_str());
+              outcome = outcome.as_str(), reason = decision.reason.as_str(), rule = %decision.rule,
+              "connection {}", outcome.as_str());
         self.decisions.record(DecisionRecord {
             at: SystemTime::now(),
             source: edge.source.clone(),
@@ -279,46 +400,41 @@ impl Inbound {
             destination: edge.destination.clone(),
             mode: edge.mode,
             outcome,
-            rule,
+            rule: decision.rule.clone(),
             tls: caller.is_tls(),
             identified: edge.identified,
         });
     }
 
-    /// Decides, records and relays one identified connection.
+    /// Decides, records and relays one app connection of `conn`.
     /// Returns how the relay ended, or None when the connection was refused or the app not reached
     /// (the caller then closes: a hop is closed whole, so a refusal never looks like a clean end).
     async fn serve<S>(
         &self,
         client: &mut S,
         peer: SocketAddr,
-        caller: Caller,
+        conn: &OpenConn,
         started: Instant,
-        cancel: CancellationToken,
     ) -> Option<End>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let mut policy_rx = self.policy.clone();
-        let policy = policy_rx.borrow_and_update().clone();
-        let source = caller.name();
-        let mode = policy.mode(self.service.as_str());
-        let decision = policy.decide(&source, self.service.as_str());
-        let outcome = Outcome::of(mode, decision.verdict);
+        let policy = self.policy.borrow().clone();
+        let (caller, decision) = self.decide_now(&policy, conn);
         let edge = EdgeKey {
-            source,
+            source: conn.source.clone(),
             destination: self.service.to_string(),
             identified: caller.identified(),
-            mode,
+            mode: decision.mode,
             verdict: decision.verdict,
         };
         let span = tracing::Span::current();
         span.record("source", tracing::field::display(&edge.source));
-        span.record("mode", mode.as_str());
-        span.record("outcome", outcome.as_str());
-        self.note_decision(&caller, peer, &edge, outcome, decision.rule);
+        span.record("mode", decision.mode.as_str());
+        span.record("outcome", decision.outcome.as_str());
+        self.note_decision(&caller, peer, &edge, &decision);
         self.recorder.record(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
-        if !outcome.passes() {
+        if !decision.outcome.passes() {
             return None;
         }
 
@@ -338,17 +454,8 @@ impl Inbound {
         let mut app = app;
 
         debug!("relaying");
-
-        // Decide again whenever the policy changes; close the connection if it is now refused.
-        let conn_cancel = cancel.child_token();
-        let (carried, ()) = tokio::join!(
-            async {
-                let carried = relay(client, &mut app, self.settings.idle_timeout, &conn_cancel).await;
-                conn_cancel.cancel();
-                carried
-            },
-            self.recheck_on_policy_change(policy_rx, &caller, &edge.source, &conn_cancel),
-        );
+        // The listener's re-check task cancels `conn` when a new policy or bundle refuses it.
+        let carried = relay(client, &mut app, self.settings.idle_timeout, &conn.cancel).await;
         self.metrics.bytes_to_destination.inc_by(carried.forward);
         self.metrics.bytes_to_source.inc_by(carried.back);
         debug!(forward = carried.forward, back = carried.back, end = ?carried.end, "closed");

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cordon_haproxy::LogRecord;
 
+use crate::base::Source;
 use crate::ledger::{EdgeKey, Event};
 use crate::pki::ServiceName;
 use crate::policy::{Identified, Mode, Verdict};
@@ -52,23 +53,29 @@ impl fmt::Display for Unmapped {
 /// The caller of a logged connection.
 ///
 /// On a SmartStack host the logging HAProxy is the caller's own, reached on loopback: the caller
-/// is the host that wrote the log. Any other client address is named through discovery.
-pub(super) fn source(record: &LogRecord<'_>, naming: &Naming<'_>) -> Result<String, Unmapped> {
+/// is the host that wrote the log, and the evidence is `haproxy-log`. Any other client address
+/// is named through discovery, and is evidence from an address, as a plaintext caller of the
+/// inbound proxy is (`plaintext-ip`, or `unknown` when no one service is there): the same
+/// evidence is judged the same wherever it comes from.
+pub(super) fn source(record: &LogRecord<'_>, naming: &Naming<'_>) -> Result<(String, Identified), Unmapped> {
     let ip = record.client.ip();
     if !is_loopback(ip) {
-        return Ok((naming.service_at)(ip).unwrap_or_else(|| format!("ip:{ip}")));
+        return Ok(match (naming.service_at)(ip) {
+            Some(service) => (service, Identified::PlaintextIp),
+            None => (Source::Address(ip).to_string(), Identified::Unknown),
+        });
     }
     if let Some(s) = naming.source {
-        return Ok(s.to_string());
+        return Ok((s.to_string(), Identified::HaproxyLog));
     }
     let host = record.syslog.and_then(|h| h.hostname);
     let Some(host) = host else { return Err(Unmapped::UnknownHost(None)) };
     let mut services = (naming.services_of_host)(host);
     match services.len() {
-        1 => Ok(services.swap_remove(0)),
+        1 => Ok((services.swap_remove(0), Identified::HaproxyLog)),
         0 => host
             .parse::<IpAddr>()
-            .map(|ip| format!("ip:{ip}"))
+            .map(|ip| (Source::Address(ip).to_string(), Identified::Unknown))
             .map_err(|_| Unmapped::UnknownHost(Some(host.to_string()))),
         _ => Err(Unmapped::AmbiguousHost(host.to_string(), services)),
     }
@@ -95,18 +102,13 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// back to the client, so `bytes_to_destination` is 0.
 pub(super) fn events(
     record: &LogRecord<'_>,
-    source: String,
+    (source, identified): (String, Identified),
     destination: &ServiceName,
     verdict: Verdict,
     utc_offset_s: i32,
 ) -> [Event; 2] {
-    let edge = EdgeKey {
-        source,
-        destination: destination.to_string(),
-        identified: Identified::HaproxyLog,
-        mode: Mode::Learn,
-        verdict,
-    };
+    let edge =
+        EdgeKey { source, destination: destination.to_string(), identified, mode: Mode::Learn, verdict };
     let opened = time_of(record.accept_date.unix_ms(utc_offset_s));
     let duration = Duration::from_millis(record.timers.total_ms().unwrap_or(0));
     [

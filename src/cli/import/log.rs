@@ -25,7 +25,7 @@ use super::lines::BoundedLines;
 use crate::cli::Outcome;
 use crate::ledger::{ImportedPrefix, Recorder, RecorderHandle, RecorderStats};
 use crate::pki::ServiceName;
-use crate::policy::{Policy, Verdict};
+use crate::policy::{Identified, Policy, Subject, Verdict, decide};
 
 /// Longest line kept; HAProxy's own default limit is 1024 bytes, `len` allows up to 64 KiB.
 const MAX_LINE: usize = 64 * 1024;
@@ -321,7 +321,7 @@ impl Import<'_> {
             }
         };
         let verdict = verdict_for(self.policy, &src, &dst);
-        let edge = self.tally.edges.entry((src.clone(), dst.to_string())).or_default();
+        let edge = self.tally.edges.entry((src.0.clone(), dst.to_string())).or_default();
         edge.0 += 1;
         edge.1 += record.bytes_read;
         self.tally.imported += 1;
@@ -342,8 +342,15 @@ fn start_recorder(db: &Path, host: &str) -> anyhow::Result<(Recorder, RecorderHa
 
 /// The verdict the policy gives an imported edge; without a policy, deny, so that nothing
 /// learned from logs looks allowed by itself.
-fn verdict_for(policy: Option<&Policy>, source: &str, destination: &ServiceName) -> Verdict {
-    policy.map_or(Verdict::Deny, |p| p.decide(source, destination.as_str()).verdict)
+fn verdict_for(
+    policy: Option<&Policy>,
+    (source, identified): &(String, Identified),
+    destination: &ServiceName,
+) -> Verdict {
+    let subject = Subject::recorded(source, *identified);
+    policy.map_or(Verdict::Deny, |p| {
+        decide(p, &subject, destination.as_str(), &crate::policy::DecisionContext::review()).verdict
+    })
 }
 
 fn report(tally: &Tally, elapsed: Duration, args: &LogArgs) -> anyhow::Result<()> {

@@ -28,7 +28,28 @@ fn src(prefix: &str, client: &str, source: Option<&ServiceName>) -> Result<Strin
 }
 
 fn source_of(line: &str, given: Option<&ServiceName>) -> Result<String, Unmapped> {
-    source(&parse_log_line(line).unwrap(), &naming(given))
+    source(&parse_log_line(line).unwrap(), &naming(given)).map(|(name, _)| name)
+}
+
+fn identified(prefix: &str, client: &str, given: Option<&ServiceName>) -> Identified {
+    let line = format!("{prefix}{}", DB.replacen("127.0.0.1", client, 1));
+    source(&parse_log_line(&line).unwrap(), &naming(given)).unwrap().1
+}
+
+#[test]
+fn evidence_from_an_address_is_plaintext_evidence() {
+    let ops = ServiceName::new("ops").unwrap();
+    // A remote client is named by its address, as a plaintext caller of the inbound proxy is: it
+    // must never be proposed as an allow on that evidence alone.
+    assert_eq!(identified("", "10.0.9.5", Some(&ops)), Identified::PlaintextIp);
+    assert_eq!(identified("", "10.0.9.6", None), Identified::Unknown);
+    // The caller on the host that wrote the log is the host's own service.
+    assert_eq!(identified("", "127.0.0.1", Some(&ops)), Identified::HaproxyLog);
+    assert_eq!(
+        identified("<134>Nov 22 14:05:01 web-1 haproxy[1]: ", "127.0.0.1", None),
+        Identified::HaproxyLog
+    );
+    assert_eq!(identified("Nov 22 14:05:01 10.0.1.11 haproxy[1]: ", "127.0.0.1", None), Identified::Unknown);
 }
 
 #[test]
@@ -74,7 +95,7 @@ fn destination_is_the_backend() {
 fn a_connection_is_an_opened_and_a_closed_event_at_the_logged_time() {
     let record = parse_log_line(DB).unwrap();
     let db = ServiceName::new("db").unwrap();
-    let [opened, closed] = events(&record, "web".into(), &db, Verdict::Deny, 3600);
+    let [opened, closed] = events(&record, ("web".into(), Identified::HaproxyLog), &db, Verdict::Deny, 3600);
     let at = UNIX_EPOCH + Duration::from_millis(1_795_356_301_123 - 3_600_000);
     let edge = EdgeKey {
         source: "web".into(),

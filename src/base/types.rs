@@ -2,11 +2,11 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pki::{ServiceId, ServiceName};
+use super::{ServiceId, ServiceName, Source};
 
 /// How a destination service treats its callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -143,6 +143,11 @@ impl Identified {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|i| i.as_str() == s)
     }
+
+    /// The caller had no certificate: named by its address (through discovery, or not at all).
+    pub fn is_plaintext(self) -> bool {
+        matches!(self, Identified::PlaintextIp | Identified::Unknown)
+    }
 }
 
 impl fmt::Display for Identified {
@@ -151,24 +156,45 @@ impl fmt::Display for Identified {
     }
 }
 
+/// Which trust bundle (set of CA certificates) verified a certificate: a fingerprint of the
+/// bundle's certificates, so the same bundle read again is the same id and any change is another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BundleId(pub u64);
+
+/// A client certificate as the handshake proved it: who, how long it is valid, and the bundle
+/// it was verified against. A resumed TLS session carries the certificate of its first
+/// handshake, so the validity is checked again at every decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: ServiceId,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub bundle: BundleId,
+}
+
 /// The caller of an inbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// Proved by its client certificate.
-    Mtls(ServiceId),
+    Mtls(Peer),
     /// Plaintext, named by its source address through discovery when exactly one service has a
     /// backend there.
     Plaintext { ip: IpAddr, service: Option<ServiceName> },
 }
 
 impl Caller {
-    /// The name policy and ledger use: the service name, or `ip:A.B.C.D` for an unknown caller.
-    pub fn name(&self) -> String {
+    /// The caller as policy and ledger name it.
+    pub fn source(&self) -> Source {
         match self {
-            Caller::Mtls(id) => id.service().to_string(),
-            Caller::Plaintext { service: Some(s), .. } => s.to_string(),
-            Caller::Plaintext { ip, service: None } => format!("ip:{ip}"),
+            Caller::Mtls(peer) => Source::Service(peer.id.service().clone()),
+            Caller::Plaintext { service: Some(s), .. } => Source::Service(s.clone()),
+            Caller::Plaintext { ip, service: None } => Source::Address(*ip),
         }
+    }
+
+    /// [`Caller::source`] as text: the service name, or `ip:A.B.C.D` for an unknown caller.
+    pub fn name(&self) -> String {
+        self.source().to_string()
     }
 
     pub fn identified(&self) -> Identified {
@@ -182,13 +208,4 @@ impl Caller {
     pub fn is_tls(&self) -> bool {
         matches!(self, Caller::Mtls(_))
     }
-}
-
-/// The intentions' answer for one pair, and the rule that gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub verdict: Verdict,
-    /// Human-readable name of the deciding rule, e.g. `web -> db allow (policy.toml:12)` or
-    /// `no matching intention`. Shared, so a decision costs no allocation.
-    pub rule: Arc<str>,
 }

@@ -1,0 +1,14 @@
+//! The vocabulary every other module speaks: service names and SPIFFE IDs, modes, verdicts and
+//! outcomes, how a caller was identified, and a caller's typed name ([`Source`]).
+//!
+//! Policy, ledger, graph, proxy and pki all use these types and nothing here uses them: this
+//! module imports no other module of cordon. It holds types only, no I/O and no decisions (the
+//! one decision is [`crate::policy::decide`]).
+
+mod id;
+mod source;
+mod types;
+
+pub use id::{IdError, ServiceId, ServiceName, TrustDomain};
+pub use source::Source;
+pub use types::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};
