@@ -96,7 +96,8 @@ pub enum Outcome {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
+    // Held to the end: dropping it flushes the log lines still buffered.
+    let _flush = init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
     match run(cli.command) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::No) => ExitCode::from(1),
@@ -135,14 +136,22 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Sets up tracing on stderr; a bad filter falls back to `info` with a warning.
-pub fn init_logging(format: LogFormat, filter: &str) {
+/// Sets up tracing on stderr; a bad filter falls back to `info` with a warning. Lines go through
+/// a writer thread, so a slow or blocked stderr (a full pipe, a stalled journal) never stalls
+/// the data plane: past its buffer, lines are dropped rather than waited for. Colours only on a
+/// terminal. Returns the guard that flushes the buffered lines when dropped.
+pub fn init_logging(format: LogFormat, filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let (env_filter, bad) = match EnvFilter::try_new(filter) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -150,4 +159,5 @@ pub fn init_logging(format: LogFormat, filter: &str) {
     if let Some(e) = bad {
         tracing::warn!(filter, error = %e, "bad --log filter, using info");
     }
+    guard
 }
