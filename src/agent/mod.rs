@@ -233,9 +233,10 @@ impl Agent {
         admin::status(&self.parts)
     }
 
-    /// Re-reads certificates, policy and discovery now (SIGHUP). Bad new material is refused and
-    /// logged; the old stays in use.
+    /// Re-reads certificates, policy and discovery now, and reopens the decision log (SIGHUP).
+    /// Bad new material is refused and logged; the old stays in use.
     pub fn reload(&self) {
+        self.decisions.reopen();
         if let Err(e) = self.parts.tls.reload() {
             error!(error = %e, "certificate reload refused; keeping the current certificates");
         }
@@ -262,17 +263,25 @@ impl Agent {
         info!("agent stopped");
     }
 
-    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down cleanly.
+    /// Reopens the decision log after a rotation (SIGUSR1).
+    pub fn reopen_logs(&self) {
+        self.decisions.reopen();
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and reopening the decision log on
+    /// SIGUSR1, then shuts down cleanly.
     pub async fn run_until_signalled(self) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: draining"); break }
                 _ = int.recv() => { info!("SIGINT: draining"); break }
                 _ = hup.recv() => { info!("SIGHUP: reloading certificates, policy and discovery"); self.reload() }
+                _ = usr1.recv() => { info!("SIGUSR1: reopening the decision log"); self.reopen_logs() }
             }
         }
         self.shutdown().await;
