@@ -289,6 +289,30 @@ impl Agent {
     }
 }
 
+/// Warns, once per service, when lockdown covers only the app's address while something listens
+/// on every address at its port (checked each time the rules are applied).
+async fn warn_uncovered(
+    services: &[self::config::ServiceConfig],
+    warned: &mut std::collections::BTreeSet<ServiceName>,
+) {
+    let svcs = services.to_vec();
+    let Ok(uncovered) = tokio::task::spawn_blocking(move || crate::lockdown::uncovered(&svcs)).await else {
+        return;
+    };
+    for s in uncovered {
+        if warned.insert(s.name.clone()) {
+            warn!(
+                service = %s.name,
+                app = %s.app,
+                "lockdown covers only the app's address, but a socket listens on every address at port {}: \
+                 the other addresses stay open; set app = \"0.0.0.0:{}\" to lock the port on every address",
+                s.app.port(),
+                s.app.port(),
+            );
+        }
+    }
+}
+
 /// Keeps the nftables lockdown rules in step with the policy's modes, and the counters fresh.
 /// Failures (no nft, no privilege) are logged; the data plane keeps working without lockdown.
 async fn keep_lockdown(
@@ -301,6 +325,7 @@ async fn keep_lockdown(
     // Counters of services no longer locked down can only predate this agent: the first
     // application deletes them.
     let mut applied: Option<Vec<crate::policy::Mode>> = None;
+    let mut warned = std::collections::BTreeSet::new();
     loop {
         let policy = policy_rx.borrow_and_update().clone();
         let states: Vec<_> = services.iter().map(|s| (s.clone(), policy.mode(s.name.as_str()))).collect();
@@ -310,6 +335,7 @@ async fn keep_lockdown(
                 Ok(Ok(())) => {
                     info!("lockdown rules applied (nftables table inet cordon)");
                     applied = Some(modes);
+                    warn_uncovered(&services, &mut warned).await;
                 }
                 Ok(Err(e)) => error!(error = %e, "lockdown not applied; the proxies keep working without it"),
                 Err(_) => {}
