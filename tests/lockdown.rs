@@ -477,7 +477,6 @@ fn lockdown_matches_the_app_address_so_a_cordon_listener_on_the_same_port_stays_
             .into_owned()
     };
     wait_for("db's drop rule", || rules().contains("drop"));
-    assert!(rules().contains(&format!("ip daddr {A_IP} tcp dport {APP_PORT}")), "{}", rules());
 
     assert!(
         direct(A_IP, APP_PORT).starts_with("FAILED"),
@@ -490,6 +489,7 @@ fn lockdown_matches_the_app_address_so_a_cordon_listener_on_the_same_port_stays_
     );
     let via = String::from_utf8_lossy(&hosts.exec(&hosts.b, &["bash", "-c", &script]).stdout).into_owned();
     assert_eq!(via, "via", "cordon's listener on the app's port at another address is untouched");
+    assert!(rules().contains(&format!("ip daddr {A_IP} tcp dport {APP_PORT}")), "{}", rules());
 
     // cache's rule covers 127.0.0.1 only, while its app answers on every address: said at start.
     assert_eq!(direct(A_IP, cache_port), "direct");
