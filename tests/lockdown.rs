@@ -1,6 +1,6 @@
 //! Lockdown end to end, as root, in two network namespaces this test creates (two "hosts" joined
-//! by a veth pair; addresses exist only inside them). Host A runs an app on all addresses and the
-//! real cordon agent with `lockdown = true`; host B dials the app directly and through cordon.
+//! by a veth pair; addresses exist only inside them). Host A runs an app and the real cordon agent
+//! with `lockdown = true`; host B dials the app directly and through cordon.
 //! Under CI=true, not being able to create namespaces or run nft is a failure, not a skip. Each
 //! test has its own pair of namespaces (named by the test's tag and the process id).
 
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 const A_IP: &str = "10.203.7.1";
 const B_IP: &str = "10.203.7.2";
+/// A second address of host A, on the same link.
+const A2_IP: &str = "10.203.7.3";
 const APP_PORT: u16 = 7000;
 const CORDON_PORT: u16 = 14000;
 
@@ -29,13 +31,16 @@ fn ok(args: &[&str]) -> String {
 struct Hosts {
     a: String,
     b: String,
+    /// Host A's end of the veth pair.
+    a_dev: String,
 }
 
 impl Hosts {
     fn create(tag: char) -> Result<Hosts, String> {
         let n = std::process::id() % 100_000;
-        let hosts = Hosts { a: format!("cordon-{tag}a-{n}"), b: format!("cordon-{tag}b-{n}") };
         let (va, vb) = (format!("cv{tag}a{n}"), format!("cv{tag}b{n}"));
+        let hosts =
+            Hosts { a: format!("cordon-{tag}a-{n}"), b: format!("cordon-{tag}b-{n}"), a_dev: va.clone() };
         let steps: Vec<Vec<String>> = vec![
             vec!["ip".into(), "netns".into(), "add".into(), hosts.a.clone()],
             vec!["ip".into(), "netns".into(), "add".into(), hosts.b.clone()],
@@ -127,7 +132,7 @@ except OSError as e:
 const ECHO: &str = r#"
 import socket, sys, threading
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1]))); srv.listen(16)
+srv.bind((sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0", int(sys.argv[1]))); srv.listen(16)
 def echo(c):
     while True:
         b = c.recv(4096)
@@ -191,7 +196,7 @@ fn lockdown_closes_the_app_port_only_while_enforcing() {
         format!(
             "trust_domain = \"lock.internal\"\ndiscovery_dir = \"discovery\"\npolicy = \"policy.toml\"\nstate_dir = \"state\"\n\
              [tls]\nca = \"ca/ca.pem\"\ndir = \"tls\"\n\
-             [[service]]\nname = \"db\"\nlisten = \"0.0.0.0:{CORDON_PORT}\"\napp = \"127.0.0.1:{APP_PORT}\"\nlockdown = true\n"
+             [[service]]\nname = \"db\"\nlisten = \"0.0.0.0:{CORDON_PORT}\"\napp = \"0.0.0.0:{APP_PORT}\"\nlockdown = true\n"
         ),
     )
     .unwrap();
@@ -324,7 +329,7 @@ fn counters_of_services_no_longer_locked_are_deleted_and_remove_is_idempotent() 
                 .to_string();
         for (i, (name, app_port, lockdown)) in services.iter().enumerate() {
             text += &format!(
-                "[[service]]\nname = \"{name}\"\nlisten = \"0.0.0.0:{}\"\napp = \"127.0.0.1:{app_port}\"\nlockdown = {lockdown}\n",
+                "[[service]]\nname = \"{name}\"\nlisten = \"0.0.0.0:{}\"\napp = \"0.0.0.0:{app_port}\"\nlockdown = {lockdown}\n",
                 CORDON_PORT + i as u16
             );
         }
@@ -412,4 +417,88 @@ fn counters_of_services_no_longer_locked_are_deleted_and_remove_is_idempotent() 
         assert!(stderr.contains("nft"), "{stderr}");
         assert!(unprivileged.stdout.is_empty(), "{}", String::from_utf8_lossy(&unprivileged.stdout));
     }
+}
+
+#[test]
+fn lockdown_matches_the_app_address_so_a_cordon_listener_on_the_same_port_stays_open() {
+    let Some(hosts) = hosts_or_skip('a') else { return };
+    ok(&["ip", "-n", &hosts.a, "addr", "add", &format!("{A2_IP}/24"), "dev", &hosts.a_dev]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |rel: &str| dir.path().join(rel);
+    let (ca, tls) = (p("ca"), p("tls"));
+    identities(dir.path(), &["db", "web", "cache"]);
+    std::fs::create_dir_all(p("discovery")).unwrap();
+    std::fs::write(p("client.py"), CLIENT).unwrap();
+    std::fs::write(p("echo.py"), ECHO).unwrap();
+    std::fs::write(
+        p("policy.toml"),
+        "[modes]\ndb = \"enforce\"\ncache = \"learn\"\n[[intention]]\nsource = \"web\"\ndestination = \"db\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    // db's app listens on A's first address only; cordon's inbound for db takes the same port on
+    // A's second address. cache's app listens on every address but is configured by loopback.
+    let cache_port = APP_PORT + 1;
+    let config = p("a.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "trust_domain = \"lock.internal\"\ndiscovery_dir = \"discovery\"\npolicy = \"policy.toml\"\nstate_dir = \"state\"\n\
+             [tls]\nca = \"ca/ca.pem\"\ndir = \"tls\"\n\
+             [[service]]\nname = \"db\"\nlisten = \"{A2_IP}:{APP_PORT}\"\napp = \"{A_IP}:{APP_PORT}\"\nlockdown = true\n\
+             [[service]]\nname = \"cache\"\nlisten = \"0.0.0.0:{CORDON_PORT}\"\napp = \"127.0.0.1:{cache_port}\"\nlockdown = true\n"
+        ),
+    )
+    .unwrap();
+    let echo = |bind: &str, port: u16, log: &str| {
+        Kill(hosts.spawn(
+            &hosts.a,
+            &["python3", p("echo.py").to_str().unwrap(), &port.to_string(), bind],
+            &p(log),
+        ))
+    };
+    let _db_app = echo(A_IP, APP_PORT, "db-app.log");
+    let _cache_app = echo("0.0.0.0", cache_port, "cache-app.log");
+    let direct = |ip: &str, port: u16| {
+        let out = hosts
+            .exec(&hosts.b, &["python3", p("client.py").to_str().unwrap(), ip, &port.to_string(), "direct"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The apps listen before the agent applies its rules (and looks at who listens where).
+    wait_for("db's app", || direct(A_IP, APP_PORT) == "direct");
+    wait_for("cache's app", || direct(A_IP, cache_port) == "direct");
+    let cordon = env!("CARGO_BIN_EXE_cordon");
+    let _agent = Kill(hosts.spawn(
+        &hosts.a,
+        &[cordon, "agent", "--config", config.to_str().unwrap()],
+        &p("agent.log"),
+    ));
+    let rules = || {
+        String::from_utf8_lossy(&hosts.exec(&hosts.a, &["nft", "list", "table", "inet", "cordon"]).stdout)
+            .into_owned()
+    };
+    wait_for("db's drop rule", || rules().contains("drop"));
+
+    assert!(
+        direct(A_IP, APP_PORT).starts_with("FAILED"),
+        "db's app at its address is closed while db enforces"
+    );
+    let script = format!(
+        "(printf via; sleep 1) | timeout 10 openssl s_client -quiet -connect {A2_IP}:{APP_PORT} -cert {0}/web/cert.pem -key {0}/web/key.pem -CAfile {1}/ca.pem 2>/dev/null",
+        tls.display(),
+        ca.display()
+    );
+    let via = String::from_utf8_lossy(&hosts.exec(&hosts.b, &["bash", "-c", &script]).stdout).into_owned();
+    assert_eq!(via, "via", "cordon's listener on the app's port at another address is untouched");
+    assert!(rules().contains(&format!("ip daddr {A_IP} tcp dport {APP_PORT}")), "{}", rules());
+
+    // cache's rule covers 127.0.0.1 only, while its app answers on every address: said at start.
+    assert_eq!(direct(A_IP, cache_port), "direct");
+    wait_for("the warning about cache", || {
+        std::fs::read_to_string(p("agent.log"))
+            .unwrap_or_default()
+            .contains("lockdown covers only the app's address")
+    });
+    let log = std::fs::read_to_string(p("agent.log")).unwrap();
+    assert!(log.contains("cache") && log.contains(&format!("0.0.0.0:{cache_port}")), "{log}");
+    assert!(!log.contains("lockdown not applied"), "{log}");
 }

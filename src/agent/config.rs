@@ -34,6 +34,8 @@ struct RawConfig {
     state_dir: PathBuf,
     decision_log: Option<PathBuf>,
     admin: Option<String>,
+    #[serde(default)]
+    admin_allow_remote: bool,
     host: Option<String>,
     #[serde(default)]
     lockdown: bool,
@@ -87,6 +89,8 @@ struct RawUpstream {
     service: String,
     listen: String,
     identity: String,
+    #[serde(default)]
+    allow_remote: bool,
 }
 
 /// Where this host's certificates come from.
@@ -262,6 +266,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
     let admin = raw.admin.as_deref().and_then(|a| parse_addr("admin", a, &mut problems));
     if let Some(a) = admin {
         claim("admin".into(), a, &mut problems);
+        if !raw.admin_allow_remote && !is_loopback(a) {
+            problems.push(format!(
+                "admin: {a} is not a loopback address, so /status and /metrics would be open to the \
+                 network; listen on 127.0.0.1 or [::1], or set admin_allow_remote = true"
+            ));
+        }
     }
 
     let host = match raw.host {
@@ -374,6 +384,16 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         let listen = parse_addr(&field("listen"), &u.listen, &mut problems);
         if let Some(l) = listen {
             claim(field("listen"), l, &mut problems);
+            // Whoever reaches an upstream's port calls the service with this host's identity.
+            if !u.allow_remote && !is_loopback(l) {
+                problems.push(format!(
+                    "{}: {l} is not a loopback address, so any host that reaches it would call {} as \
+                     {}; listen on 127.0.0.1 or [::1], or set allow_remote = true on this upstream",
+                    field("listen"),
+                    u.service,
+                    u.identity,
+                ));
+            }
         }
         if let (Some(service), Some(listen), Some(identity)) = (service, listen, identity) {
             upstreams.push(UpstreamConfig { service, listen, identity });
@@ -400,6 +420,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         }),
         _ => Err(problems),
     }
+}
+
+/// Whether only this host can reach `addr` (127.0.0.0/8, ::1, or ::ffff:127.x.y.z).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
 }
 
 /// This machine's host name, for ledger rows; `localhost` when it cannot be read.
@@ -522,6 +547,47 @@ identity = "web"
             )),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn an_upstream_or_admin_open_to_the_network_must_be_allowed_explicitly() {
+        let upstream = "listen   = \"127.0.0.1:3219\"";
+        let admin = "admin         = \"127.0.0.1:9901\"";
+        assert!(GOOD.contains(upstream) && GOOD.contains(admin), "fixture lost its addresses");
+        for (addr, named) in [
+            ("0.0.0.0:3219", true),
+            ("10.1.2.3:3219", true),
+            ("[::]:3219", true),
+            ("127.0.0.2:3219", false),
+            ("[::1]:3219", false),
+            ("[::ffff:127.0.0.1]:3219", false),
+        ] {
+            let text = GOOD.replace(upstream, &format!("listen = \"{addr}\""));
+            match parse(&text) {
+                Ok(_) => assert!(!named, "{addr} accepted"),
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    assert!(named, "{addr} refused: {problems:?}");
+                    assert!(
+                        problems.iter().any(|p| p.starts_with("upstream[0].listen:")
+                            && p.contains("as web")
+                            && p.contains("allow_remote")),
+                        "{problems:?}"
+                    );
+                }
+                Err(e) => panic!("{e}"),
+            }
+            let allowed = GOOD.replace(upstream, &format!("listen = \"{addr}\"\nallow_remote = true"));
+            assert!(parse(&allowed).is_ok(), "{addr} with allow_remote");
+        }
+
+        let open_admin = GOOD.replace(admin, "admin = \"0.0.0.0:9901\"");
+        let found = problems(&open_admin);
+        assert!(
+            found.iter().any(|p| p.starts_with("admin:") && p.contains("admin_allow_remote")),
+            "{found:?}"
+        );
+        let allowed = open_admin.replace("host ", "admin_allow_remote = true\nhost ");
+        assert_eq!(parse(&allowed).unwrap().admin, Some("0.0.0.0:9901".parse().unwrap()));
     }
 
     #[test]

@@ -234,15 +234,17 @@ impl Agent {
         admin::status(&self.parts)
     }
 
-    /// Re-reads certificates, policy and discovery now (SIGHUP). Bad new material is refused and
-    /// logged; the old stays in use.
+    /// Re-reads certificates, policy and discovery now, and reopens the decision log (SIGHUP).
+    /// Bad new material is refused and logged; the old stays in use.
     pub fn reload(&self) {
+        self.decisions.reopen();
         reload(&self.parts);
     }
 
     /// [`Agent::reload`] on a blocking thread: it reads files and parses certificates, which the
     /// data plane's thread must never wait on.
     pub async fn reload_off_thread(&self) {
+        self.decisions.reopen();
         let parts = self.parts.clone();
         if tokio::task::spawn_blocking(move || reload(&parts)).await.is_err() {
             error!("reload did not finish");
@@ -268,14 +270,21 @@ impl Agent {
         info!("agent stopped");
     }
 
-    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down cleanly.
+    /// Reopens the decision log after a rotation (SIGUSR1).
+    pub fn reopen_logs(&self) {
+        self.decisions.reopen();
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and reopening the decision log on
+    /// SIGUSR1, then shuts down cleanly.
     pub async fn run_until_signalled(self) -> std::io::Result<()> {
         let signals = Signals::install()?;
         self.run_until(signals).await;
         Ok(())
     }
 
-    /// Serves until `signals` brings SIGTERM or SIGINT, reloading on SIGHUP, then shuts down.
+    /// Serves until `signals` brings SIGTERM or SIGINT, reloading on SIGHUP and reopening the
+    /// decision log on SIGUSR1, then shuts down.
     pub async fn run_until(self, mut signals: Signals) {
         loop {
             tokio::select! {
@@ -285,6 +294,7 @@ impl Agent {
                     info!("SIGHUP: reloading certificates, policy and discovery");
                     self.reload_off_thread().await;
                 }
+                _ = signals.usr1.recv() => { info!("SIGUSR1: reopening the decision log"); self.reopen_logs() }
             }
         }
         self.shutdown().await;
@@ -297,6 +307,7 @@ pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -307,6 +318,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 }
@@ -317,6 +329,30 @@ fn reload(parts: &Parts) {
     }
     parts.policy.reload_now();
     parts.discovery.reload_now();
+}
+
+/// Warns, once per service, when lockdown covers only the app's address while something listens
+/// on every address at its port (checked each time the rules are applied).
+async fn warn_uncovered(
+    services: &[self::config::ServiceConfig],
+    warned: &mut std::collections::BTreeSet<ServiceName>,
+) {
+    let svcs = services.to_vec();
+    let Ok(uncovered) = tokio::task::spawn_blocking(move || crate::lockdown::uncovered(&svcs)).await else {
+        return;
+    };
+    for s in uncovered {
+        if warned.insert(s.name.clone()) {
+            warn!(
+                service = %s.name,
+                app = %s.app,
+                "lockdown covers only the app's address, but a socket listens on every address at port {}: \
+                 the other addresses stay open; set app = \"0.0.0.0:{}\" to lock the port on every address",
+                s.app.port(),
+                s.app.port(),
+            );
+        }
+    }
 }
 
 /// Keeps the nftables lockdown rules in step with the policy's modes, and the counters fresh.
@@ -331,6 +367,7 @@ async fn keep_lockdown(
     // Counters of services no longer locked down can only predate this agent: the first
     // application deletes them.
     let mut applied: Option<Vec<crate::policy::Mode>> = None;
+    let mut warned = std::collections::BTreeSet::new();
     loop {
         let policy = policy_rx.borrow_and_update().clone();
         let states: Vec<_> = services.iter().map(|s| (s.clone(), policy.mode(s.name.as_str()))).collect();
@@ -340,6 +377,7 @@ async fn keep_lockdown(
                 Ok(Ok(())) => {
                     info!("lockdown rules applied (nftables table inet cordon)");
                     applied = Some(modes);
+                    warn_uncovered(&services, &mut warned).await;
                 }
                 Ok(Err(e)) => error!(error = %e, "lockdown not applied; the proxies keep working without it"),
                 Err(_) => {}

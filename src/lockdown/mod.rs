@@ -3,8 +3,10 @@
 //! On a SmartStack host the app usually listens on all addresses, so a caller could skip cordon's
 //! inbound and dial the app's port directly. For each served service with `lockdown = true`,
 //! cordon keeps nftables rules in its own table, `inet cordon` (no other table is touched): TCP to
-//! the app's port that does not arrive on loopback is counted, and, while the service enforces,
-//! dropped. cordon's inbound proxy reaches the app over loopback, so it is never affected.
+//! the app's address and port that does not arrive on loopback is counted, and, while the service
+//! enforces, dropped. An app address of 0.0.0.0 or `::` matches the port on every address.
+//! cordon's inbound proxy reaches the app over loopback, so it is never affected, and neither is
+//! anything else on the same port at another address (a cordon listener, another app).
 //!
 //! Every change is one `nft -f -` transaction that refills cordon's chain, so a restarted agent
 //! adopts the existing table, and the named counters of services still locked down survive
@@ -18,6 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
 use serde::Deserialize;
@@ -76,6 +79,17 @@ fn is_cordon_counter(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// The nft match for a service's app: its address and port, or the port on every address when
+/// the app's address is 0.0.0.0 or `::`.
+fn app_match(app: SocketAddr) -> String {
+    let port = app.port();
+    match app.ip().to_canonical() {
+        ip if ip.is_unspecified() => format!("tcp dport {port}"),
+        IpAddr::V4(ip) => format!("ip daddr {ip} tcp dport {port}"),
+        IpAddr::V6(ip) => format!("ip6 daddr {ip} tcp dport {port}"),
+    }
+}
+
 /// The nft script that makes cordon's table match `services` (those with `lockdown` set), each
 /// with its current mode. `existing` names the counters now in cordon's table (as
 /// [`existing_counters`] lists them): those cordon created for services no longer locked down are
@@ -90,8 +104,9 @@ pub fn ruleset(services: &[(ServiceConfig, Mode)], existing: &[String]) -> Strin
         .filter(|name| is_cordon_counter(name) && !wanted.contains(*name))
         .collect();
     let mut s = format!(
-        "# cordon lockdown: TCP to an app's port from anywhere but loopback is counted, and dropped\n\
-         # while the service enforces. One transaction; the counters of services still locked down\n\
+        "# cordon lockdown: TCP to an app's address and port from anywhere but loopback is counted,\n\
+         # and dropped while the service enforces (an app on 0.0.0.0 or :: matches the port on every\n\
+         # address). One transaction; the counters of services still locked down\n\
          # survive re-application, those of services no longer locked down are removed.\n\
          add table inet {TABLE}\n\
          add chain inet {TABLE} {CHAIN} {{ type filter hook input priority filter; policy accept; }}\n\
@@ -109,8 +124,8 @@ pub fn ruleset(services: &[(ServiceConfig, Mode)], existing: &[String]) -> Strin
         };
         s += &format!(
             "add counter inet {TABLE} {counter}\n\
-             add rule inet {TABLE} {CHAIN} iif != \"lo\" tcp dport {port} counter name \"{counter}\"{verdict} comment \"{name} {mode}\"\n",
-            port = svc.app.port(),
+             add rule inet {TABLE} {CHAIN} iif != \"lo\" {matched} counter name \"{counter}\"{verdict} comment \"{name} {mode}\"\n",
+            matched = app_match(svc.app),
             name = svc.name,
             mode = mode.as_str(),
         );
@@ -222,6 +237,43 @@ pub fn remove() -> Result<bool, LockdownError> {
     Ok(true)
 }
 
+/// Ports with a TCP socket listening on every address (0.0.0.0 or `::`), read from the text of
+/// `/proc/net/tcp` or `/proc/net/tcp6`.
+fn wildcard_listen_ports(proc_net_tcp: &str) -> BTreeSet<u16> {
+    proc_net_tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            let (addr, port) = local.split_once(':')?;
+            // 0A is LISTEN; an all-zero address is 0.0.0.0 or ::.
+            if state != "0A" || !addr.bytes().all(|b| b == b'0') {
+                return None;
+            }
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect()
+}
+
+/// The locked-down services whose app has one address while a socket on this host (in this
+/// network namespace) listens on every address at the app's port: their rule covers only the
+/// configured address, so the port stays open on the others. Empty when /proc cannot be read.
+pub fn uncovered(services: &[ServiceConfig]) -> Vec<ServiceConfig> {
+    let mut open = BTreeSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        open.extend(wildcard_listen_ports(&std::fs::read_to_string(file).unwrap_or_default()));
+    }
+    services
+        .iter()
+        .filter(|s| s.lockdown && !s.app.ip().to_canonical().is_unspecified() && open.contains(&s.app.port()))
+        // cordon's own inbound on every address at that port is not the app.
+        .filter(|s| !(s.listen.port() == s.app.port() && s.listen.ip().is_unspecified()))
+        .cloned()
+        .collect()
+}
+
 /// The direct-to-app counters of the services in `services` that have one.
 pub fn counters(services: &[ServiceConfig]) -> Result<Vec<ServiceCounter>, LockdownError> {
     let listed = existing_counters()?;
@@ -247,7 +299,7 @@ mod tests {
         ServiceConfig {
             name: crate::pki::ServiceName::new(name).unwrap(),
             listen: "0.0.0.0:14000".parse().unwrap(),
-            app: format!("127.0.0.1:{app_port}").parse().unwrap(),
+            app: format!("0.0.0.0:{app_port}").parse().unwrap(),
             lockdown,
         }
     }
@@ -277,6 +329,46 @@ mod tests {
         assert!(!rules.contains("6379"), "a service without lockdown gets no rule:\n{rules}");
         assert_eq!(rules.matches(" drop comment").count(), 1, "only db drops");
         assert!(!rules.contains("delete"), "counters survive: the table is never deleted on apply");
+    }
+
+    #[test]
+    fn the_rule_matches_the_app_address_unless_the_app_is_on_every_address() {
+        let at = |app: &str| {
+            let mut s = svc("db", 1, true);
+            s.app = app.parse().unwrap();
+            ruleset(&[(s, Mode::Enforce)], &[])
+        };
+        let cases = [
+            ("10.0.0.5:5432", "iif != \"lo\" ip daddr 10.0.0.5 tcp dport 5432 counter"),
+            ("127.0.0.1:5432", "iif != \"lo\" ip daddr 127.0.0.1 tcp dport 5432 counter"),
+            ("[2001:db8::5]:5432", "iif != \"lo\" ip6 daddr 2001:db8::5 tcp dport 5432 counter"),
+            ("[::ffff:10.0.0.5]:5432", "iif != \"lo\" ip daddr 10.0.0.5 tcp dport 5432 counter"),
+            ("0.0.0.0:5432", "iif != \"lo\" tcp dport 5432 counter"),
+            ("[::]:5432", "iif != \"lo\" tcp dport 5432 counter"),
+        ];
+        for (app, rule) in cases {
+            let rules = at(app);
+            assert!(rules.contains(rule), "{app}: {rule:?} missing:\n{rules}");
+        }
+    }
+
+    #[test]
+    fn wildcard_listeners_are_read_from_proc_net_tcp() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1B58 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 17026 1 0 100 0 0 10 0
+   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 17027 1 0 100 0 0 10 0
+   2: 00000000:0016 0100007F:A929 01 00000000:00000000 00:00000000 00000000     0        0 17028 1 0 100 0 0 10 0
+";
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1B59 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+";
+        assert_eq!(
+            wildcard_listen_ports(tcp).into_iter().collect::<Vec<_>>(),
+            [7000],
+            "listening, on 0.0.0.0"
+        );
+        assert_eq!(wildcard_listen_ports(tcp6).into_iter().collect::<Vec<_>>(), [7001]);
+        assert!(wildcard_listen_ports("").is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use super::files::{read, write_atomic};
+use super::files::{read, read_private_key, write_atomic, write_new};
 use super::{PkiError, ServiceId, ServiceName, TrustDomain};
 
 /// How long a CA certificate lives.
@@ -91,13 +91,26 @@ impl Ca {
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + Duration::from_secs(CA_DAYS * 86_400)).into();
         let cert = params.self_signed(&key).map_err(rcgen_err("CA certificate"))?;
-        write_atomic(&dir.join("ca-key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
-        write_atomic(&dir.join("ca.pem"), cert.pem().as_bytes(), 0o644)?;
+        // Created exclusively, not renamed into place: a CA made meanwhile, or a file or symlink
+        // planted at either name, fails the init instead of being overwritten or followed.
+        let exists = |e: PkiError| match e {
+            PkiError::Write { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                PkiError::CaExists { dir: dir.to_owned() }
+            }
+            e => e,
+        };
+        let key_path = dir.join("ca-key.pem");
+        write_new(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(exists)?;
+        if let Err(e) = write_new(&dir.join("ca.pem"), cert.pem().as_bytes(), 0o644) {
+            // The key is ours (created above) and useless without its certificate.
+            let _ = std::fs::remove_file(&key_path);
+            return Err(exists(e));
+        }
         write_atomic(&dir.join("trust-domain"), format!("{trust_domain}\n").as_bytes(), 0o644)?;
         Ok(Ca { dir: dir.to_owned(), trust_domain: trust_domain.clone(), cert_pem: cert.pem(), key })
     }
 
-    /// Loads a CA directory made by [`Ca::init`].
+    /// Loads a CA directory made by [`Ca::init`]. A key that group or others may read is refused.
     pub fn load(dir: &Path) -> Result<Ca, PkiError> {
         let td_path = dir.join("trust-domain");
         let td_text = read(&td_path)?;
@@ -105,7 +118,7 @@ impl Ca {
             .map_err(|e| PkiError::BadFile { path: td_path, message: e.to_string() })?;
         let cert_pem = read(&dir.join("ca.pem"))?;
         let key_path = dir.join("ca-key.pem");
-        let key = KeyPair::from_pem(&read(&key_path)?)
+        let key = KeyPair::from_pem(&read_private_key(&key_path)?)
             .map_err(|e| PkiError::BadFile { path: key_path, message: e.to_string() })?;
         Ok(Ca { dir: dir.to_owned(), trust_domain, cert_pem, key })
     }

@@ -35,6 +35,13 @@ pub enum PkiError {
     /// A file's content is wrong (not PEM, wrong identity, mismatched key, ...).
     #[error("{}: {message}", path.display())]
     BadFile { path: PathBuf, message: String },
+    /// A private key that group or others may read; refused, as ssh refuses one.
+    #[error(
+        "{}: permissions {mode:04o} are too open: a private key must be readable by its owner only (chmod 600 {})",
+        path.display(),
+        path.display()
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
     /// `ca init` would overwrite an existing CA.
     #[error("{} already holds a CA (ca.pem or ca-key.pem); refusing to overwrite it", dir.display())]
     CaExists { dir: PathBuf },

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::ca::Ca;
-use super::files::read;
+use super::files::{read, read_private_key};
 use super::tickets::{JarKey, TicketJars};
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, spiffe_id_of};
 use super::{PkiError, ServiceId, ServiceName, TrustDomain};
@@ -451,7 +451,8 @@ impl TlsStore {
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
         let chain = parse_certs(&cert_path, &read(&cert_path)?)?;
-        let key = PrivateKeyDer::from_pem_slice(read(&key_path)?.as_bytes()).map_err(|e| {
+        // A key that group or others may read is refused (the identity keeps its old material).
+        let key = PrivateKeyDer::from_pem_slice(read_private_key(&key_path)?.as_bytes()).map_err(|e| {
             PkiError::BadFile { path: key_path.clone(), message: format!("no private key: {e}") }
         })?;
         self.certified(chain, key, name, &cert_path, &key_path)

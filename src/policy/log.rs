@@ -5,19 +5,25 @@
 //! minute with a `count`, so a service learning under an empty policy does not flood the log.
 //! Denials (enforce mode) are written one by one up to [`DENIALS_PER_SOURCE_PER_SECOND`] per
 //! source; past that they are folded per edge and minute too, so a scan cannot fill the disk.
+//!
+//! Rotation: the writer reopens the path on [`DecisionLog::reopen`] (the agent calls it on SIGHUP
+//! and SIGUSR1) and by itself when the path no longer names the open file (device and inode,
+//! checked at least once a second), so a logrotate-style rename loses no record: each is in
+//! either the renamed file or the new one.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tracing::error;
+use tracing::{error, info};
 
 use super::{Identified, Mode, Outcome, PolicyError};
 
@@ -25,6 +31,8 @@ use super::{Identified, Mode, Outcome, PolicyError};
 pub const DENIALS_PER_SOURCE_PER_SECOND: u32 = 10;
 /// Records waiting for the writer; past it, records are dropped and counted.
 const CAPACITY: usize = 16_384;
+/// How often the writer checks that the path still names the file it writes.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// One decision worth logging.
 #[derive(Debug, Clone)]
@@ -60,6 +68,8 @@ struct Line<'a> {
 
 enum Msg {
     Record(Box<DecisionRecord>),
+    /// Close the file and open the path again (after a rotation).
+    Reopen,
     Stop,
 }
 
@@ -88,14 +98,13 @@ impl DecisionLog {
             std::fs::create_dir_all(dir)
                 .map_err(|e| PolicyError::Write { path: dir.to_owned(), message: e.to_string() })?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let (file, id) = open_append(path)
             .map_err(|e| PolicyError::Write { path: path.to_owned(), message: e.to_string() })?;
         let (tx, rx) = sync_channel(CAPACITY);
         let mut writer = Writer {
             out: BufWriter::new(file),
+            id,
+            checked: Instant::now(),
             path: path.to_owned(),
             folds: HashMap::new(),
             rates: HashMap::new(),
@@ -128,6 +137,14 @@ impl DecisionLog {
         }
     }
 
+    /// Asks the writer to reopen the path (after a rotation); never blocks. Without it the writer
+    /// still notices a renamed or removed file within a second.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.inner.tx {
+            let _ = tx.try_send(Msg::Reopen);
+        }
+    }
+
     /// Records dropped because the writer fell behind.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
@@ -151,8 +168,21 @@ struct Fold {
     count: u64,
 }
 
+/// A file's device and inode: what the path must still name for the writer to keep its file.
+type FileId = (u64, u64);
+
+/// Opens `path` for appending (created if missing) and reads which file it is.
+fn open_append(path: &Path) -> std::io::Result<(std::fs::File, FileId)> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let meta = file.metadata()?;
+    Ok((file, (meta.dev(), meta.ino())))
+}
+
 struct Writer {
     out: BufWriter<std::fs::File>,
+    /// The open file's identity, compared with the path's at most every [`ROTATION_CHECK`].
+    id: FileId,
+    checked: Instant,
     path: PathBuf,
     folds: HashMap<(String, String, Outcome, u64), Fold>,
     /// Denials written this second, per source: (second, count).
@@ -172,9 +202,14 @@ impl Writer {
         loop {
             match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(Msg::Record(r)) => self.take(*r),
+                Ok(Msg::Reopen) => self.reopen(),
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    while let Ok(Msg::Record(r)) = rx.try_recv() {
-                        self.take(*r);
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Msg::Record(r)) => self.take(*r),
+                            Ok(Msg::Reopen) => {}
+                            Ok(Msg::Stop) | Err(_) => break,
+                        }
                     }
                     self.emit_folds(None);
                     self.flush();
@@ -185,7 +220,33 @@ impl Writer {
             // Folds of minutes that have ended are complete: write them.
             self.emit_folds(Some(secs(SystemTime::now()) / 60));
             self.flush();
+            if self.checked.elapsed() >= ROTATION_CHECK {
+                self.checked = Instant::now();
+                let current = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
+                if current != Some(self.id) {
+                    self.reopen();
+                }
+            }
         }
+    }
+
+    /// Flushes what is buffered into the file open now (a rotated file keeps its records), then
+    /// opens the path again. If that fails the writer keeps its file and tries again later.
+    fn reopen(&mut self) {
+        self.flush();
+        match open_append(&self.path) {
+            Ok((file, id)) => {
+                if id != self.id {
+                    info!(path = %self.path.display(), "decision log reopened");
+                }
+                self.out = BufWriter::new(file);
+                self.id = id;
+            }
+            Err(e) => {
+                error!(path = %self.path.display(), error = %e, "cannot reopen the decision log; writing to the old file")
+            }
+        }
+        self.checked = Instant::now();
     }
 
     fn take(&mut self, r: DecisionRecord) {
@@ -253,5 +314,96 @@ impl Writer {
         if let Err(e) = self.out.flush() {
             error!(path = %self.path.display(), error = %e, "decision log flush failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denial(i: usize) -> DecisionRecord {
+        DecisionRecord {
+            at: SystemTime::now(),
+            // One source per record: each is written on its own, none folded.
+            source: format!("caller-{i}"),
+            source_addr: SocketAddr::from(([10, 0, 0, 7], 40000)),
+            destination: "db".into(),
+            mode: Mode::Enforce,
+            outcome: Outcome::Denied,
+            rule: Arc::from("no matching intention (default deny)"),
+            tls: true,
+            identified: Identified::Mtls,
+        }
+    }
+
+    /// The record numbers in a log file, in file order.
+    fn numbers(path: &Path) -> Vec<usize> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["source"].as_str().unwrap().trim_start_matches("caller-").parse().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_renamed_log_is_noticed_and_no_record_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let rotated = dir.path().join("decisions.jsonl.1");
+        let log = DecisionLog::open(Some(&path)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut sent = 0;
+        let mut renamed = false;
+        // Records keep coming while the file is renamed, as logrotate does it (no signal).
+        loop {
+            log.record(denial(sent));
+            sent += 1;
+            if sent == 200 {
+                std::fs::rename(&path, &rotated).unwrap();
+                renamed = true;
+            }
+            if renamed && sent % 20 == 0 && !numbers(&path).is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the writer never reopened {}", path.display());
+            // Pace the caller so the channel never fills.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for _ in 0..50 {
+            log.record(denial(sent));
+            sent += 1;
+        }
+        log.shutdown();
+        assert_eq!(log.dropped(), 0);
+        let (old, new) = (numbers(&rotated), numbers(&path));
+        assert!(
+            !old.is_empty() && !new.is_empty(),
+            "{} in the renamed file, {} in the new",
+            old.len(),
+            new.len()
+        );
+        let mut all: Vec<usize> = old.iter().chain(&new).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..sent).collect::<Vec<_>>(), "every record once, in one file or the other");
+        assert!(old.last() < new.first(), "the new file continues where the old one stopped");
+    }
+
+    #[test]
+    fn reopen_moves_to_the_file_now_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let rotated = dir.path().join("decisions.jsonl.1");
+        let log = DecisionLog::open(Some(&path)).unwrap();
+        log.record(denial(0));
+        std::fs::rename(&path, &rotated).unwrap();
+        // What a logrotate postrotate script triggers with SIGUSR1.
+        log.reopen();
+        log.record(denial(1));
+        log.shutdown();
+        assert_eq!(numbers(&rotated), [0]);
+        assert_eq!(numbers(&path), [1]);
     }
 }
