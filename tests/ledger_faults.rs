@@ -93,11 +93,11 @@ fn a_stop_that_cannot_write_keeps_the_counters_and_the_next_start_adds_them() {
         handle.record_wait(Event::Opened { edge: edge(&format!("caller-{}", i % 40)), at: at(T0) });
     }
     let unwritten = recorder.close(true).unwrap_err();
-    assert_eq!((unwritten.events, unwritten.rows), (1000, 40));
+    assert_eq!((unwritten.connections, unwritten.events, unwritten.rows), (1000, 1000, 40));
     let kept = unwritten.kept.as_ref().unwrap().clone();
     assert_eq!(kept.parent(), db.parent(), "kept beside the ledger");
     let said = unwritten.to_string();
-    assert!(said.contains("1000 connection events") && said.contains(&kept.display().to_string()), "{said}");
+    assert!(said.contains("1000 connections") && said.contains(&kept.display().to_string()), "{said}");
     drop(lock);
     drop(blocker);
     assert_eq!(connections(&db), 5);

@@ -283,7 +283,10 @@ impl Agent {
         match &result {
             Ok(()) => info!("agent stopped"),
             Err(e) => {
-                error!(events = e.events, "agent stopped with connection records the ledger did not take")
+                error!(
+                    connections = e.connections,
+                    "agent stopped with connection records the ledger did not take"
+                )
             }
         }
         result

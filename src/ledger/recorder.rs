@@ -58,7 +58,9 @@ pub struct RecorderStats {
 pub struct Unwritten {
     /// The ledger that refused them.
     pub ledger: PathBuf,
-    /// Connection events in them.
+    /// Connections they count.
+    pub connections: u64,
+    /// Connection events in them (an open and a close per connection).
     pub events: u64,
     /// Ledger rows (hour, edge) they make.
     pub rows: usize,
@@ -74,8 +76,9 @@ impl std::fmt::Display for Unwritten {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} connection events ({} rows) could not be written ({}); ",
+            "{}: {} connections ({} events, {} rows) could not be written ({}); ",
             self.ledger.display(),
+            self.connections,
             self.events,
             self.rows,
             self.cause
@@ -416,6 +419,7 @@ impl Writer {
         let kept = if keep { self.keep_unwritten() } else { Err("not asked to keep them".into()) };
         let unwritten = Unwritten {
             ledger: self.path.clone(),
+            connections: self.pending.values().map(|c| c.connections).sum(),
             events: self.pending_events,
             rows: self.pending.len(),
             cause,
