@@ -95,7 +95,8 @@ impl Inbound {
         }
 
         if is_tls {
-            let Some((mut tls, hop)) = self.handshake(stream).await else { return };
+            // Boxed: the handshake's state is freed once it is done, not kept in the task.
+            let Some((mut tls, hop)) = Box::pin(self.handshake(stream)).await else { return };
             self.metrics.handshake(tls.get_ref().1.handshake_kind());
             let Some(id) = peer_service_id(tls.get_ref().1) else {
                 // The verifier already insists on one SPIFFE ID; this is defence in depth.

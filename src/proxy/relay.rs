@@ -130,12 +130,23 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> Self {
-        Self { left: Vec::new(), pos: 0, read_size: READ_START, read_done: false, need_flush: false, done: false }
+        Self {
+            left: Vec::new(),
+            pos: 0,
+            read_size: READ_START,
+            read_done: false,
+            need_flush: false,
+            done: false,
+        }
     }
 
     /// Writes `left[pos..]` out; Ready once it is all gone (the allocation is kept for the next
     /// partial write until the reader has to wait).
-    fn poll_write_left<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, writer: &mut W) -> Poll<io::Result<()>> {
+    fn poll_write_left<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>> {
         while self.pos < self.left.len() {
             let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.left[self.pos..]))?;
             if n == 0 {
@@ -323,7 +334,10 @@ mod tests {
         assert_eq!(backend.await.unwrap(), payload);
         assert_eq!(echoed, payload);
         let carried = relay.await.unwrap();
-        assert_eq!((carried.forward, carried.back, carried.end), (payload.len() as u64, payload.len() as u64, End::Done));
+        assert_eq!(
+            (carried.forward, carried.back, carried.end),
+            (payload.len() as u64, payload.len() as u64, End::Done)
+        );
     }
 
     #[tokio::test(start_paused = true)]
