@@ -340,3 +340,160 @@ async fn kill_9_under_load_loses_at_most_about_a_flush_interval_and_leaves_a_sou
     assert!(recorded >= settled, "{recorded} recorded < {settled} made well before the kill");
     assert!(recorded <= made + 16, "at most the connections in flight are recorded without a reply");
 }
+
+/// Raises this process's open-files soft limit to its hard limit; returns the limit.
+fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur as u64
+}
+
+/// A caller host (outbound for db) and a db host (inbound) as two `cordon agent` processes.
+fn agent_pair(world: &World, app: SocketAddr, proxy: &str) -> (AgentProcess, AgentProcess, SocketAddr) {
+    world.issue("db");
+    world.issue("web");
+    world.config_with("db-host", &[("db", app)], &[], proxy);
+    let mut db = AgentProcess::spawn(&world.path("db-host.toml"), &[]);
+    let inbound = db.listening("inbound listening");
+    world.write_discovery("db", &[(localhost(), app.port(), Some(inbound.port()))]);
+    world.config_with("web-host", &[], &[("db", "web")], proxy);
+    let mut web = AgentProcess::spawn(&world.path("web-host.toml"), &[]);
+    let outbound = web.listening("outbound listening");
+    (web, db, outbound)
+}
+
+/// 10,000 connections (fewer where the open-files hard limit cannot hold them: each agent needs
+/// two sockets per connection) open at once through an outbound -> inbound pair, held for 10 s
+/// with a byte each way at the start and at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_held_through_a_pair() {
+    let limit = raise_open_files();
+    let n = 10_000usize.min((limit.saturating_sub(1500) / 2) as usize);
+    if n < 1000 {
+        eprintln!("SKIPPED: the open-files hard limit {limit} holds too few connections");
+        return;
+    }
+    if n < 10_000 {
+        eprintln!("the open-files hard limit is {limit}: holding {n} connections, not 10,000");
+    }
+    let world = World::new();
+    let app = EchoApp::start().await;
+    let proxy =
+        format!("max_connections = {}\nconnect_timeout_ms = 20000\nhandshake_timeout_ms = 30000\n", n + 100);
+    let (web, db, outbound) = agent_pair(&world, app.addr, &proxy);
+    let opened = Instant::now();
+    let limit_open = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut conns = Vec::with_capacity(n);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let permit = limit_open.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let mut s =
+                tokio::time::timeout(Duration::from_secs(60), tokio::net::TcpStream::connect(outbound))
+                    .await
+                    .expect("connect in time")
+                    .expect("connect");
+            let mut b = [0u8; 1];
+            tokio::io::AsyncWriteExt::write_all(&mut s, b"a").await.unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut b),
+            )
+            .await
+            .expect("echo in time")
+            .expect("echo");
+            drop(permit);
+            s
+        });
+    }
+    while let Some(conn) = tasks.join_next().await {
+        conns.push(conn.unwrap());
+    }
+    assert_eq!(conns.len(), n);
+    eprintln!("{n} connections open through the pair in {:.1} s", opened.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut alive = 0;
+    for s in &mut conns {
+        let mut b = [0u8; 1];
+        tokio::io::AsyncWriteExt::write_all(s, b"z").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), tokio::io::AsyncReadExt::read_exact(s, &mut b))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        alive += usize::from(b == *b"z");
+    }
+    assert_eq!(alive, n, "every connection held for 10 s still carries bytes both ways");
+    drop(conns);
+    web.signal("-TERM");
+    db.signal("-TERM");
+    assert_eq!(web.exit().0, Some(0));
+    assert_eq!(db.exit().0, Some(0));
+}
+
+/// 500 slow clients (silent, or a byte a second) held against an inbound while legitimate
+/// callers keep coming; the legitimate callers' p99 is reported, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_slow_clients_do_not_starve_legitimate_ones() {
+    raise_open_files();
+    let world = World::new();
+    let app = EchoApp::start().await;
+    world.issue("db");
+    world.config_with("db-host", &[("db", app.addr)], &[], "");
+    let mut agent = AgentProcess::spawn(&world.path("db-host.toml"), &[]);
+    let inbound = agent.listening("inbound listening");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut slow = Vec::new();
+    for i in 0..500u32 {
+        let stop = stop.clone();
+        slow.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(inbound).await else { return };
+            // Bounded: at most 60 s of dribbling.
+            for _ in 0..60 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if i % 2 == 1 && tokio::io::AsyncWriteExt::write_all(&mut s, b"s").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    let baseline = latencies(inbound, 100).await;
+    let mut during = latencies(inbound, 300).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in slow {
+        let _ = s.await;
+    }
+    assert_eq!(during.len(), 300, "every legitimate connection was served");
+    during.sort();
+    let p99 = during[during.len() * 99 / 100 - 1];
+    eprintln!(
+        "legitimate round trips beside 500 slow clients: p50 {:?}, p99 {:?} (without them: p99 {:?})",
+        during[during.len() / 2],
+        p99,
+        baseline[baseline.len() * 99 / 100 - 1]
+    );
+    agent.signal("-TERM");
+    assert_eq!(agent.exit().0, Some(0));
+}
+
+/// `count` sequential round trips; their durations, sorted.
+async fn latencies(addr: SocketAddr, count: usize) -> Vec<Duration> {
+    let mut all = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        if round_trip(addr, b"hello").await.is_ok_and(|r| r == b"hello") {
+            all.push(t.elapsed());
+        }
+    }
+    all.sort();
+    all
+}
