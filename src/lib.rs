@@ -3,7 +3,8 @@
 //! Modules, one per concern: [`base`] (the shared vocabulary), [`pki`] (identities, CA, TLS), [`policy`] (intentions and modes),
 //! [`proxy`] (the data plane), [`ledger`] (the recorded graph), [`graph`] (review), [`agent`]
 //! (wiring) and [`cli`]. The data plane never calls SQLite directly.
-#![forbid(unsafe_code)]
+// Denied everywhere; `agent::limits` alone allows it, for setrlimit (see there).
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod base;

@@ -227,7 +227,7 @@ impl<'de> Visitor<'de> for MtlsPortVisitor {
 }
 
 /// Parses the contents of one `<service>.json`: a JSON array of backends.
-pub(crate) fn parse_backends(bytes: &[u8]) -> Result<Vec<Backend>, serde_json::Error> {
+pub fn parse_backends(bytes: &[u8]) -> Result<Vec<Backend>, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
 

@@ -18,7 +18,7 @@ mod watch;
 
 use std::path::Path;
 
-pub use backend::{Backend, MTLS_PORT_LABEL};
+pub use backend::{Backend, MTLS_PORT_LABEL, parse_backends};
 pub use error::DiscoveryError;
 pub use scan::{MAX_FILE_BYTES, MAX_SERVICE_FILES};
 pub use snapshot::{FileProblem, Snapshot};

@@ -172,6 +172,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
             "events_written": rs.written.load(Ordering::Relaxed),
             "events_dropped": rs.dropped.load(Ordering::Relaxed),
             "write_errors": rs.write_errors.load(Ordering::Relaxed),
+            "ledgers_set_aside": rs.ledgers_set_aside.load(Ordering::Relaxed),
         },
     })
 }
@@ -218,6 +219,13 @@ pub(crate) fn register_collectors(
         "Failed batch writes to the ledger",
         Kind::Counter,
         move || vec![(vec![], rs.write_errors.load(Ordering::Relaxed) as f64)],
+    ));
+    let rs = recorder.stats().clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "ledgers_set_aside",
+        "Damaged ledgers moved aside for a fresh one (ledger.db.damaged-<time>)",
+        Kind::Counter,
+        move || vec![(vec![], rs.ledgers_set_aside.load(Ordering::Relaxed) as f64)],
     ));
     let ds = discovery.stats();
     let ps = policy.stats();

@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod config;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +49,18 @@ pub enum AgentError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind { what: String, addr: SocketAddr, source: std::io::Error },
+}
+
+/// Why a running agent stopped other than cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The ledger could not take everything recorded before the stop.
+    #[error("{0}")]
+    Unwritten(crate::ledger::Unwritten),
 }
 
 /// Where the agent's listeners ended up (port 0 in the config becomes a real port here).
@@ -96,6 +109,7 @@ pub struct Agent {
 impl Agent {
     /// Loads everything, binds every listener and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Agent, AgentError> {
+        check_open_files(&config);
         let tls = TlsStore::load(&config.tls, &config.trust_domain, &config.identities())?;
         let (discovery, discovery_rx) = DiscoveryWatcher::start(&config.discovery_dir, DISCOVERY_DEBOUNCE)?;
         let (policy, policy_rx) = PolicyWatcher::start(&config.policy)?;
@@ -252,8 +266,13 @@ impl Agent {
     }
 
     /// Stops accepting, drains open connections up to the configured deadline, then flushes the
-    /// recorder and the decision log.
+    /// recorder and the decision log. What the ledger could not take is logged (see [`Agent::stop`]).
     pub async fn shutdown(self) {
+        let _ = self.stop().await;
+    }
+
+    /// Like [`Agent::shutdown`], returning what the ledger could not take, and where it was kept.
+    pub async fn stop(self) -> Result<(), crate::ledger::Unwritten> {
         let forced = self.life.drain(self.parts.config.proxy.drain_timeout).await;
         if forced > 0 {
             warn!(connections = forced, "drain deadline passed; closed the remaining connections");
@@ -262,12 +281,23 @@ impl Agent {
         let recorder = self.recorder;
         let decisions = self.decisions;
         // Flushing writes files: keep it off the async threads.
-        let _ = tokio::task::spawn_blocking(move || {
-            recorder.shutdown();
+        let result = tokio::task::spawn_blocking(move || {
+            let result = recorder.close(true);
             decisions.shutdown();
+            result
         })
-        .await;
-        info!("agent stopped");
+        .await
+        .unwrap_or(Ok(()));
+        match &result {
+            Ok(()) => info!("agent stopped"),
+            Err(e) => {
+                error!(
+                    connections = e.connections,
+                    "agent stopped with connection records the ledger did not take"
+                )
+            }
+        }
+        result
     }
 
     /// Reopens the decision log after a rotation (SIGUSR1).
@@ -277,15 +307,14 @@ impl Agent {
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and reopening the decision log on
     /// SIGUSR1, then shuts down cleanly.
-    pub async fn run_until_signalled(self) -> std::io::Result<()> {
-        let signals = Signals::install()?;
-        self.run_until(signals).await;
-        Ok(())
+    pub async fn run_until_signalled(self) -> Result<(), RunError> {
+        let signals = Signals::install().map_err(RunError::Signals)?;
+        self.run_until(signals).await
     }
 
     /// Serves until `signals` brings SIGTERM or SIGINT, reloading on SIGHUP and reopening the
     /// decision log on SIGUSR1, then shuts down.
-    pub async fn run_until(self, mut signals: Signals) {
+    pub async fn run_until(self, mut signals: Signals) -> Result<(), RunError> {
         loop {
             tokio::select! {
                 _ = signals.term.recv() => { info!("SIGTERM: draining"); break }
@@ -297,7 +326,7 @@ impl Agent {
                 _ = signals.usr1.recv() => { info!("SIGUSR1: reopening the decision log"); self.reopen_logs() }
             }
         }
-        self.shutdown().await;
+        self.stop().await.map_err(RunError::Unwritten)
     }
 }
 
@@ -352,6 +381,31 @@ async fn warn_uncovered(
                 s.app.port(),
             );
         }
+    }
+}
+
+/// Raises the open-files limit to the hard limit and warns when the configured connections do not
+/// fit in it: past it, accepts fail (and back off) while `max_connections` says they should not.
+fn check_open_files(config: &Config) {
+    let listeners = config.services.len() + config.upstreams.len();
+    let needed = limits::needed(listeners, config.proxy.max_connections);
+    match limits::raise_nofile() {
+        Ok(l) => {
+            if l.soft > l.before {
+                info!(from = l.before, to = l.soft, "raised the open-files limit to the hard limit");
+            }
+            if needed > l.soft {
+                warn!(
+                    limit = l.soft,
+                    needed,
+                    listeners,
+                    max_connections = config.proxy.max_connections,
+                    "the open-files limit is below 2 x max_connections per listener; raise LimitNOFILE \
+                     (or the hard limit) or lower [proxy] max_connections"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the open-files limit"),
     }
 }
 

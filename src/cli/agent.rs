@@ -1,5 +1,6 @@
 //! `cordon agent --config cordon.toml`: run the proxies, recorder and admin endpoint until
-//! SIGTERM/SIGINT (drain, flush, exit 0); SIGHUP reloads certificates, policy and discovery.
+//! SIGTERM/SIGINT (drain, flush, exit 0; exit 2 when the ledger could not take every record, saying
+//! how many and where they were kept); SIGHUP reloads certificates, policy and discovery.
 
 use std::path::PathBuf;
 
@@ -32,7 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         let agent = Agent::start(config)
             .await
             .with_context(|| format!("starting the agent from {}", args.config.display()))?;
-        agent.run_until(signals).await;
+        agent.run_until(signals).await?;
         Ok(Outcome::Success)
     })
 }

@@ -103,7 +103,7 @@ pub fn main() -> ExitCode {
         Ok(Outcome::No) => ExitCode::from(1),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "cordon: error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "cordon: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
@@ -128,6 +128,23 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Merge(args) => review::merge(args),
         Command::Import(args) => import::run(args),
     }
+}
+
+/// The error and its causes, each said once: a cause whose text its effect already quotes (most
+/// of ours name their cause in their own message) is not repeated.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

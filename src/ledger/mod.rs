@@ -15,13 +15,14 @@ mod imported;
 mod merge;
 mod read;
 mod recorder;
+mod rescue;
 pub mod schema;
 
 pub use event::{EdgeKey, Event};
 pub use imported::{ImportedPrefix, imported_prefixes};
 pub use merge::{MergeStats, merge};
 pub use read::{EdgeTotals, ObservedCaller, callers_into, edge_totals};
-pub use recorder::{MAX_PENDING_KEYS, Recorder, RecorderHandle, RecorderStats};
+pub use recorder::{MAX_PENDING_KEYS, Recorder, RecorderHandle, RecorderStats, Unwritten};
 
 use std::path::PathBuf;
 
@@ -41,6 +42,13 @@ pub enum LedgerError {
     /// The file is an SQLite database that cordon did not create.
     #[error("{}: not a cordon ledger: it is an SQLite database with other tables ({})", path.display(), tables.join(", "))]
     Foreign { path: PathBuf, tables: Vec<String> },
+    /// SQLite opened the file, but its integrity check (`PRAGMA quick_check`) found damaged pages:
+    /// every write to it would fail. The recorder moves such a ledger aside and starts afresh.
+    #[error("{}: the ledger is damaged ({detail})", path.display())]
+    Damaged { path: PathBuf, detail: String },
+    /// A damaged ledger could not be moved aside to start a fresh one.
+    #[error("{}: the ledger is damaged and could not be moved aside: {source}", path.display())]
+    SetAside { path: PathBuf, source: std::io::Error },
     /// The file was written by a newer cordon with a schema this one does not know.
     #[error("{}: ledger schema version {found} is newer than this cordon understands (up to {supported}); upgrade cordon", path.display())]
     TooNew { path: PathBuf, found: i64, supported: i64 },

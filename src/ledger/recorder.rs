@@ -7,6 +7,10 @@
 //! failing, events for edges not already pending are dropped once [`MAX_PENDING_KEYS`] is reached,
 //! so memory stays bounded. The data plane never waits on any of this.
 //!
+//! A ledger found damaged (at open, or when a write reports it) is moved aside and a fresh one
+//! takes the records. At a clean stop whatever still cannot be written is kept in a side ledger
+//! ([`Unwritten`] says where, and how much), which the next start adds into the ledger.
+//!
 //! An importer also hands over the file prefixes it has read ([`RecorderHandle::mark_imported`]):
 //! they wait with the pending counters and are written in the same transaction, so a prefix is
 //! never in the ledger without the events read before it.
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 
 use super::imported::{self, ImportedPrefix};
-use super::{EdgeKey, Event, LedgerError, schema};
+use super::{EdgeKey, Event, LedgerError, rescue, schema};
 
 /// Pending distinct (hour, edge) counters that trigger a write before the interval is up.
 const EARLY_FLUSH_KEYS: usize = 50_000;
@@ -45,6 +49,52 @@ pub struct RecorderStats {
     pub write_errors: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
+    /// Damaged ledgers moved aside for a fresh one.
+    pub ledgers_set_aside: AtomicU64,
+}
+
+/// Counters a clean stop could not write to the ledger, and where they were kept instead.
+#[derive(Debug)]
+pub struct Unwritten {
+    /// The ledger that refused them.
+    pub ledger: PathBuf,
+    /// Connections they count.
+    pub connections: u64,
+    /// Connection events in them (an open and a close per connection).
+    pub events: u64,
+    /// Ledger rows (hour, edge) they make.
+    pub rows: usize,
+    /// The last write error.
+    pub cause: String,
+    /// The side ledger that holds them, or why none could be written.
+    pub kept: Result<PathBuf, String>,
+}
+
+impl std::error::Error for Unwritten {}
+
+impl std::fmt::Display for Unwritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} connections ({} events, {} rows) could not be written ({}); ",
+            self.ledger.display(),
+            self.connections,
+            self.events,
+            self.rows,
+            self.cause
+        )?;
+        match &self.kept {
+            Ok(side) if side.parent() == self.ledger.parent() => {
+                write!(f, "kept in {}, which the next start adds into the ledger", side.display())
+            }
+            Ok(side) => write!(
+                f,
+                "kept in {}: move it beside the ledger and the next start adds it in",
+                side.display()
+            ),
+            Err(e) => write!(f, "they could not be kept anywhere either ({e}) and are lost"),
+        }
+    }
 }
 
 /// What travels over the channel.
@@ -55,8 +105,10 @@ enum Msg {
     Imported(ImportedPrefix),
     /// Write everything pending now and report back (tests, importers).
     Flush(SyncSender<()>),
-    /// Drain the channel, write, and stop.
-    Shutdown,
+    /// Drain the channel, write, and stop; keep what cannot be written in a side ledger when asked.
+    Shutdown {
+        keep: bool,
+    },
 }
 
 /// The data plane's end of the recorder channel. Cheap to clone.
@@ -108,7 +160,7 @@ pub struct Recorder {
     /// Our own sender, to ask for shutdown while the data plane still holds handles.
     tx: SyncSender<Msg>,
     /// The writer thread; `None` once joined.
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<Unwritten>>>,
 }
 
 impl Recorder {
@@ -124,11 +176,27 @@ impl Recorder {
         // The writer waits at most about one interval for a lock, so a long `cordon merge` into
         // the live file costs a retried batch, not a stalled recorder.
         let busy = flush_interval.clamp(Duration::from_millis(100), schema::BUSY_TIMEOUT);
-        let conn = schema::open_write(path, host, busy)?;
-        let (tx, rx) = sync_channel(capacity.max(1));
         let stats = Arc::new(RecorderStats::default());
+        let mut conn = match schema::open_write(path, host, busy) {
+            Err(LedgerError::Damaged { detail, .. }) => {
+                let aside = rescue::set_aside(path)?;
+                stats.ledgers_set_aside.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    ledger = %path.display(),
+                    damaged = %detail,
+                    moved_to = %aside.display(),
+                    "THE LEDGER IS DAMAGED: moved it aside and started a fresh one; what it held is in the moved file"
+                );
+                schema::open_write(path, host, busy)?
+            }
+            other => other?,
+        };
+        adopt_unwritten(&mut conn, path);
+        let (tx, rx) = sync_channel(capacity.max(1));
         let writer = Writer {
             conn,
+            busy,
+            last_error: None,
             path: path.to_owned(),
             host: host.to_owned(),
             stats: Arc::clone(&stats),
@@ -146,17 +214,30 @@ impl Recorder {
         Ok((Recorder { tx: tx.clone(), thread: Some(thread) }, RecorderHandle { tx, stats }))
     }
 
-    /// Flushes everything received and joins the writer thread.
+    /// Flushes everything received and joins the writer thread. What could not be written is kept
+    /// in a side ledger that the next start adds in, and logged; [`Recorder::close`] returns it.
     pub fn shutdown(mut self) {
-        self.stop();
+        let _ = self.stop(true);
     }
 
-    fn stop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            // Blocks only while the channel is full, which the writer is draining.
-            let _ = self.tx.send(Msg::Shutdown);
-            if thread.join().is_err() {
+    /// Like [`Recorder::shutdown`], returning what could not be written; with `keep` it is also
+    /// kept in a side ledger that the next start adds in.
+    pub fn close(mut self, keep: bool) -> Result<(), Unwritten> {
+        match self.stop(keep) {
+            Some(unwritten) => Err(unwritten),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self, keep: bool) -> Option<Unwritten> {
+        let thread = self.thread.take()?;
+        // Blocks only while the channel is full, which the writer is draining.
+        let _ = self.tx.send(Msg::Shutdown { keep });
+        match thread.join() {
+            Ok(unwritten) => unwritten,
+            Err(_) => {
                 tracing::error!("ledger writer thread panicked");
+                None
             }
         }
     }
@@ -164,9 +245,76 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(unwritten) = self.stop(true) {
+            tracing::error!("{unwritten}");
+        }
     }
 }
+
+/// Adds the side ledgers a previous stop left beside `path` into the ledger, then removes them.
+/// One that cannot be read or added stays, and is logged.
+fn adopt_unwritten(conn: &mut Connection, path: &Path) {
+    for side in rescue::unwritten_beside(path) {
+        let added = (|| -> Result<usize, String> {
+            let opened = schema::open_read(&side).map_err(|e| e.to_string())?;
+            let mut stmt = opened
+                .conn
+                .prepare(
+                    "SELECT host, hour, source, destination, identified, mode, verdict, connections,
+                        bytes_to_destination, bytes_to_source, first_seen, last_seen FROM edge_hour",
+                )
+                .map_err(|e| e.to_string())?;
+            let rows: Vec<[rusqlite::types::Value; 12]> = stmt
+                .query_map([], |r| {
+                    Ok([
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
+                    ])
+                })
+                .and_then(|rows| rows.collect())
+                .map_err(|e| e.to_string())?;
+            let tx = conn.transaction().map_err(|e| e.to_string())?;
+            {
+                let mut insert = tx.prepare_cached(UPSERT).map_err(|e| e.to_string())?;
+                for row in &rows {
+                    insert.execute(rusqlite::params_from_iter(row.iter())).map_err(|e| e.to_string())?;
+                }
+            }
+            tx.commit().map_err(|e| e.to_string())?;
+            Ok(rows.len())
+        })();
+        match added {
+            Ok(rows) => {
+                rescue::remove(&side);
+                tracing::info!(ledger = %path.display(), from = %side.display(), rows,
+                    "added the counters a previous stop could not write");
+            }
+            Err(e) => tracing::error!(ledger = %path.display(), side = %side.display(), error = %e,
+                "cannot add counters a previous stop could not write; the file stays"),
+        }
+    }
+}
+
+/// Adds one (host, hour, edge) row of counters into the ledger.
+const UPSERT: &str = "INSERT INTO edge_hour (host, hour, source, destination, identified, mode, verdict,
+        connections, bytes_to_destination, bytes_to_source, first_seen, last_seen)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+     ON CONFLICT DO UPDATE SET
+        connections = connections + excluded.connections,
+        bytes_to_destination = bytes_to_destination + excluded.bytes_to_destination,
+        bytes_to_source = bytes_to_source + excluded.bytes_to_source,
+        first_seen = min(first_seen, excluded.first_seen),
+        last_seen = max(last_seen, excluded.last_seen)";
 
 /// Counters of one (hour, edge) since the last successful write.
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +328,10 @@ struct Counts {
 
 struct Writer {
     conn: Connection,
+    /// The busy timeout the connection was opened with, to reopen a fresh ledger with.
+    busy: Duration,
+    /// Why the last write failed, for the report at a stop.
+    last_error: Option<String>,
     /// For error messages.
     path: PathBuf,
     host: String,
@@ -199,7 +351,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Msg>) {
+    fn run(mut self, rx: Receiver<Msg>) -> Option<Unwritten> {
         let mut next_flush = Instant::now() + self.delay;
         loop {
             let wait = next_flush.saturating_duration_since(Instant::now());
@@ -220,17 +372,17 @@ impl Writer {
                     let stop = self.drain(&rx, &mut waiting);
                     self.flush();
                     answer(waiting);
-                    if stop {
-                        return;
+                    if let Some(keep) = stop {
+                        return self.finish(keep);
                     }
                 }
-                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                Ok(Msg::Shutdown { keep }) => {
                     let mut waiting = Vec::new();
                     self.drain(&rx, &mut waiting);
-                    self.flush();
                     answer(waiting);
-                    return;
+                    return self.finish(keep);
                 }
+                Err(RecvTimeoutError::Disconnected) => return self.finish(true),
                 Err(RecvTimeoutError::Timeout) => {
                     self.flush();
                     next_flush = Instant::now() + self.delay;
@@ -240,18 +392,53 @@ impl Writer {
     }
 
     /// Takes what is already queued, collecting flush requests to answer after the write.
-    /// Bounded, so producers that never stop cannot keep it here. True when asked to stop.
-    fn drain(&mut self, rx: &Receiver<Msg>, waiting: &mut Vec<SyncSender<()>>) -> bool {
+    /// Bounded, so producers that never stop cannot keep it here. `Some(keep)` when asked to stop.
+    fn drain(&mut self, rx: &Receiver<Msg>, waiting: &mut Vec<SyncSender<()>>) -> Option<bool> {
         for _ in 0..10_000_000usize {
             match rx.try_recv() {
                 Ok(Msg::Event(event)) => self.add(event),
                 Ok(Msg::Imported(prefix)) => self.imported(prefix),
                 Ok(Msg::Flush(done)) => waiting.push(done),
-                Ok(Msg::Shutdown) => return true,
-                Err(_) => return false,
+                Ok(Msg::Shutdown { keep }) => return Some(keep),
+                Err(_) => return None,
             }
         }
-        false
+        None
+    }
+
+    /// The last writes at a stop: the batch, one retry, then (with `keep`) a side ledger.
+    fn finish(mut self, keep: bool) -> Option<Unwritten> {
+        if self.flush() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if self.flush() {
+            return None;
+        }
+        let cause = self.last_error.take().unwrap_or_default();
+        let kept = if keep { self.keep_unwritten() } else { Err("not asked to keep them".into()) };
+        let unwritten = Unwritten {
+            ledger: self.path.clone(),
+            connections: self.pending.values().map(|c| c.connections).sum(),
+            events: self.pending_events,
+            rows: self.pending.len(),
+            cause,
+            kept,
+        };
+        tracing::error!("{unwritten}");
+        Some(unwritten)
+    }
+
+    /// Writes the pending counters into a side ledger; its path, or why none could be written.
+    fn keep_unwritten(&self) -> Result<PathBuf, String> {
+        let mut errors = Vec::new();
+        for side in rescue::unwritten_candidates(&self.path, &self.host) {
+            match rescue::keep(&side, &self.host, |conn| write_rows(conn, &self.host, &self.pending, &[])) {
+                Ok(()) => return Ok(side),
+                Err(e) => errors.push(format!("{}: {e}", side.display())),
+            }
+        }
+        Err(errors.join("; "))
     }
 
     /// Keeps `prefix` to write with the pending counters, unless an event before it was lost.
@@ -305,18 +492,17 @@ impl Writer {
         if self.pending.is_empty() && self.pending_imports.is_empty() {
             return true;
         }
-        match self.write() {
-            Ok(()) => {
-                self.stats.written.fetch_add(self.pending_events, Ordering::Relaxed);
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.pending.clear();
-                self.pending_events = 0;
-                self.pending_imports.clear();
-                self.failing = false;
-                self.delay = self.interval;
-                true
-            }
+        let mut result = self.write();
+        if let Err(e) = &result
+            && matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseCorrupt))
+            && self.replace_damaged(&e.to_string())
+        {
+            result = self.write();
+        }
+        match result {
+            Ok(()) => self.written(),
             Err(e) => {
+                self.last_error = Some(e.to_string());
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.failing = true;
                 self.delay = (self.delay * 2).min(MAX_RETRY_DELAY.max(self.interval));
@@ -331,45 +517,91 @@ impl Writer {
         }
     }
 
-    fn write(&mut self) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO edge_hour (host, hour, source, destination, identified, mode, verdict,
-                    connections, bytes_to_destination, bytes_to_source, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT DO UPDATE SET
-                    connections = connections + excluded.connections,
-                    bytes_to_destination = bytes_to_destination + excluded.bytes_to_destination,
-                    bytes_to_source = bytes_to_source + excluded.bytes_to_source,
-                    first_seen = min(first_seen, excluded.first_seen),
-                    last_seen = max(last_seen, excluded.last_seen)",
-            )?;
-            for ((hour, edge), c) in &self.pending {
-                stmt.execute(rusqlite::params![
-                    self.host,
-                    hour,
-                    edge.source,
-                    edge.destination,
-                    edge.identified.as_str(),
-                    edge.mode.as_str(),
-                    edge.verdict.as_str(),
-                    clamp(c.connections),
-                    clamp(c.bytes_to_destination),
-                    clamp(c.bytes_to_source),
-                    c.first_seen,
-                    c.last_seen,
-                ])?;
+    /// The pending batch is in the ledger: count it and start the next.
+    fn written(&mut self) -> bool {
+        self.stats.written.fetch_add(self.pending_events, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.pending.clear();
+        self.pending_events = 0;
+        self.pending_imports.clear();
+        self.failing = false;
+        self.delay = self.interval;
+        true
+    }
+
+    /// A write found the ledger damaged: moves it aside and opens a fresh one. False when that
+    /// failed too (the old connection is kept and the batch retried later).
+    fn replace_damaged(&mut self, detail: &str) -> bool {
+        let fresh = (|| {
+            // Close ours first: the file is renamed under no open connection of this process.
+            let placeholder = Connection::open_in_memory()
+                .map_err(|source| LedgerError::Open { path: self.path.clone(), source })?;
+            drop(std::mem::replace(&mut self.conn, placeholder));
+            let aside = rescue::set_aside(&self.path)?;
+            let conn = schema::open_write(&self.path, &self.host, self.busy)?;
+            Ok::<_, LedgerError>((conn, aside))
+        })();
+        match fresh {
+            Ok((conn, aside)) => {
+                self.conn = conn;
+                self.stats.ledgers_set_aside.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    ledger = %self.path.display(),
+                    damaged = %detail,
+                    moved_to = %aside.display(),
+                    "THE LEDGER IS DAMAGED: moved it aside and started a fresh one; what it held is in the moved file"
+                );
+                true
             }
-            if !self.pending_imports.is_empty() {
-                let mut stmt = tx.prepare_cached(imported::INSERT)?;
-                for prefix in &self.pending_imports {
-                    stmt.execute(imported::insert_params(prefix))?;
+            Err(e) => {
+                tracing::error!(ledger = %self.path.display(), error = %e, "the ledger is damaged and cannot be replaced");
+                if let Ok(conn) = schema::open_write(&self.path, &self.host, self.busy) {
+                    self.conn = conn;
                 }
+                false
             }
         }
-        tx.commit()
     }
+
+    fn write(&mut self) -> rusqlite::Result<()> {
+        write_rows(&mut self.conn, &self.host, &self.pending, &self.pending_imports)
+    }
+}
+
+/// Writes `pending` counters (and imported prefixes) in one transaction.
+fn write_rows(
+    conn: &mut Connection,
+    host: &str,
+    pending: &HashMap<(i64, EdgeKey), Counts>,
+    imports: &[ImportedPrefix],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(UPSERT)?;
+        for ((hour, edge), c) in pending {
+            stmt.execute(rusqlite::params![
+                host,
+                hour,
+                edge.source,
+                edge.destination,
+                edge.identified.as_str(),
+                edge.mode.as_str(),
+                edge.verdict.as_str(),
+                clamp(c.connections),
+                clamp(c.bytes_to_destination),
+                clamp(c.bytes_to_source),
+                c.first_seen,
+                c.last_seen,
+            ])?;
+        }
+        if !imports.is_empty() {
+            let mut stmt = tx.prepare_cached(imported::INSERT)?;
+            for prefix in imports {
+                stmt.execute(imported::insert_params(prefix))?;
+            }
+        }
+    }
+    tx.commit()
 }
 
 /// Tells the flush requesters that their events are written (or failed and are pending).

@@ -127,6 +127,7 @@ pub(crate) fn open_write(path: &Path, host: &str, busy: Duration) -> Result<Conn
     let sql = |what: &'static str| move |source| classify(path, what, source);
     conn.busy_timeout(busy).map_err(sql("set busy timeout"))?;
     let version = check(&conn, path)?;
+    quick_check(&conn, path)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
         .map_err(sql("switch to WAL"))?;
     // NORMAL in WAL mode survives a crash of the process (kill -9) without losing a committed
@@ -180,6 +181,31 @@ fn check(conn: &Connection, path: &Path) -> Result<i64, LedgerError> {
         });
     }
     Ok(version)
+}
+
+/// Refuses a file whose pages are damaged although its header and schema read fine: SQLite would
+/// open it and then fail every write ("database disk image is malformed").
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), LedgerError> {
+    let damaged = |detail: String| LedgerError::Damaged { path: path.to_owned(), detail };
+    let found: Vec<String> = match conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+    {
+        Ok(found) => found,
+        Err(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+            ) =>
+        {
+            return Err(damaged(e.to_string()));
+        }
+        Err(e) => return Err(classify(path, "check the ledger's integrity", e)),
+    };
+    match found.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        _ => Err(damaged(found.join("; "))),
+    }
 }
 
 fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {

@@ -237,7 +237,8 @@ impl Inbound {
         }
 
         if is_tls {
-            let Some((mut tls, hop, bundle)) = self.handshake(stream, deadline).await else { return };
+            // Boxed: the handshake's state is freed once it is done, not kept in the task.
+            let Some((mut tls, hop, bundle)) = Box::pin(self.handshake(stream, deadline)).await else { return };
             self.metrics.handshake(tls.get_ref().1.handshake_kind());
             let Some((peer_cert, chain)) = peer_of(tls.get_ref().1, bundle) else {
                 // The verifier already insists on one SPIFFE ID; this is defence in depth.

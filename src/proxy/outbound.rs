@@ -78,7 +78,9 @@ impl Outbound {
 
     async fn handle(&self, mut client: TcpStream, cancel: CancellationToken) {
         let _counted = ConnCount::new(&self.metrics);
-        let Some(upstream) = self.dial(&mut client).await else { return };
+        // Boxed: the dial's state (a TLS handshake in progress) lives only as long as the dial,
+        // not in every open connection's task for as long as it relays.
+        let Some(upstream) = Box::pin(self.dial(&mut client)).await else { return };
         let idle = self.settings.idle_timeout;
         let carried = match upstream {
             Upstream::Hop { mut hop, backend } => {
@@ -184,7 +186,8 @@ impl Outbound {
     /// they are already here. They are only taken from the app's socket once sent, so a hop that
     /// turns out dead loses nothing.
     async fn open(&self, hop: &mut Hop, client: &mut TcpStream) -> std::io::Result<()> {
-        let mut first = [0u8; 4096];
+        // On the heap for the moment it is needed, not in the connection's task for its life.
+        let mut first = vec![0u8; 4096];
         let n = hop::peek_now(client, &mut first);
         hop::open(&mut *hop.conn, &first[..n]).await?;
         client.read_exact(&mut first[..n]).await?;

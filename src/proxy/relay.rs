@@ -1,7 +1,14 @@
 //! Copying bytes both ways between two connections: half-close aware, idle-limited, cancellable,
 //! and counting what went each way.
+//!
+//! An open connection that is not moving bytes holds no buffer: each read lands in a buffer on
+//! the stack of the poll that made it and is written out from there at once. Only bytes the
+//! writer could not take yet are copied to the heap, and that copy is released as soon as the
+//! direction waits for its reader again. Ten thousand idle relays cost their sockets and TLS
+//! state, not 16 KiB or more of buffers each.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
@@ -12,13 +19,12 @@ use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-/// Buffer per direction at first: enough for the requests and replies of most protocols, and
-/// cheap for the many short connections a proxy carries.
-const BUF_START: usize = 8 * 1024;
+/// A read at first: enough for the requests and replies of most protocols.
+const READ_START: usize = 16 * 1024;
 
-/// A direction whose reads fill the buffer (bulk data) grows it to this: several TLS records
-/// (16 KiB each) per socket read and write.
-const BUF_BULK: usize = 64 * 1024;
+/// A direction whose reads fill [`READ_START`] (bulk data) reads this much at a time: several TLS
+/// records (16 KiB each) per socket read and write.
+const READ_BULK: usize = 64 * 1024;
 
 /// Why a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +115,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     }
 }
 
-/// One direction of a relay: read into the buffer, write it all out, pass the end of stream on as
-/// a shutdown. The buffer starts small and grows once a read fills it.
+/// One direction of a relay: read (into a stack buffer), write it all out, pass the end of stream
+/// on as a shutdown. Between reads it holds at most the bytes the writer has not taken yet.
 struct Pipe {
-    buf: Vec<u8>,
+    /// Read bytes the writer has not taken yet, from `pos`; empty (no allocation) when idle.
+    left: Vec<u8>,
     pos: usize,
-    end: usize,
+    /// How much one read asks for: grows to [`READ_BULK`] once a read fills [`READ_START`].
+    read_size: usize,
     read_done: bool,
     need_flush: bool,
     done: bool,
@@ -122,7 +130,34 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> Self {
-        Self { buf: Vec::new(), pos: 0, end: 0, read_done: false, need_flush: false, done: false }
+        Self {
+            left: Vec::new(),
+            pos: 0,
+            read_size: READ_START,
+            read_done: false,
+            need_flush: false,
+            done: false,
+        }
+    }
+
+    /// Writes `left[pos..]` out; Ready once it is all gone (the allocation is kept for the next
+    /// partial write until the reader has to wait).
+    fn poll_write_left<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>> {
+        while self.pos < self.left.len() {
+            let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.left[self.pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pos += n;
+            self.need_flush = true;
+        }
+        self.left.clear();
+        self.pos = 0;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_copy<R, W>(
@@ -138,44 +173,53 @@ impl Pipe {
         if self.done {
             return Poll::Ready(Ok(()));
         }
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_BULK];
         loop {
-            if self.pos == self.end && !self.read_done {
-                if self.buf.is_empty() {
-                    self.buf = vec![0; BUF_START];
-                } else if self.end == self.buf.len() && self.buf.len() < BUF_BULK {
-                    self.buf.resize(BUF_BULK, 0);
-                }
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        (self.pos, self.end) = (0, n);
-                        self.read_done = n == 0;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        // Nothing more to read for now: push out what was written before waiting.
-                        if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            while self.pos < self.end {
-                let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.end]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pos += n;
-                self.need_flush = true;
-            }
+            ready!(self.poll_write_left(cx, writer))?;
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.done = true;
-                self.buf = Vec::new();
+                self.left = Vec::new();
                 return Poll::Ready(Ok(()));
+            }
+            let mut rb = ReadBuf::uninit(&mut stack[..self.read_size]);
+            match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Idle until the reader wakes us: hold no buffer meanwhile, and push out what
+                    // was written before waiting.
+                    self.left = Vec::new();
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+            let read = rb.filled();
+            if read.is_empty() {
+                self.read_done = true;
+                continue;
+            }
+            if read.len() == self.read_size {
+                self.read_size = READ_BULK;
+            }
+            let mut off = 0;
+            while off < read.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &read[off..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        off += n;
+                        self.need_flush = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // The writer is full: keep the rest until it wakes us.
+                        self.left.extend_from_slice(&read[off..]);
+                        return Poll::Pending;
+                    }
+                }
             }
         }
     }
@@ -258,6 +302,42 @@ mod tests {
         backend.await.unwrap();
         let carried = relay.await.unwrap();
         assert_eq!((carried.forward, carried.back, carried.end), (4, 12, End::Done));
+    }
+
+    #[tokio::test]
+    async fn bulk_through_a_narrow_writer_arrives_whole_and_in_order() {
+        // Narrow pipes: every write is partial, so the kept remainder is used all the time.
+        let (mut app_side, client) = duplex(1000);
+        let (mut server, mut backend) = duplex(700);
+        let cancel = CancellationToken::new();
+        let relay =
+            tokio::spawn(
+                async move { relay(&mut app_side, &mut server, Duration::from_secs(5), &cancel).await },
+            );
+        let payload: Vec<u8> = (0..3 * READ_BULK + 12_345).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let backend = tokio::spawn(async move {
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            backend.write_all(&got).await.unwrap();
+            backend.shutdown().await.unwrap();
+            got
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let writer = tokio::spawn(async move {
+            wr.write_all(&sent).await.unwrap();
+            wr.shutdown().await.unwrap();
+        });
+        let mut echoed = Vec::new();
+        rd.read_to_end(&mut echoed).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(backend.await.unwrap(), payload);
+        assert_eq!(echoed, payload);
+        let carried = relay.await.unwrap();
+        assert_eq!(
+            (carried.forward, carried.back, carried.end),
+            (payload.len() as u64, payload.len() as u64, End::Done)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,7 +165,8 @@ pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
     if let Some((recorder, handle)) = recorder {
         let stats = handle.stats().clone();
         drop(handle);
-        recorder.shutdown();
+        // What could not be written is reported below; the import is run again, not kept aside.
+        let _ = recorder.close(false);
         let failed = stats.write_errors.load(Ordering::Relaxed);
         let dropped = stats.dropped.load(Ordering::Relaxed);
         let db = args.db.display();
