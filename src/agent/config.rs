@@ -54,6 +54,9 @@ struct RawTls {
     ca_dir: Option<PathBuf>,
     /// Lifetime of leaves issued locally from `ca_dir`, in days.
     days: Option<u32>,
+    /// `https://HOST:PORT` of `cordon ca serve`: enrol and renew `dir`'s leaves there.
+    issuer: Option<String>,
+    join_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +181,8 @@ pub struct Config {
     /// The name this host's ledger rows carry.
     pub host: String,
     pub tls: TlsSource,
+    /// The signing service that issues and renews `tls.dir` (with `TlsSource::Files`).
+    pub issuer: Option<crate::pki::issuer::IssuerSettings>,
     pub proxy: ProxySettings,
     pub services: Vec<ServiceConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -291,6 +296,26 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         }
     };
 
+    let join_token_file = raw.tls.join_token_file.map(|f| path("tls.join_token_file", f, &mut problems));
+    let issuer = match (raw.tls.issuer, &tls) {
+        (Some(url), Some(TlsSource::Files { .. })) => {
+            crate::pki::issuer::IssuerSettings::parse(&url, join_token_file)
+                .map_err(|e| problems.push(format!("tls.issuer: {e}")))
+                .ok()
+        }
+        (Some(_), _) => {
+            problems.push(
+                "tls.issuer: needs `ca` (the bundle) and `dir` (where leaves are kept), not `ca_dir`".into(),
+            );
+            None
+        }
+        (None, _) if join_token_file.is_some() => {
+            problems.push("tls.join_token_file: only used with tls.issuer".into());
+            None
+        }
+        (None, _) => None,
+    };
+
     let mut proxy = ProxySettings::default();
     let p = raw.proxy;
     let positive = |field: &str, v: Option<u64>, problems: &mut Vec<String>| -> Option<u64> {
@@ -394,6 +419,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
             admin,
             host,
             tls,
+            issuer,
             proxy,
             services,
             upstreams,

@@ -6,6 +6,7 @@
 mod ca;
 pub(crate) mod files;
 mod id;
+pub mod issuer;
 mod tickets;
 mod tls;
 mod verify;
