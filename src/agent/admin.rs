@@ -283,7 +283,7 @@ pub(crate) fn register_collectors(
 pub(crate) fn register_renewer(metrics: &mut Metrics, renewer: &Arc<crate::pki::issuer::Renewer>) {
     let renewer = renewer.clone();
     metrics.register_collector(ScrapeCollector::new(
-        "certificate_renewals_total",
+        "certificate_renewals",
         "Renewals with the signing service, by identity and result",
         Kind::Counter,
         move || {

@@ -218,7 +218,9 @@ impl Renewer {
         Ok(())
     }
 
-    async fn renew(&self, id: &ServiceName) -> Result<(), IssuerError> {
+    /// Renews `id` now with its current certificate (the loop in [`Renewer::spawn`] calls this when
+    /// due).
+    pub async fn renew(&self, id: &ServiceName) -> Result<(), IssuerError> {
         let dir = self.dir.join(id.as_str());
         let certified = self.current_key(&dir)?;
         let (key, csr) = csr_for(id)?;
@@ -309,13 +311,41 @@ impl Renewer {
         Ok(Arc::new(config))
     }
 
-    /// One request: connect, TLS, POST, read the answer.
+    /// The service's `/v1/status` document.
+    pub async fn service_status(&self) -> Result<serde_json::Value, IssuerError> {
+        let (status, bytes) = self.request(hyper::Method::GET, "/v1/status", Vec::new(), None).await?;
+        match status.as_u16() {
+            200 => serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string())),
+            s => Err(self.unreachable(format!("HTTP {s}"))),
+        }
+    }
+
+    /// One POST: an [`Issued`], or the service's refusal.
     async fn post(
         &self,
         path: &str,
         body: Vec<u8>,
         cert: Option<Arc<CertifiedKey>>,
     ) -> Result<Issued, IssuerError> {
+        let (status, bytes) = self.request(hyper::Method::POST, path, body, cert).await?;
+        match status.as_u16() {
+            200 => serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string())),
+            403 => {
+                let r: Refusal = serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string()))?;
+                Err(IssuerError::Refused { reason: r.reason, message: r.message })
+            }
+            s => Err(self.unreachable(format!("HTTP {s}: {}", String::from_utf8_lossy(&bytes).trim()))),
+        }
+    }
+
+    /// One request: connect, TLS, send, read the answer.
+    async fn request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Vec<u8>,
+        cert: Option<Arc<CertifiedKey>>,
+    ) -> Result<(hyper::StatusCode, Bytes), IssuerError> {
         let config = self.client_config(cert)?;
         let host = self.settings.addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("");
         let name = ServerName::try_from(host.to_string())
@@ -332,7 +362,9 @@ impl Renewer {
                 .await
                 .map_err(|e| self.unreachable(e))?;
             tokio::spawn(conn);
-            let req = hyper::Request::post(path)
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
                 .header(hyper::header::HOST, self.settings.addr.as_str())
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body)))
@@ -342,17 +374,9 @@ impl Renewer {
             let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
             Ok::<_, IssuerError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| self.unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
-        match status.as_u16() {
-            200 => serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string())),
-            403 => {
-                let r: Refusal = serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string()))?;
-                Err(IssuerError::Refused { reason: r.reason, message: r.message })
-            }
-            s => Err(self.unreachable(format!("HTTP {s}: {}", String::from_utf8_lossy(&bytes).trim()))),
-        }
+            .map_err(|_| self.unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
     }
 
     /// When each identity is due: two thirds into its certificate's life (now when unreadable).
