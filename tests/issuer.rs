@@ -40,7 +40,12 @@ impl Signer {
             ])
             .env_clear()
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("CORDON_TEST_SIGNER_LOG") {
+                Some(f) => {
+                    Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(f).unwrap())
+                }
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("run cordon ca serve");
         let mut line = String::new();
@@ -457,4 +462,83 @@ async fn a_ca_rotation_under_steady_traffic_fails_no_connection() {
     assert_eq!(failed.load(Ordering::SeqCst), 0, "no connection failed during the rotation");
     web.shutdown().await;
     db.shutdown().await;
+}
+
+/// The thundering herd after an outage: N hosts (10,000 unless `CORDON_HERD` says otherwise)
+/// renew at once against a restarted service, at most 512 requests in flight. Prints the rate.
+/// `cargo test -p cordon --test issuer -- --ignored thundering_herd --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it on purpose"]
+async fn thundering_herd_of_renewals_after_an_outage() {
+    let n: usize = std::env::var("CORDON_HERD").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let world = World::new();
+    let signer = Signer::start(&world, "127.0.0.1:0", "24h");
+    let addr = signer.addr;
+    let tokens = cordon::pki::issuer::TokenStore::new(&world.ca());
+    let bundle = world.path("bundle.pem");
+    std::fs::copy(world.ca().join("ca.pem"), &bundle).unwrap();
+    let web = ServiceName::new("web").unwrap();
+    let hosts: Vec<Arc<Renewer>> = (0..n)
+        .map(|i| {
+            let host = format!("host-{i}");
+            let token = tokens.mint(&host, &["web".to_string()], Duration::from_secs(3600)).unwrap();
+            let file = world.path(&format!("tokens/{host}"));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, token).unwrap();
+            Renewer::new(
+                IssuerSettings::parse(&format!("https://{addr}"), Some(file)).unwrap(),
+                TrustDomain::new(TRUST_DOMAIN).unwrap(),
+                bundle.clone(),
+                world.path(&format!("hosts/{host}")),
+                host,
+                vec![web.clone()],
+            )
+        })
+        .collect();
+    let limit = Arc::new(tokio::sync::Semaphore::new(512));
+    let herd = |renew: bool| {
+        let hosts = hosts.clone();
+        let limit = limit.clone();
+        let web = web.clone();
+        async move {
+            let start = std::time::Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for h in hosts {
+                let permit = limit.clone().acquire_owned().await.unwrap();
+                let web = web.clone();
+                tasks.spawn(async move {
+                    let r = if renew {
+                        h.renew(&web).await
+                    } else {
+                        h.enrol_missing(Duration::from_secs(60)).await
+                    };
+                    drop(permit);
+                    r.is_ok()
+                });
+            }
+            let mut ok = 0;
+            while let Some(r) = tasks.join_next().await {
+                ok += usize::from(r.unwrap_or(false));
+            }
+            (ok, start.elapsed())
+        }
+    };
+    let (enrolled, took) =
+        tokio::time::timeout(Duration::from_secs(600), herd(false)).await.expect("enrolment within 10 min");
+    println!(
+        "enrolled {enrolled}/{n} hosts in {took:.1?}: {:.0} signatures/s",
+        enrolled as f64 / took.as_secs_f64()
+    );
+    assert_eq!(enrolled, n);
+
+    // The outage: the service goes away and comes back (replaying its log); everyone renews.
+    drop(signer);
+    let _signer = Signer::start(&world, &addr.to_string(), "24h");
+    let (renewed, took) =
+        tokio::time::timeout(Duration::from_secs(600), herd(true)).await.expect("renewals within 10 min");
+    println!(
+        "renewed {renewed}/{n} leaves in {took:.1?}: {:.0} signatures/s",
+        renewed as f64 / took.as_secs_f64()
+    );
+    assert_eq!(renewed, n);
 }

@@ -551,6 +551,23 @@ identity = "web"
     }
 
     #[test]
+    fn an_issuer_needs_the_bundle_and_dir_and_an_https_address() {
+        let with = |tls: &str| GOOD.replace("dir = \"/etc/cordon/tls\"", tls);
+        let c = parse(&with(
+            "dir = \"/etc/cordon/tls\"\nissuer = \"https://127.0.0.1:8443\"\njoin_token_file = \"/etc/cordon/join\"",
+        ))
+        .unwrap();
+        let issuer = c.issuer.unwrap();
+        assert_eq!(issuer.addr, "127.0.0.1:8443");
+        assert_eq!(issuer.join_token_file.as_deref(), Some(Path::new("/etc/cordon/join")));
+        assert!(parse(GOOD).unwrap().issuer.is_none());
+        let found = problems(&with("dir = \"/etc/cordon/tls\"\nissuer = \"http://127.0.0.1:8443\""));
+        assert!(found.iter().any(|p| p.starts_with("tls.issuer: must start with https://")), "{found:?}");
+        let found = problems(&with("dir = \"/etc/cordon/tls\"\njoin_token_file = \"/etc/cordon/join\""));
+        assert!(found.iter().any(|p| p.starts_with("tls.join_token_file:")), "{found:?}");
+    }
+
+    #[test]
     fn a_config_with_nothing_to_do_is_refused() {
         let text = GOOD.split("[[service]]").next().unwrap();
         assert!(problems(text)[0].contains("nothing to do"));

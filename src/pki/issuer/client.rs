@@ -109,6 +109,9 @@ impl std::fmt::Debug for Renewer {
     }
 }
 
+/// A certificate's not-before and not-after.
+type Validity = (SystemTime, SystemTime);
+
 /// Validity of a certificate file, if it parses.
 fn validity(path: &Path) -> Option<(SystemTime, SystemTime)> {
     let pem = std::fs::read(path).ok()?;
@@ -168,7 +171,7 @@ impl Renewer {
     fn unenrolled(&self, now: SystemTime) -> Vec<ServiceName> {
         self.identities
             .iter()
-            .filter(|id| !validity(&self.cert_path(id)).is_some_and(|(_, na)| na > now))
+            .filter(|id| validity(&self.cert_path(id)).is_none_or(|(_, na)| na <= now))
             .cloned()
             .collect()
     }
@@ -380,7 +383,7 @@ impl Renewer {
     }
 
     /// When each identity is due: two thirds into its certificate's life (now when unreadable).
-    fn due(&self) -> Vec<(ServiceName, SystemTime, Option<(SystemTime, SystemTime)>)> {
+    fn due(&self) -> Vec<(ServiceName, SystemTime, Option<Validity>)> {
         let now = SystemTime::now();
         self.identities
             .iter()
@@ -482,9 +485,8 @@ impl Renewer {
                 }
                 if changed {
                     let tls = tls.clone();
-                    match tokio::task::spawn_blocking(move || tls.reload()).await {
-                        Ok(Err(e)) => error!(error = %e, "certificate reload after renewal refused"),
-                        _ => {}
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || tls.reload()).await {
+                        error!(error = %e, "certificate reload after renewal refused");
                     }
                 }
             }

@@ -105,3 +105,50 @@ impl TokenStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, TokenStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        (dir, store)
+    }
+
+    #[test]
+    fn a_token_is_stored_hashed_and_exchanged_once() {
+        let (dir, store) = store();
+        let token = store.mint("db-1", &["db".into()], Duration::from_secs(60)).unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("tokens")).unwrap().flatten().collect();
+        assert!(files.iter().all(|f| !f.file_name().to_string_lossy().contains(&token[12..])));
+        for f in files.iter().filter(|f| f.path().is_file()) {
+            assert!(
+                !std::fs::read_to_string(f.path()).unwrap().contains(&token[12..]),
+                "the token is in the clear"
+            );
+        }
+        let now = SystemTime::now();
+        assert!(store.redeem(&token, "db-1", &["db"], now).is_ok());
+        assert_eq!(store.redeem(&token, "db-1", &["db"], now).unwrap_err().reason, Refused::TokenUsed);
+        assert_eq!(
+            store.redeem("cordon-join-00", "db-1", &["db"], now).unwrap_err().reason,
+            Refused::TokenUnknown
+        );
+    }
+
+    #[test]
+    fn a_refused_exchange_leaves_the_token_to_its_host() {
+        let (_dir, store) = store();
+        let token = store.mint("db-1", &["db".into()], Duration::from_secs(60)).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            store.redeem(&token, "db-1", &["web"], now).unwrap_err().reason,
+            Refused::IdentityNotAllowed
+        );
+        assert_eq!(store.redeem(&token, "db-2", &["db"], now).unwrap_err().reason, Refused::TokenWrongHost);
+        let later = now + Duration::from_secs(61);
+        assert_eq!(store.redeem(&token, "db-1", &["db"], later).unwrap_err().reason, Refused::TokenExpired);
+        assert!(store.redeem(&token, "db-1", &["db"], now).is_ok());
+    }
+}
