@@ -287,6 +287,23 @@ async fn every_refusal_is_logged_with_its_reason_and_counted() {
     let f = renewer(&world, &signer, "f-host", &["web"], None);
     assert_eq!(refused(f.renew(&web).await), "serial_unknown");
 
+    // A certificate from another CA.
+    let other = world.path("other-ca");
+    cordon_ok(&["ca", "init", "--dir", other.to_str().unwrap(), "--trust-domain", TRUST_DOMAIN]);
+    let g = world.path("hosts/g-host/tls/web");
+    cordon_ok(&[
+        "cert",
+        "issue",
+        "--ca",
+        other.to_str().unwrap(),
+        "--service",
+        "web",
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    let g = renewer(&world, &signer, "g-host", &["web"], None);
+    assert_eq!(refused(g.renew(&web).await), "cert_unknown_ca");
+
     let log = log_lines(&world);
     for reason in [
         "token_used",
@@ -296,6 +313,7 @@ async fn every_refusal_is_logged_with_its_reason_and_counted() {
         "cert_expired",
         "host_mismatch",
         "serial_unknown",
+        "cert_unknown_ca",
     ] {
         assert!(
             log.iter().any(|e| e["event"] == "refused" && e["reason"] == reason && e["message"].is_string()),
@@ -311,6 +329,7 @@ async fn every_refusal_is_logged_with_its_reason_and_counted() {
         "cert_expired",
         "host_mismatch",
         "serial_unknown",
+        "cert_unknown_ca",
     ] {
         assert_eq!(status["refused"][reason], 1, "{reason} counted once: {status}");
     }
@@ -541,4 +560,47 @@ async fn thundering_herd_of_renewals_after_an_outage() {
         renewed as f64 / took.as_secs_f64()
     );
     assert_eq!(renewed, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_waits_for_hosts_that_have_not_caught_up() {
+    let world = World::new();
+    let signer = Signer::start(&world, "127.0.0.1:0", "1h");
+    let t = token(&world, "db-host", &["db"], "1h");
+    let host = renewer(&world, &signer, "db-host", &["db"], Some(t));
+    host.enrol_missing(Duration::from_secs(10)).await.unwrap();
+    let ca = world.ca();
+    let rotate = |force: bool| {
+        let mut args = vec!["ca", "rotate", "--dir", ca.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        cordon(&args)
+    };
+    assert!(rotate(false).status.success(), "prepare");
+    let o = rotate(false);
+    assert_eq!(o.status.code(), Some(1), "db-host has not renewed since: not yet");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("db-host"), "names the host");
+    assert!(std::fs::metadata(ca.join("next/ca-key.pem")).unwrap().permissions().mode() & 0o077 == 0);
+
+    // It renews and receives the new bundle; then activation goes ahead.
+    let db = ServiceName::new("db").unwrap();
+    let bundle = world.path("hosts/db-host/bundle.pem");
+    eventually("db-host gets the new CA with a renewal", Duration::from_secs(20), || async {
+        host.renew(&db).await.unwrap();
+        certs_in(&bundle) == 2
+    })
+    .await;
+    assert!(rotate(false).status.success(), "activate");
+    let o = rotate(false);
+    assert_eq!(o.status.code(), Some(1), "db-host's leaf is from the old CA: not yet");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("db-host/db"), "names the leaf");
+    eventually("db-host's leaf comes from the new CA", Duration::from_secs(20), || async {
+        host.renew(&db).await.unwrap();
+        host.service_status().await.unwrap()["old_ca_leaves"] == 0 && host.status()["old_ca_leaves"] == 0
+    })
+    .await;
+    assert!(rotate(false).status.success(), "retire");
+    assert!(!ca.join("old-ca.pem").exists() && !ca.join("next").exists());
+    assert_eq!(certs_in(&ca.join("bundle.pem")), 1);
 }

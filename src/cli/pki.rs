@@ -43,7 +43,7 @@ pub enum CaCommand {
         #[arg(long, value_name = "HOST")]
         host: String,
         /// An identity the host may hold; repeat for several.
-        #[arg(long = "service", value_name = "NAME", required = true)]
+        #[arg(long = "service", value_name = "NAME", required = true, num_args = 1..)]
         services: Vec<String>,
         /// How long the token stays usable (24h, 30m).
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = super::issuer::parse_ttl)]

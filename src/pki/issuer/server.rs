@@ -52,6 +52,8 @@ const CA_POLL: Duration = Duration::from_millis(500);
 /// Lifetime of the service's own certificate; it is re-issued daily and at every rotation step.
 const SERVICE_CERT_TTL: Duration = Duration::from_secs(7 * 86_400);
 const SERVICE_CERT_REISSUE: Duration = Duration::from_secs(86_400);
+/// How often expired leaves are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How the service runs.
 #[derive(Debug, Clone)]
@@ -507,15 +509,20 @@ impl Service {
         out
     }
 
-    /// Picks up rotation steps (`cordon ca rotate` run beside the service) and re-issues the
-    /// service's own certificate daily.
+    /// Picks up rotation steps (`cordon ca rotate` run beside the service), re-issues the
+    /// service's own certificate daily and forgets expired leaves.
     async fn watch_ca_dir(self: Arc<Self>, stop: CancellationToken) {
         let mut stamp = ca_stamp(&self.options.dir);
         let mut own_at = Instant::now();
+        let mut pruned_at = Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(CA_POLL) => {}
+            }
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                self.leases.lock().unwrap_or_else(|p| p.into_inner()).prune(SystemTime::now());
+                pruned_at = Instant::now();
             }
             let now = ca_stamp(&self.options.dir);
             if now == stamp && own_at.elapsed() < SERVICE_CERT_REISSUE {
