@@ -15,17 +15,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::tls::{IssuerVerifier, Shows};
 use super::{CsrFor, EnrolRequest, Issued, Refusal, RenewRequest, from_unix, issuer_uri};
 use crate::pki::files::{read, write_atomic};
 use crate::pki::{PkiError, ServiceName, TlsStore, TrustDomain, spiffe_id_of};
@@ -540,80 +539,4 @@ fn csr_for(id: &ServiceName) -> Result<(KeyPair, String), PkiError> {
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key).map_err(err)?.pem().map_err(err)?;
     Ok((key, csr))
-}
-
-/// Presents the current certificate to the service.
-#[derive(Debug)]
-struct Shows(Arc<CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for Shows {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-/// The service must chain to the bundle and carry the issuer URI of our trust domain.
-#[derive(Debug)]
-struct IssuerVerifier {
-    roots: Arc<RootCertStore>,
-    uri: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for IssuerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-        let bad = || rustls::Error::General(format!("the server is not the signing service ({})", self.uri));
-        let (_, x509) = X509Certificate::from_der(end_entity.as_ref()).map_err(|_| bad())?;
-        let san = x509.subject_alternative_name().ok().flatten().ok_or_else(bad)?;
-        let ok = san.value.general_names.iter().any(|n| matches!(n, GeneralName::URI(u) if *u == self.uri));
-        if ok { Ok(ServerCertVerified::assertion()) } else { Err(bad()) }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }

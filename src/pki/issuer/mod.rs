@@ -18,6 +18,7 @@ mod cas;
 pub mod client;
 mod leases;
 pub mod server;
+mod tls;
 mod tokens;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

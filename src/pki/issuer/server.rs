@@ -20,12 +20,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, ServerConfig};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -35,6 +33,7 @@ use tracing::{error, info, warn};
 
 use super::cas::{CaSet, Phase};
 use super::leases::{Entry, IssuanceLog, Leases, rfc3339, unix_of};
+use super::tls::{OwnCert, ProvesKey};
 use super::tokens::TokenStore;
 use super::{EnrolRequest, Issued, IssuedLeaf, Refusal, Refused, Refusing, RenewRequest};
 use crate::pki::{PkiError, ServiceName, spiffe_id_of};
@@ -49,8 +48,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 64 * 1024;
 /// How often the CA directory is checked for a rotation step.
 const CA_POLL: Duration = Duration::from_millis(500);
-/// Lifetime of the service's own certificate; it is re-issued daily and at every rotation step.
-const SERVICE_CERT_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// The service's own certificate is re-issued daily and at every rotation step.
 const SERVICE_CERT_REISSUE: Duration = Duration::from_secs(86_400);
 /// How often expired leaves are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -586,71 +584,4 @@ pub(crate) fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
     Some(super::serial_hex(x509.raw_serial()))
-}
-
-/// The service's own certificate, swapped at rotation.
-#[derive(Debug, Default)]
-struct OwnCert(RwLock<Option<Arc<CertifiedKey>>>);
-
-impl OwnCert {
-    fn set(&self, set: &CaSet, provider: &Arc<CryptoProvider>) -> Result<(), PkiError> {
-        let (chain, key) = set.service_cert(SERVICE_CERT_TTL)?;
-        let signing = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| PkiError::Config(format!("issuer key: {e}")))?;
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(CertifiedKey::new(chain, signing)));
-        Ok(())
-    }
-}
-
-impl ResolvesServerCert for OwnCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Accepts any client certificate whose key signed the handshake, or none; the request handler
-/// checks the rest and says why it refuses.
-#[derive(Debug)]
-struct ProvesKey(Arc<CryptoProvider>);
-
-impl ClientCertVerifier for ProvesKey {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
