@@ -210,6 +210,9 @@ async fn hosts_enrol_with_a_token_and_renew_over_mtls() {
     assert!(issued.iter().any(|e| e["kind"] == "renew" && e["host"] == "web-host" && e["identity"] == "web"));
     assert!(issued.iter().all(|e| e["serial"].is_string() && e["not_after"].is_string()), "{issued:?}");
     assert!(db.metrics_text().contains("cordon_certificate_renewals_total"));
+    let admin = db.bound().admin.unwrap().to_string();
+    let shown = cordon_ok(&["status", "--admin", &admin]);
+    assert!(shown.contains(&format!("signing service {}", signer.addr)), "{shown}");
     web.shutdown().await;
     db.shutdown().await;
 }
