@@ -166,6 +166,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
             "last_reload": rfc3339_unix(ds.last_ok.load(Ordering::Relaxed)),
         },
         "lockdown": *parts.lockdown.lock().unwrap_or_else(|p| p.into_inner()),
+        "issuer": parts.renewer.as_ref().map(|r| r.status()),
         "ledger": {
             "path": parts.config.ledger_path().display().to_string(),
             "events_received": rs.received.load(Ordering::Relaxed),
@@ -281,6 +282,28 @@ pub(crate) fn register_collectors(
                         Err(e) => -e.duration().as_secs_f64(),
                     };
                     (vec![("identity", id.to_string())], left)
+                })
+                .collect()
+        },
+    ));
+}
+
+/// Renewals with the signing service (`tls.issuer`), by identity and result.
+pub(crate) fn register_renewer(metrics: &mut Metrics, renewer: &Arc<crate::pki::issuer::Renewer>) {
+    let renewer = renewer.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "certificate_renewals",
+        "Renewals with the signing service, by identity and result",
+        Kind::Counter,
+        move || {
+            renewer
+                .counts()
+                .into_iter()
+                .flat_map(|(id, ok, failed)| {
+                    [
+                        (vec![("identity", id.to_string()), ("result", "ok".into())], ok as f64),
+                        (vec![("identity", id.to_string()), ("result", "failed".into())], failed as f64),
+                    ]
                 })
                 .collect()
         },

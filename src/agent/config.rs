@@ -56,6 +56,9 @@ struct RawTls {
     ca_dir: Option<PathBuf>,
     /// Lifetime of leaves issued locally from `ca_dir`, in days.
     days: Option<u32>,
+    /// `https://HOST:PORT` of `cordon ca serve`: enrol and renew `dir`'s leaves there.
+    issuer: Option<String>,
+    join_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +185,8 @@ pub struct Config {
     /// The name this host's ledger rows carry.
     pub host: String,
     pub tls: TlsSource,
+    /// The signing service that issues and renews `tls.dir` (with `TlsSource::Files`).
+    pub issuer: Option<crate::pki::issuer::IssuerSettings>,
     pub proxy: ProxySettings,
     pub services: Vec<ServiceConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -301,6 +306,26 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         }
     };
 
+    let join_token_file = raw.tls.join_token_file.map(|f| path("tls.join_token_file", f, &mut problems));
+    let issuer = match (raw.tls.issuer, &tls) {
+        (Some(url), Some(TlsSource::Files { .. })) => {
+            crate::pki::issuer::IssuerSettings::parse(&url, join_token_file)
+                .map_err(|e| problems.push(format!("tls.issuer: {e}")))
+                .ok()
+        }
+        (Some(_), _) => {
+            problems.push(
+                "tls.issuer: needs `ca` (the bundle) and `dir` (where leaves are kept), not `ca_dir`".into(),
+            );
+            None
+        }
+        (None, _) if join_token_file.is_some() => {
+            problems.push("tls.join_token_file: only used with tls.issuer".into());
+            None
+        }
+        (None, _) => None,
+    };
+
     let mut proxy = ProxySettings::default();
     let p = raw.proxy;
     let positive = |field: &str, v: Option<u64>, problems: &mut Vec<String>| -> Option<u64> {
@@ -414,6 +439,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
             admin,
             host,
             tls,
+            issuer,
             proxy,
             services,
             upstreams,
@@ -588,6 +614,23 @@ identity = "web"
         );
         let allowed = open_admin.replace("host ", "admin_allow_remote = true\nhost ");
         assert_eq!(parse(&allowed).unwrap().admin, Some("0.0.0.0:9901".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_issuer_needs_the_bundle_and_dir_and_an_https_address() {
+        let with = |tls: &str| GOOD.replace("dir = \"/etc/cordon/tls\"", tls);
+        let c = parse(&with(
+            "dir = \"/etc/cordon/tls\"\nissuer = \"https://127.0.0.1:8443\"\njoin_token_file = \"/etc/cordon/join\"",
+        ))
+        .unwrap();
+        let issuer = c.issuer.unwrap();
+        assert_eq!(issuer.addr, "127.0.0.1:8443");
+        assert_eq!(issuer.join_token_file.as_deref(), Some(Path::new("/etc/cordon/join")));
+        assert!(parse(GOOD).unwrap().issuer.is_none());
+        let found = problems(&with("dir = \"/etc/cordon/tls\"\nissuer = \"http://127.0.0.1:8443\""));
+        assert!(found.iter().any(|p| p.starts_with("tls.issuer: must start with https://")), "{found:?}");
+        let found = problems(&with("dir = \"/etc/cordon/tls\"\njoin_token_file = \"/etc/cordon/join\""));
+        assert!(found.iter().any(|p| p.starts_with("tls.join_token_file:")), "{found:?}");
     }
 
     #[test]

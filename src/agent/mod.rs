@@ -20,12 +20,16 @@ use tracing::{error, info, warn};
 use self::config::Config;
 use crate::ledger::{Recorder, RecorderHandle};
 use crate::metrics::{Direction, Metrics};
+use crate::pki::issuer::Renewer;
 use crate::pki::{ServiceName, TlsStore};
 use crate::policy::{DecisionLog, PolicyWatcher};
 use crate::proxy::{Balancer, HopPool, Inbound, Lifecycle, Outbound};
 
 /// How long discovery waits for a burst of file changes to settle.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long a first enrolment keeps retrying an unreachable signing service before the start
+/// fails (a service manager restarts the agent).
+const ENROL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,9 @@ pub enum AgentError {
     /// A directory the agent writes could not be created.
     #[error("{path}: {source}")]
     StateDir { path: String, source: std::io::Error },
+    /// First enrolment with the signing service failed.
+    #[error("enrolment: {0}")]
+    Enrol(#[from] crate::pki::issuer::client::IssuerError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind { what: String, addr: SocketAddr, source: std::io::Error },
@@ -95,6 +102,8 @@ pub(crate) struct Parts {
     pub metrics: Arc<Metrics>,
     /// Direct-to-app counters of locked-down services, refreshed in the background.
     pub lockdown: Arc<std::sync::Mutex<Vec<crate::lockdown::ServiceCounter>>>,
+    /// Enrols and renews the certificates with the signing service (`tls.issuer`).
+    pub renewer: Option<Arc<Renewer>>,
 }
 
 /// A running agent.
@@ -110,6 +119,29 @@ impl Agent {
     /// Loads everything, binds every listener and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Agent, AgentError> {
         check_open_files(&config);
+        let renewer = match (&config.issuer, &config.tls) {
+            (Some(settings), self::config::TlsSource::Files { ca, dir }) => {
+                let renewer = Renewer::new(
+                    settings.clone(),
+                    config.trust_domain.clone(),
+                    ca.clone(),
+                    dir.clone(),
+                    config.host.clone(),
+                    config.identities(),
+                );
+                renewer.enrol_missing(ENROL_DEADLINE).await?;
+                Some(renewer)
+            }
+            _ => None,
+        };
+        if let self::config::TlsSource::LocalCa { ca_dir, .. } = &config.tls {
+            warn!(
+                ca_dir = %ca_dir.display(),
+                "tls.ca_dir: THIS HOST HOLDS THE CA KEY and can mint any identity; one compromised host \
+                 breaks the segmentation of the whole fleet. Use it for the demo and single-host trials \
+                 only; fleets use tls.issuer (cordon ca serve)"
+            );
+        }
         let tls = TlsStore::load(&config.tls, &config.trust_domain, &config.identities())?;
         let (discovery, discovery_rx) = DiscoveryWatcher::start(&config.discovery_dir, DISCOVERY_DEBOUNCE)?;
         let (policy, policy_rx) = PolicyWatcher::start(&config.policy)?;
@@ -153,6 +185,9 @@ impl Agent {
             &recorder_handle,
             &lockdown_counters,
         );
+        if let Some(r) = &renewer {
+            admin::register_renewer(&mut metrics, r);
+        }
         let metrics = Arc::new(metrics);
         let life = Lifecycle::new();
 
@@ -202,6 +237,9 @@ impl Agent {
         // Stops the background tasks (certificate refresh, admin endpoint) at shutdown.
         let admin_stop = tokio_util::sync::CancellationToken::new();
         tls.spawn_refresh(admin_stop.clone());
+        if let Some(r) = &renewer {
+            r.spawn(tls.clone(), admin_stop.clone());
+        }
         let locked: Vec<_> = config.services.iter().filter(|s| s.lockdown).cloned().collect();
         if !locked.is_empty() {
             tokio::spawn(keep_lockdown(
@@ -225,6 +263,7 @@ impl Agent {
             recorder: recorder_handle,
             metrics,
             lockdown: lockdown_counters,
+            renewer,
         });
         if let Some(listener) = admin {
             info!(listen = ?parts.bound.admin, "admin endpoint listening (/metrics, /status)");

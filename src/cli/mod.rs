@@ -12,6 +12,7 @@ mod agent;
 mod demo;
 mod discovery;
 mod import;
+mod issuer;
 mod lockdown;
 mod pki;
 mod policy;

@@ -1,4 +1,4 @@
-//! `cordon ca init` and `cordon cert issue`: the built-in CA.
+//! `cordon ca ...` and `cordon cert issue`: the built-in CA and its signing service.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +18,48 @@ pub enum CaCommand {
         /// The SPIFFE trust domain, e.g. example.internal.
         #[arg(long, value_name = "TD")]
         trust_domain: String,
+    },
+    /// Run the signing service: hosts enrol with a join token and renew over mTLS.
+    Serve {
+        /// The CA directory; its key never leaves this machine.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to listen, e.g. 0.0.0.0:8443 (port 0: any; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// The issuance log, one JSON line per leaf signed or request refused [default: DIR/issuance.jsonl].
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Lifetime of the leaves it signs (24h, 90m, 30s).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = super::issuer::parse_ttl)]
+        leaf_ttl: std::time::Duration,
+    },
+    /// Mint a one-time join token for a host and its identities (the last line of stdout).
+    Token {
+        /// The CA directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The host that will use it (the agent's `host`).
+        #[arg(long, value_name = "HOST")]
+        host: String,
+        /// An identity the host may hold; repeat for several.
+        #[arg(long = "service", value_name = "NAME", required = true, num_args = 1..)]
+        services: Vec<String>,
+        /// How long the token stays usable (24h, 30m).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = super::issuer::parse_ttl)]
+        ttl: std::time::Duration,
+    },
+    /// Move a CA rotation one step: prepare a new CA, activate it, retire the old one.
+    Rotate {
+        /// The CA directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The signing service's issuance log [default: DIR/issuance.jsonl].
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Step on even though hosts have not caught up with the previous step.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -52,6 +94,9 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<Outcome> {
             )?;
             Ok(Outcome::Success)
         }
+        CaCommand::Serve { dir, listen, log, leaf_ttl } => super::issuer::serve(dir, listen, log, leaf_ttl),
+        CaCommand::Token { dir, host, services, ttl } => super::issuer::token(dir, host, services, ttl),
+        CaCommand::Rotate { dir, log, force } => super::issuer::rotate(dir, log, force),
     }
 }
 

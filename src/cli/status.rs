@@ -92,6 +92,19 @@ pub fn render(status: &Value) -> String {
             human_seconds(left)
         );
     }
+    if let Some(issuer) = status["issuer"].as_object() {
+        o += &format!("  signing service {}\n", s(&issuer["service"]));
+        for i in issuer["identities"].as_array().cloned().unwrap_or_default() {
+            let from_old = if i["from_old_ca"] == Value::Bool(true) { ", leaf from the old CA" } else { "" };
+            o += &format!(
+                "  {:<20} renewed {}, failed {}{from_old}{}\n",
+                s(&i["identity"]),
+                i["renewed"],
+                i["failed"],
+                i["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default()
+            );
+        }
+    }
     o += "\nserved services (inbound)\n";
     for svc in arr("services") {
         let lockdown = if svc["lockdown"].as_bool() == Some(true) { "lockdown on" } else { "lockdown off" };

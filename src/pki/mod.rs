@@ -5,6 +5,7 @@
 
 mod ca;
 pub(crate) mod files;
+pub mod issuer;
 mod tickets;
 mod tls;
 mod verify;

@@ -1,0 +1,233 @@
+//! The signing service (`cordon ca serve`) and the agent's side of it: hosts enrol with a one-time
+//! join token and renew short-lived leaves over mTLS, so the CA key stays on one machine.
+//!
+//! Owns the wire protocol (a small JSON API over HTTPS), the token store, the issuance log, the
+//! CA rotation state in the CA directory and the agent's renewal loop. Must not log key material
+//! or tokens, and never sees a host's private key: hosts send CSRs.
+//!
+//! | request | authenticated by | body |
+//! |---|---|---|
+//! | `POST /v1/enrol` | the join token | [`EnrolRequest`] |
+//! | `POST /v1/renew` | the host's current certificate (mTLS) | [`RenewRequest`] |
+//! | `GET /v1/status` | nothing (counts only) | |
+//! | `GET /metrics` | nothing (counts only) | |
+//!
+//! A success is an [`Issued`], a refusal a 403 with a [`Refusal`].
+
+mod cas;
+pub mod client;
+mod leases;
+pub mod server;
+mod tls;
+mod tokens;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use cas::{CaSet, Phase, RotateStep, rotate};
+pub use client::{IssuerSettings, Renewer};
+pub use leases::{IssuanceLog, Leases};
+pub use server::{ServeOptions, Service};
+pub use tokens::TokenStore;
+
+/// Default lifetime of a leaf from the signing service.
+pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default lifetime of a join token.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The URI SAN of the signing service's own certificate. Not a service identity
+/// (`spiffe://TD/service/NAME`), so no agent accepts it as a peer.
+pub fn issuer_uri(trust_domain: &super::TrustDomain) -> String {
+    format!("spiffe://{trust_domain}/cordon/issuer")
+}
+
+/// First enrolment: one CSR per identity, authorised by a join token.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    pub host: String,
+    pub token: String,
+    pub csrs: Vec<CsrFor>,
+}
+
+/// A CSR (PEM) for one identity.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrFor {
+    pub identity: String,
+    pub csr: String,
+}
+
+/// Renewal of the identity the client certificate names.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub host: String,
+    pub csr: String,
+}
+
+/// What the service signed, and the trust bundle hosts should use from now on.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Issued {
+    pub leaves: Vec<IssuedLeaf>,
+    /// Every CA certificate hosts must trust (PEM): the current one, and during a rotation the
+    /// other.
+    pub bundle: String,
+    /// Fingerprint of the CA that signs now.
+    pub signing_ca: String,
+}
+
+/// One signed leaf.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IssuedLeaf {
+    pub identity: String,
+    /// The certificate (PEM).
+    pub cert: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: u64,
+}
+
+/// Why a request was refused (HTTP 403), as the wire carries it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Refusal {
+    pub reason: String,
+    pub message: String,
+}
+
+/// Why the service refused to sign. The label goes into the issuance log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The body is not a request of this protocol.
+    BadRequest,
+    /// No such token was ever minted.
+    TokenUnknown,
+    /// The token was already exchanged.
+    TokenUsed,
+    /// The token's lifetime is over.
+    TokenExpired,
+    /// The token was minted for another host.
+    TokenWrongHost,
+    /// The token (or, on renewal, the certificate) does not cover an identity asked for.
+    IdentityNotAllowed,
+    /// A renewal without a client certificate.
+    NoCertificate,
+    /// A renewal with an expired certificate: the host needs a new token.
+    CertExpired,
+    /// A renewal with a certificate that is not valid yet (check clocks).
+    CertNotYetValid,
+    /// A renewal with a certificate from no CA in the bundle.
+    CertUnknownCa,
+    /// A renewal with a certificate that names no identity of this trust domain.
+    CertInvalid,
+    /// A renewal with a certificate this service never issued (e.g. `cordon cert issue`).
+    SerialUnknown,
+    /// A renewal from another host than the certificate was issued to.
+    HostMismatch,
+    /// The CSR does not parse or its signature is wrong.
+    BadCsr,
+}
+
+impl Refused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::BadRequest => "bad_request",
+            Refused::TokenUnknown => "token_unknown",
+            Refused::TokenUsed => "token_used",
+            Refused::TokenExpired => "token_expired",
+            Refused::TokenWrongHost => "token_wrong_host",
+            Refused::IdentityNotAllowed => "identity_not_allowed",
+            Refused::NoCertificate => "no_certificate",
+            Refused::CertExpired => "cert_expired",
+            Refused::CertNotYetValid => "cert_not_yet_valid",
+            Refused::CertUnknownCa => "cert_unknown_ca",
+            Refused::CertInvalid => "cert_invalid",
+            Refused::SerialUnknown => "serial_unknown",
+            Refused::HostMismatch => "host_mismatch",
+            Refused::BadCsr => "bad_csr",
+        }
+    }
+
+    /// Every reason, for metrics that show zeros.
+    pub const ALL: [Refused; 14] = [
+        Refused::BadRequest,
+        Refused::TokenUnknown,
+        Refused::TokenUsed,
+        Refused::TokenExpired,
+        Refused::TokenWrongHost,
+        Refused::IdentityNotAllowed,
+        Refused::NoCertificate,
+        Refused::CertExpired,
+        Refused::CertNotYetValid,
+        Refused::CertUnknownCa,
+        Refused::CertInvalid,
+        Refused::SerialUnknown,
+        Refused::HostMismatch,
+        Refused::BadCsr,
+    ];
+}
+
+/// A refusal with what the requester may be told.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", reason.as_str())]
+pub struct Refusing {
+    pub reason: Refused,
+    pub message: String,
+}
+
+impl Refusing {
+    pub fn new(reason: Refused, message: impl Into<String>) -> Self {
+        Refusing { reason, message: message.into() }
+    }
+}
+
+/// Unix seconds.
+pub(crate) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub(crate) fn from_unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// Random bytes from the crypto provider.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], super::PkiError> {
+    let mut bytes = [0u8; N];
+    rustls::crypto::ring::default_provider().secure_random.fill(&mut bytes).map_err(|_| {
+        super::PkiError::Generate { what: "random bytes", message: "no system random".into() }
+    })?;
+    Ok(bytes)
+}
+
+/// A serial number as hex, without leading zero bytes (DER may add or drop one).
+pub(crate) fn serial_hex(bytes: &[u8]) -> String {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    hex(&bytes[start..])
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256, hex.
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
+}
+
+/// A duration such as `24h`, `30m`, `90s` or `7d`.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {s:?}: expected a number followed by d, h, m or s (24h, 90s)");
+    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).filter(|d| !d.is_zero()).ok_or_else(bad)
+}

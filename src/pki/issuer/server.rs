@@ -1,0 +1,587 @@
+//! `cordon ca serve`: the signing service. HTTPS (TLS 1.3) with an optional client certificate:
+//! enrolment comes without one and shows a token, renewal shows the host's current certificate.
+//!
+//! The TLS layer only checks that a client holds the key of the certificate it shows; the chain,
+//! the validity and the identity are checked per request, so that a renewal with an expired
+//! certificate gets a reason (logged and counted) rather than a failed handshake. Signing, token
+//! files and the log run on the blocking pool; connections are capped and every phase has a
+//! deadline.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, ServerConfig};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::cas::{CaSet, Phase};
+use super::leases::{Entry, IssuanceLog, Leases, rfc3339, unix_of};
+use super::tls::{OwnCert, ProvesKey};
+use super::tokens::TokenStore;
+use super::{EnrolRequest, Issued, IssuedLeaf, Refusal, Refused, Refusing, RenewRequest};
+use crate::pki::{PkiError, ServiceName, spiffe_id_of};
+
+/// Connections served at once; past it, accepts wait (a thundering herd queues in the backlog).
+const MAX_CONNECTIONS: usize = 1024;
+/// A client must finish its TLS handshake within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// And send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body: a few CSRs.
+const MAX_BODY: usize = 64 * 1024;
+/// How often the CA directory is checked for a rotation step.
+const CA_POLL: Duration = Duration::from_millis(500);
+/// The service's own certificate is re-issued daily and at every rotation step.
+const SERVICE_CERT_REISSUE: Duration = Duration::from_secs(86_400);
+/// How often expired leaves are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The CA directory.
+    pub dir: PathBuf,
+    /// The issuance log (JSON lines).
+    pub log: PathBuf,
+    /// Lifetime of the leaves it signs.
+    pub leaf_ttl: Duration,
+}
+
+/// The CAs in force and what is derived from them.
+struct Cas {
+    set: CaSet,
+    /// Checks renewal certificates against the bundle.
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// The running service's state.
+pub struct Service {
+    options: ServeOptions,
+    provider: Arc<CryptoProvider>,
+    cas: RwLock<Arc<Cas>>,
+    leases: Mutex<Leases>,
+    log: IssuanceLog,
+    tokens: TokenStore,
+    /// The certificate this service presents, swapped at rotation.
+    own: Arc<OwnCert>,
+    issued_enrol: AtomicU64,
+    issued_renew: AtomicU64,
+    refused: Mutex<BTreeMap<Refused, u64>>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+fn load_cas(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Cas, PkiError> {
+    let set = CaSet::load(dir)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(set.roots()?), provider.clone())
+        .build()
+        .map_err(|e| PkiError::Config(e.to_string()))?;
+    Ok(Cas { set, verifier })
+}
+
+impl Service {
+    /// Loads the CA directory and replays the issuance log.
+    pub fn open(options: ServeOptions) -> Result<Arc<Service>, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cas = load_cas(&options.dir, &provider)?;
+        let (leases, bad) = Leases::replay(&options.log)?;
+        if bad > 0 {
+            warn!(file = %options.log.display(), lines = bad, "skipped unreadable lines of the issuance log");
+        }
+        let own = Arc::new(OwnCert::default());
+        own.set(&cas.set, &provider)?;
+        Ok(Arc::new(Service {
+            log: IssuanceLog::open(&options.log)?,
+            tokens: TokenStore::new(&options.dir),
+            options,
+            provider,
+            cas: RwLock::new(Arc::new(cas)),
+            leases: Mutex::new(leases),
+            own,
+            issued_enrol: AtomicU64::new(0),
+            issued_renew: AtomicU64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    fn cas(&self) -> Arc<Cas> {
+        self.cas.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn tls_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
+        let config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| PkiError::Config(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(ProvesKey(self.provider.clone())))
+            .with_cert_resolver(self.own.clone());
+        Ok(Arc::new(config))
+    }
+
+    /// Serves on `listener` until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), PkiError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls_config()?);
+        tokio::spawn(self.clone().watch_ca_dir(stop.clone()));
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let Ok(permit) = limit.clone().acquire_owned().await else { return Ok(()) };
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let service = self.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        warn!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let certs: Arc<Vec<CertificateDer<'static>>> = Arc::new(
+                    tls.get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                        .unwrap_or_default(),
+                );
+                let handler = hyper::service::service_fn(move |req| {
+                    let service = service.clone();
+                    let certs = certs.clone();
+                    async move { Ok::<_, Infallible>(service.route(req, peer, certs).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(tls), handler)
+                    .await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        certs: Arc<Vec<CertificateDer<'static>>>,
+    ) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/v1/status") => reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&self.status()).unwrap_or_default(),
+            ),
+            (&Method::GET, "/metrics") => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics_text())
+            }
+            (&Method::POST, path @ ("/v1/enrol" | "/v1/renew")) => {
+                let renew = path == "/v1/renew";
+                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return reply(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "text/plain",
+                            "request too large\n".into(),
+                        );
+                    }
+                };
+                let service = self.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    if renew { service.renew(&body, peer, &certs) } else { service.enrol(&body, peer) }
+                })
+                .await;
+                match result {
+                    Ok(Ok(issued)) => reply(
+                        StatusCode::OK,
+                        "application/json",
+                        serde_json::to_string(&issued).unwrap_or_default(),
+                    ),
+                    Ok(Err(Failure::Refused(r))) => reply(
+                        StatusCode::FORBIDDEN,
+                        "application/json",
+                        serde_json::to_string(&Refusal {
+                            reason: r.reason.as_str().into(),
+                            message: r.message,
+                        })
+                        .unwrap_or_default(),
+                    ),
+                    Ok(Err(Failure::Internal(e))) => {
+                        error!(%peer, error = %e, "signing failed");
+                        reply(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "text/plain",
+                            "internal error; see the service's log\n".into(),
+                        )
+                    }
+                    Err(_) => {
+                        reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "internal error\n".into())
+                    }
+                }
+            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "POST /v1/enrol, POST /v1/renew, GET /v1/status, GET /metrics\n".into(),
+            ),
+        }
+    }
+
+    fn refuse(
+        &self,
+        kind: &str,
+        host: &str,
+        identity: Option<&str>,
+        peer: SocketAddr,
+        r: Refusing,
+    ) -> Failure {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()).entry(r.reason).or_default() += 1;
+        warn!(%peer, host, identity, reason = r.reason.as_str(), "{kind} refused: {}", r.message);
+        self.log.append(&Entry {
+            time: rfc3339(SystemTime::now()),
+            event: "refused".into(),
+            kind: kind.into(),
+            host: host.into(),
+            identity: identity.map(str::to_string),
+            serial: None,
+            not_after: None,
+            not_after_unix: None,
+            ca: None,
+            bundle: Vec::new(),
+            reason: Some(r.reason.as_str().into()),
+            message: Some(r.message.clone()),
+            peer: peer.to_string(),
+        });
+        Failure::Refused(r)
+    }
+
+    fn enrol(&self, body: &[u8], peer: SocketAddr) -> Result<Issued, Failure> {
+        let req: EnrolRequest = serde_json::from_slice(body).map_err(|e| {
+            self.refuse("enrol", "", None, peer, Refusing::new(Refused::BadRequest, e.to_string()))
+        })?;
+        let host = req.host.as_str();
+        let bad = |r: Refusing| self.refuse("enrol", host, None, peer, r);
+        if host.trim().is_empty() || req.csrs.is_empty() {
+            return Err(bad(Refusing::new(
+                Refused::BadRequest,
+                "a host name and at least one CSR are needed",
+            )));
+        }
+        let mut wanted = Vec::new();
+        for c in &req.csrs {
+            let name = ServiceName::new(&c.identity).map_err(|e| {
+                bad(Refusing::new(Refused::BadRequest, format!("identity {:?}: {e}", c.identity)))
+            })?;
+            let csr = rcgen::CertificateSigningRequestParams::from_pem(&c.csr)
+                .map_err(|e| bad(Refusing::new(Refused::BadCsr, format!("CSR for {name}: {e}"))))?;
+            wanted.push((name, csr));
+        }
+        let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+        self.tokens.redeem(&req.token, host, &names, SystemTime::now()).map_err(|r| {
+            let identities = names.join(",");
+            self.refuse("enrol", host, Some(&identities), peer, r)
+        })?;
+        self.issue("enrol", host, &wanted, peer)
+    }
+
+    fn renew(
+        &self,
+        body: &[u8],
+        peer: SocketAddr,
+        certs: &[CertificateDer<'static>],
+    ) -> Result<Issued, Failure> {
+        let req: RenewRequest = serde_json::from_slice(body).map_err(|e| {
+            self.refuse("renew", "", None, peer, Refusing::new(Refused::BadRequest, e.to_string()))
+        })?;
+        let host = req.host.as_str();
+        let Some((leaf, chain)) = certs.split_first() else {
+            return Err(self.refuse(
+                "renew",
+                host,
+                None,
+                peer,
+                Refusing::new(Refused::NoCertificate, "renewal needs the current certificate (mTLS)"),
+            ));
+        };
+        let cas = self.cas();
+        let now = SystemTime::now();
+        let id = spiffe_id_of(leaf, Some(&cas.set.trust_domain));
+        let identity = id.as_ref().ok().map(|i| i.service().as_str().to_string());
+        let bad = |r: Refusing| self.refuse("renew", host, identity.as_deref(), peer, r);
+        if let Err(e) = cas.verifier.verify_client_cert(leaf, chain, UnixTime::now()) {
+            let reason = match &e {
+                rustls::Error::InvalidCertificate(
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
+                ) => Refused::CertExpired,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+                ) => Refused::CertNotYetValid,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer | CertificateError::BadSignature,
+                ) => Refused::CertUnknownCa,
+                _ => Refused::CertInvalid,
+            };
+            let message = match reason {
+                Refused::CertExpired => {
+                    "the certificate has expired; the host needs a new join token".to_string()
+                }
+                _ => format!("certificate refused: {e}"),
+            };
+            return Err(bad(Refusing::new(reason, message)));
+        }
+        let id = id.map_err(|e| bad(Refusing::new(Refused::CertInvalid, e.to_string())))?;
+        let serial =
+            serial_of(leaf).ok_or_else(|| bad(Refusing::new(Refused::CertInvalid, "unparsable serial")))?;
+        let holder = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holder(&serial, now)
+            .map(|(h, i)| (h.to_string(), i.to_string()));
+        match holder {
+            None => {
+                return Err(bad(Refusing::new(
+                    Refused::SerialUnknown,
+                    format!("serial {serial} was not issued by this service; enrol with a join token"),
+                )));
+            }
+            Some((h, _)) if h != host => {
+                return Err(bad(Refusing::new(
+                    Refused::HostMismatch,
+                    format!("serial {serial} was issued to host {h}, not {host}"),
+                )));
+            }
+            Some((_, i)) if i != id.service().as_str() => {
+                return Err(bad(Refusing::new(
+                    Refused::IdentityNotAllowed,
+                    format!("serial {serial} was issued for {i}"),
+                )));
+            }
+            Some(_) => {}
+        }
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&req.csr)
+            .map_err(|e| bad(Refusing::new(Refused::BadCsr, e.to_string())))?;
+        self.issue("renew", host, &[(id.service().clone(), csr)], peer)
+    }
+
+    fn issue(
+        &self,
+        kind: &str,
+        host: &str,
+        wanted: &[(ServiceName, rcgen::CertificateSigningRequestParams)],
+        peer: SocketAddr,
+    ) -> Result<Issued, Failure> {
+        let cas = self.cas();
+        let bundle_fps = cas.set.bundle_fingerprints();
+        let mut leaves = Vec::new();
+        for (name, csr) in wanted {
+            let (cert, serial, not_after) =
+                cas.set.sign(name, csr, self.options.leaf_ttl).map_err(Failure::Internal)?;
+            let issued = SystemTime::now();
+            self.leases.lock().unwrap_or_else(|p| p.into_inner()).record(
+                host.to_string(),
+                name.to_string(),
+                serial.clone(),
+                not_after,
+                cas.set.current.fingerprint.clone(),
+                bundle_fps.clone(),
+                issued,
+            );
+            self.log.append(&Entry {
+                time: rfc3339(issued),
+                event: "issued".into(),
+                kind: kind.into(),
+                host: host.into(),
+                identity: Some(name.to_string()),
+                serial: Some(serial.clone()),
+                not_after: Some(rfc3339(not_after)),
+                not_after_unix: Some(unix_of(not_after)),
+                ca: Some(cas.set.current.fingerprint.clone()),
+                bundle: bundle_fps.clone(),
+                reason: None,
+                message: None,
+                peer: peer.to_string(),
+            });
+            info!(%peer, host, identity = %name, serial, kind, "issued");
+            leaves.push(IssuedLeaf {
+                identity: name.to_string(),
+                cert,
+                serial,
+                not_after: unix_of(not_after),
+            });
+        }
+        let counter = if kind == "enrol" { &self.issued_enrol } else { &self.issued_renew };
+        counter.fetch_add(leaves.len() as u64, Ordering::Relaxed);
+        Ok(Issued { leaves, bundle: cas.set.bundle(), signing_ca: cas.set.current.fingerprint.clone() })
+    }
+
+    /// The CA that hosts should end up with: the prepared one during a rotation, else the current.
+    fn newest(set: &CaSet) -> &str {
+        set.next.as_ref().map(|n| n.fingerprint.as_str()).unwrap_or(set.current.fingerprint.as_str())
+    }
+
+    /// The `/v1/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        let cas = self.cas();
+        let now = SystemTime::now();
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = Self::newest(&cas.set);
+        let refused: BTreeMap<&str, u64> = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(r, n)| (r.as_str(), *n))
+            .collect();
+        json!({
+            "trust_domain": cas.set.trust_domain.to_string(),
+            "phase": cas.set.phase().as_str(),
+            "signing_ca": cas.set.current.fingerprint,
+            "newest_ca": newest,
+            "bundle": cas.set.bundle_fingerprints(),
+            "hosts": leases.hosts(now),
+            "leaves_by_ca": leases.leaves_by_ca(now),
+            "old_ca_leaves": leases.leaves_not_from(newest, now).len(),
+            "hosts_without_newest_ca": leases.hosts_without(newest, now).len(),
+            "issued": {"enrol": self.issued_enrol.load(Ordering::Relaxed), "renew": self.issued_renew.load(Ordering::Relaxed)},
+            "refused": refused,
+        })
+    }
+
+    fn metrics_text(&self) -> String {
+        let status = self.status();
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = String::new();
+        out += "# HELP cordon_issuer_issued_total Leaves signed\n# TYPE cordon_issuer_issued_total counter\n";
+        for kind in ["enrol", "renew"] {
+            out += &format!("cordon_issuer_issued_total{{kind=\"{kind}\"}} {}\n", status["issued"][kind]);
+        }
+        out += "# HELP cordon_issuer_refused_total Requests refused, by reason\n# TYPE cordon_issuer_refused_total counter\n";
+        for r in Refused::ALL {
+            out += &format!(
+                "cordon_issuer_refused_total{{reason=\"{}\"}} {}\n",
+                r.as_str(),
+                refused.get(&r).copied().unwrap_or(0)
+            );
+        }
+        out += "# HELP cordon_issuer_old_ca_leaves Unexpired leaves not from the newest CA\n# TYPE cordon_issuer_old_ca_leaves gauge\n";
+        out += &format!("cordon_issuer_old_ca_leaves {}\n", status["old_ca_leaves"]);
+        out += "# HELP cordon_issuer_hosts_without_newest_ca Hosts whose last bundle lacks the newest CA\n# TYPE cordon_issuer_hosts_without_newest_ca gauge\n";
+        out += &format!("cordon_issuer_hosts_without_newest_ca {}\n", status["hosts_without_newest_ca"]);
+        out
+    }
+
+    /// Picks up rotation steps (`cordon ca rotate` run beside the service), re-issues the
+    /// service's own certificate daily and forgets expired leaves.
+    async fn watch_ca_dir(self: Arc<Self>, stop: CancellationToken) {
+        let mut stamp = ca_stamp(&self.options.dir);
+        let mut own_at = Instant::now();
+        let mut pruned_at = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(CA_POLL) => {}
+            }
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                self.leases.lock().unwrap_or_else(|p| p.into_inner()).prune(SystemTime::now());
+                pruned_at = Instant::now();
+            }
+            let now = ca_stamp(&self.options.dir);
+            if now == stamp && own_at.elapsed() < SERVICE_CERT_REISSUE {
+                continue;
+            }
+            let service = self.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                let cas = load_cas(&service.options.dir, &service.provider)?;
+                service.own.set(&cas.set, &service.provider)?;
+                let phase = cas.set.phase();
+                *service.cas.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cas);
+                Ok::<Phase, PkiError>(phase)
+            })
+            .await;
+            match loaded {
+                Ok(Ok(phase)) => {
+                    if now != stamp {
+                        info!(phase = phase.as_str(), "CA directory reloaded");
+                    }
+                    stamp = now;
+                    own_at = Instant::now();
+                }
+                // Half a rotation step (between two renames): try again at the next poll.
+                Ok(Err(e)) => {
+                    warn!(error = %e, "CA directory not reloaded; signing with the CAs loaded before")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// What changed in a CA directory, cheaply: each file's length and modification time.
+fn ca_stamp(dir: &Path) -> Vec<Option<(u64, SystemTime)>> {
+    ["ca.pem", "ca-key.pem", "next/ca.pem", "old-ca.pem"]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(dir.join(f))
+                .ok()
+                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+        })
+        .collect()
+}
+
+enum Failure {
+    Refused(Refusing),
+    Internal(PkiError),
+}
+
+fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// A certificate's serial, hex without leading zeros.
+pub(crate) fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(super::serial_hex(x509.raw_serial()))
+}
