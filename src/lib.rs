@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
+pub mod store;

@@ -44,6 +44,7 @@ struct RawConfig {
     services: Vec<RawService>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<RawUpstream>,
+    fleet: Option<crate::store::RawFleet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +182,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub services: Vec<ServiceConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[fleet]`: ship the ledger to the fleet store.
+    pub fleet: Option<crate::store::FleetSettings>,
 }
 
 impl Config {
@@ -336,6 +339,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         proxy.threads = v as usize;
     }
 
+    let fleet = raw.fleet.and_then(|f| crate::store::FleetSettings::validate(f, base, &mut problems));
+
     let mut services = Vec::new();
     let mut served_names = BTreeMap::new();
     for (i, s) in raw.services.into_iter().enumerate() {
@@ -397,6 +402,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
             proxy,
             services,
             upstreams,
+            fleet,
         }),
         _ => Err(problems),
     }

@@ -18,6 +18,7 @@ mod policy;
 mod report;
 mod review;
 mod status;
+mod store;
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +82,11 @@ pub enum Command {
     Merge(review::MergeArgs),
     /// Bring a Synapse host's HAProxy config and logs into cordon.
     Import(import::Args),
+    /// Ship one ledger file into the fleet store (PostgreSQL).
+    Ship(store::ShipArgs),
+    /// Maintain the fleet store.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// What a command reports back besides errors.
@@ -126,6 +132,8 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Diff(args) => review::diff(args),
         Command::Merge(args) => review::merge(args),
         Command::Import(args) => import::run(args),
+        Command::Ship(args) => store::ship(args),
+        Command::Store(cmd) => store::run(cmd),
     }
 }
 
