@@ -415,3 +415,35 @@ fn an_unwritable_location_is_an_error_at_start() {
     let err = ledger::edge_totals(&missing, None).unwrap_err();
     assert!(matches!(err, LedgerError::Missing { .. }), "{err:?}");
 }
+
+#[test]
+fn the_spool_tracks_every_change_until_it_is_shipped() {
+    use cordon::ledger::spool::Spool;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (recorder, handle) = Recorder::start(&db, "host-a", 16, Duration::from_millis(20)).unwrap();
+    let web_db = edge("web", "db", Identified::Mtls, Verdict::Allow);
+    handle.record_wait(Event::Opened { edge: web_db.clone(), at: at(T0) });
+    assert!(handle.flush_wait());
+    // Rows already there when shipping starts are unshipped.
+    let mut spool = Spool::open(&db, "host-a").unwrap();
+    let batches = spool.pending(100).unwrap();
+    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 1);
+    // A change while the batch is out: the marker stays, so it is shipped again.
+    handle.record_wait(Event::Opened { edge: web_db.clone(), at: at(T0 + 1) });
+    assert!(handle.flush_wait());
+    for b in &batches {
+        spool.mark_shipped(b).unwrap();
+    }
+    assert_eq!(spool.waiting().unwrap(), 1, "changed after it was read");
+    for b in &spool.pending(100).unwrap() {
+        spool.mark_shipped(b).unwrap();
+    }
+    assert_eq!(spool.waiting().unwrap(), 0);
+    // New rows and updates of shipped ones are tracked from the recorder's connection.
+    handle.record_wait(Event::Opened { edge: web_db.clone(), at: at(T0 + 2) });
+    handle.record_wait(Event::Opened { edge: web_db, at: at(T0 + 5 * HOUR) });
+    assert!(handle.flush_wait());
+    assert_eq!(spool.waiting().unwrap(), 2);
+    recorder.shutdown();
+}

@@ -32,7 +32,7 @@ pub struct ModeArgs {
     pub mode: Mode,
     /// Preflight an enforce flip against the traffic recorded in this ledger.
     /// A ledger file or the fleet store (postgres://...).
-    #[arg(long, value_name = "LEDGER")]
+    #[arg(long, value_name = "LEDGER", value_parser = super::store::DbParser)]
     pub db: Option<crate::store::Db>,
     /// Flip even though the preflight finds callers that would be cut off.
     #[arg(long)]

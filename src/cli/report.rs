@@ -14,7 +14,7 @@ use crate::policy::Policy;
 pub struct Args {
     /// The ledger (a host's ledger.db, a fleet ledger from `cordon merge`) or the fleet store
     /// (postgres://...).
-    #[arg(long, value_name = "LEDGER")]
+    #[arg(long, value_name = "LEDGER", value_parser = super::store::DbParser)]
     pub db: crate::store::Db,
     /// The policy to judge the traffic by.
     #[arg(long, value_name = "FILE")]

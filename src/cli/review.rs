@@ -29,7 +29,7 @@ pub enum GraphFormat {
 #[derive(Debug, Args)]
 pub struct GraphArgs {
     /// The ledger (ledger.db, a merged fleet ledger) or the fleet store (postgres://...).
-    #[arg(long)]
+    #[arg(long, value_parser = super::store::DbParser)]
     pub db: Db,
     /// Only the last window: 30d, 12h, 90m (default: the whole history).
     #[arg(long, value_parser = graph::parse_window)]
@@ -43,7 +43,7 @@ pub struct GraphArgs {
 #[derive(Debug, Args)]
 pub struct ProposeArgs {
     /// The ledger (ledger.db, a merged fleet ledger) or the fleet store (postgres://...).
-    #[arg(long)]
+    #[arg(long, value_parser = super::store::DbParser)]
     pub db: Db,
     /// Only the last window: 30d, 12h, 90m (default: the whole history).
     #[arg(long, value_parser = graph::parse_window)]
@@ -60,7 +60,7 @@ pub struct ProposeArgs {
 #[derive(Debug, Args)]
 pub struct DiffArgs {
     /// The ledger (ledger.db, a merged fleet ledger) or the fleet store (postgres://...).
-    #[arg(long)]
+    #[arg(long, value_parser = super::store::DbParser)]
     pub db: Db,
     /// The policy to judge the recorded callers by (policy.toml).
     #[arg(long)]

@@ -18,7 +18,7 @@ pub struct ShipArgs {
     #[arg(long)]
     pub db: PathBuf,
     /// The store: postgres://USER@HOST:PORT/DB[?password_file=PATH&ca=PATH].
-    #[arg(long, value_parser = StoreUrl::parse)]
+    #[arg(long, value_parser = UrlParser)]
     pub to: StoreUrl,
     /// Rows per batch (one statement on the server).
     #[arg(long, default_value_t = store::DEFAULT_BATCH_ROWS as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -35,11 +35,57 @@ pub enum StoreCommand {
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// The store: postgres://USER@HOST:PORT/DB[?password_file=PATH&ca=PATH].
-    #[arg(long, value_parser = StoreUrl::parse)]
+    #[arg(long, value_parser = UrlParser)]
     pub db: StoreUrl,
     /// Keep this much history: 90d, 48h.
     #[arg(long, value_parser = crate::graph::parse_window)]
     pub older_than: Duration,
+}
+
+/// Parses a `--db` (a ledger path or a store URL) without echoing a refused value: it may hold a
+/// password.
+#[derive(Debug, Clone, Copy)]
+pub struct DbParser;
+
+impl clap::builder::TypedValueParser for DbParser {
+    type Value = store::Db;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<store::Db, clap::Error> {
+        redacted(arg, value, |s| s.parse())
+    }
+}
+
+/// Parses a store URL without echoing a refused value.
+#[derive(Debug, Clone, Copy)]
+pub struct UrlParser;
+
+impl clap::builder::TypedValueParser for UrlParser {
+    type Value = StoreUrl;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreUrl, clap::Error> {
+        redacted(arg, value, StoreUrl::parse)
+    }
+}
+
+fn redacted<T>(
+    arg: Option<&clap::Arg>,
+    value: &std::ffi::OsStr,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, clap::Error> {
+    let name = arg.map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str()))).unwrap_or_default();
+    let fail = |why: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{name}: {why}\n"));
+    let text = value.to_str().ok_or_else(|| fail("not UTF-8".into()))?;
+    parse(text).map_err(fail)
 }
 
 pub fn ship(args: ShipArgs) -> anyhow::Result<Outcome> {

@@ -196,6 +196,7 @@ impl Worker {
             self.stats.cpu_ms.store(thread_cpu_ms(), Ordering::Relaxed);
             return Ok(false);
         }
+        self.stats.waiting.store(spool.waiting()?, Ordering::Relaxed);
         let url = self.settings.store.to_string();
         let timed = |what| StoreError::Timeout { url: url.clone(), what };
         if self.conn.is_none() {
@@ -211,7 +212,7 @@ impl Worker {
         let mut full = false;
         for batch in &batches {
             let rows = rt
-                .block_on(tokio::time::timeout(deadline, write::ship(client, &url, partitions, batch)))
+                .block_on(async { tokio::time::timeout(deadline, write::ship(client, &url, partitions, batch)).await })
                 .map_err(|_| timed("write a batch"))??;
             spool.mark_shipped(batch)?;
             self.stats.shipped.fetch_add(rows, Ordering::Relaxed);

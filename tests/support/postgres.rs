@@ -108,9 +108,11 @@ impl Postgres {
     }
 
     /// Starts the server (again, after [`Postgres::kill`] or [`Postgres::stop`]) on the same port.
+    /// `fsync=off` survives a killed server (the OS keeps the writes); `synchronous_commit` stays
+    /// on, as in production, so a commit the client saw survives [`Postgres::kill`].
     pub fn start_server(&self) {
         let mut opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
