@@ -78,13 +78,20 @@ fn merged_graph(dir: &Path, ledgers: &[&Path]) -> String {
 
 fn stderr_of(args: &[&str]) -> String {
     let out = cordon(args);
-    assert_eq!(out.status.code(), Some(2), "{args:?} must fail with exit 2: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?} must fail with exit 2: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
-    let Some(pg) = Postgres::start("the_fleet_store_equals_merge_and_shipping_again_changes_nothing") else { return };
+    let Some(pg) = Postgres::start("the_fleet_store_equals_merge_and_shipping_again_changes_nothing") else {
+        return;
+    };
     pg.create_db("fleet");
     let url = pg.url("fleet");
     let dir = tempfile::tempdir().unwrap();
@@ -107,7 +114,11 @@ fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
 
     let fleet = graph_json(&url);
     assert!(fleet.contains("\"batch\"") && fleet.contains("ip:10.0.0.7"), "{fleet}");
-    assert_eq!(fleet, merged_graph(dir.path(), &[&a, &b]), "the store must read as `cordon merge` of the ledgers");
+    assert_eq!(
+        fleet,
+        merged_graph(dir.path(), &[&a, &b]),
+        "the store must read as `cordon merge` of the ledgers"
+    );
 
     // A bucket that grows after it was shipped is shipped at its new totals, not added to.
     record(&a, "host-a", t + 30 * HOUR + 100, 5, &[web_db()]);
@@ -123,16 +134,23 @@ fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
         cordon_ok(&["diff", "--db", &url, "--policy", s(&policy)]),
         cordon_ok(&["diff", "--db", s(&merged), "--policy", s(&policy)])
     );
-    let propose = |db: &str| cordon_ok(&["propose", "--db", db]).lines().skip(1).collect::<Vec<_>>().join("\n");
+    let propose =
+        |db: &str| cordon_ok(&["propose", "--db", db]).lines().skip(1).collect::<Vec<_>>().join("\n");
     assert_eq!(propose(&url), propose(s(&merged)));
     let out = cordon(&["mode", "--policy", s(&policy), "db", "enforce", "--db", &url]);
     assert_eq!(out.status.code(), Some(1), "the preflight reads the fleet: batch would be cut off");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("batch"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("batch"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn a_wrong_url_or_password_is_a_clear_error_without_the_password() {
-    let Some(pg) = Postgres::start("a_wrong_url_or_password_is_a_clear_error_without_the_password") else { return };
+    let Some(pg) = Postgres::start("a_wrong_url_or_password_is_a_clear_error_without_the_password") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.db");
     record(&a, "host-a", now_hour(), 1, &[web_db()]);
@@ -143,10 +161,18 @@ fn a_wrong_url_or_password_is_a_clear_error_without_the_password() {
     assert!(!err.contains("not-the-password"), "{err}");
     let err = stderr_of(&["graph", "--db", &pg.url("nosuchdb")]);
     assert!(err.contains("\"nosuchdb\" does not exist"), "{err}");
-    let err = stderr_of(&["graph", "--db", &format!("postgres://cordon:{}@127.0.0.1:{}/postgres", "hunter2", pg.port)]);
+    let err = stderr_of(&[
+        "graph",
+        "--db",
+        &format!("postgres://cordon:{}@127.0.0.1:{}/postgres", "hunter2", pg.port),
+    ]);
     assert!(err.contains("password in the URL is refused") && !err.contains("hunter2"), "{err}");
     let missing = dir.path().join("no-such-password-file");
-    let err = stderr_of(&["graph", "--db", &format!("postgres://cordon@127.0.0.1:{}/postgres?password_file={}", pg.port, missing.display())]);
+    let err = stderr_of(&[
+        "graph",
+        "--db",
+        &format!("postgres://cordon@127.0.0.1:{}/postgres?password_file={}", pg.port, missing.display()),
+    ]);
     assert!(err.contains("no-such-password-file") && err.contains("password file"), "{err}");
     pg.kill();
     let err = stderr_of(&["ship", "--db", s(&a), "--to", &pg.url("postgres")]);
@@ -189,7 +215,10 @@ fn many_agents_starting_at_once_migrate_the_schema_once() {
     for t in threads {
         t.join().unwrap().expect("every agent finds or makes the schema");
     }
-    assert_eq!(pg.psql("postgres", "SELECT version FROM cordon_schema"), store::schema::CURRENT_VERSION.to_string());
+    assert_eq!(
+        pg.psql("postgres", "SELECT version FROM cordon_schema"),
+        store::schema::CURRENT_VERSION.to_string()
+    );
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM cordon_schema"), "1");
 }
 
@@ -204,13 +233,18 @@ fn prune_drops_whole_old_days_and_keeps_the_rest() {
     record(&a, "host-a", now - 10 * 24 * HOUR, 1, &[plain_cache()]);
     record(&a, "host-a", now, 1, &[web_db()]);
     cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
-    let partitions = |pg: &Postgres| pg.psql("postgres", "SELECT count(*) FROM pg_inherits WHERE inhparent = 'edge_hour'::regclass");
+    let partitions = |pg: &Postgres| {
+        pg.psql("postgres", "SELECT count(*) FROM pg_inherits WHERE inhparent = 'edge_hour'::regclass")
+    };
     assert_eq!(partitions(&pg), "3", "one partition a day");
     let out = cordon_ok(&["store", "prune", "--db", &url, "--older-than", "15d"]);
     assert!(out.contains("dropped 1 day partitions"), "{out}");
     assert_eq!(partitions(&pg), "2");
     let graph = graph_json(&url);
-    assert!(!graph.contains("\"batch\"") && graph.contains("ip:10.0.0.7") && graph.contains("\"web\""), "{graph}");
+    assert!(
+        !graph.contains("\"batch\"") && graph.contains("ip:10.0.0.7") && graph.contains("\"web\""),
+        "{graph}"
+    );
 }
 
 /// A CA and a server certificate for 127.0.0.1 (rcgen), written into the data directory.
@@ -236,8 +270,9 @@ fn tls_to_the_store_verifies_the_server_against_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, other_ca) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
     tls_files(dir.path(), &other_ca);
-    let Some(pg) = Postgres::start_with("tls_to_the_store_verifies_the_server_against_the_ca", |data| tls_files(data, &ca))
-    else {
+    let Some(pg) = Postgres::start_with("tls_to_the_store_verifies_the_server_against_the_ca", |data| {
+        tls_files(data, &ca)
+    }) else {
         return;
     };
     let a = dir.path().join("a.db");
@@ -250,7 +285,10 @@ fn tls_to_the_store_verifies_the_server_against_the_ca() {
         "no one else connected"
     );
     let err = stderr_of(&["graph", "--db", &format!("{}&ca={}", pg.url("postgres"), other_ca.display())]);
-    assert!(err.contains("cannot log in to the store") && err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.contains("cannot log in to the store") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
 }
 
 fn fleet(url: &str, interval_ms: u64) -> FleetSettings {
@@ -275,7 +313,10 @@ async fn ledger_graph(db: PathBuf) -> String {
 
 #[tokio::test]
 async fn the_agent_ships_when_the_store_comes_back_and_after_a_crash_mid_ship() {
-    let Some(pg) = Postgres::start("the_agent_ships_when_the_store_comes_back_and_after_a_crash_mid_ship") else { return };
+    let Some(pg) = Postgres::start("the_agent_ships_when_the_store_comes_back_and_after_a_crash_mid_ship")
+    else {
+        return;
+    };
     let url = pg.url("postgres");
     pg.kill();
     let world = support::World::new();
@@ -292,10 +333,14 @@ async fn the_agent_ships_when_the_store_comes_back_and_after_a_crash_mid_ship() 
     for _ in 0..3 {
         assert_eq!(support::round_trip(out, b"ping").await.unwrap(), b"ping");
     }
-    support::eventually("rows wait and errors show while the store is down", Duration::from_secs(20), || async {
-        let st = status(&db).await;
-        st["rows_waiting"].as_u64() > Some(0) && st["errors"].as_u64() > Some(0)
-    })
+    support::eventually(
+        "rows wait and errors show while the store is down",
+        Duration::from_secs(20),
+        || async {
+            let st = status(&db).await;
+            st["rows_waiting"].as_u64() > Some(0) && st["errors"].as_u64() > Some(0)
+        },
+    )
     .await;
     let st = status(&db).await;
     assert!(st["last_error"].as_str().unwrap().contains("cannot reach the store"), "{st}");
@@ -320,7 +365,8 @@ async fn the_agent_ships_when_the_store_comes_back_and_after_a_crash_mid_ship() 
         assert_eq!(support::round_trip(out, b"y").await.unwrap(), b"y");
     }
     support::eventually("the new rows are seen", Duration::from_secs(20), || async {
-        status(&db).await["rows_waiting"].as_u64() > Some(0) || ledger_graph(ledger.clone()).await.contains("\"batch\"")
+        status(&db).await["rows_waiting"].as_u64() > Some(0)
+            || ledger_graph(ledger.clone()).await.contains("\"batch\"")
     })
     .await;
     pg.kill();

@@ -110,12 +110,7 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
             }
             writeln!(out, "--force: flipping anyway.")?;
         } else {
-            writeln!(
-                out,
-                "preflight: every caller of {} recorded in {} is allowed.",
-                args.service,
-                db
-            )?;
+            writeln!(out, "preflight: every caller of {} recorded in {} is allowed.", args.service, db)?;
         }
     }
     set_mode(&args.policy, &args.service, args.mode)?;

@@ -83,7 +83,8 @@ fn redacted<T>(
     parse: impl FnOnce(&str) -> Result<T, String>,
 ) -> Result<T, clap::Error> {
     let name = arg.map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str()))).unwrap_or_default();
-    let fail = |why: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{name}: {why}\n"));
+    let fail =
+        |why: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{name}: {why}\n"));
     let text = value.to_str().ok_or_else(|| fail("not UTF-8".into()))?;
     parse(text).map_err(fail)
 }
@@ -92,9 +93,16 @@ pub fn ship(args: ShipArgs) -> anyhow::Result<Outcome> {
     if !args.db.exists() {
         anyhow::bail!("{}: no such ledger", args.db.display());
     }
-    let shipped = store::ship_file(&args.db, &args.to, usize::try_from(args.batch_rows).unwrap_or(usize::MAX))
-        .with_context(|| format!("shipping {} to {}", args.db.display(), args.to))?;
-    println!("shipped {} rows in {} batches from {} to {}", shipped.rows, shipped.batches, args.db.display(), args.to);
+    let shipped =
+        store::ship_file(&args.db, &args.to, usize::try_from(args.batch_rows).unwrap_or(usize::MAX))
+            .with_context(|| format!("shipping {} to {}", args.db.display(), args.to))?;
+    println!(
+        "shipped {} rows in {} batches from {} to {}",
+        shipped.rows,
+        shipped.batches,
+        args.db.display(),
+        args.to
+    );
     Ok(Outcome::Success)
 }
 

@@ -124,7 +124,8 @@ pub(crate) fn create_pending_sql() -> String {
     SHIPPED
         .iter()
         .map(|t| {
-            let keys: Vec<String> = t.key().map(|c| format!("{} {} NOT NULL", c.name, sql_type(c.kind))).collect();
+            let keys: Vec<String> =
+                t.key().map(|c| format!("{} {} NOT NULL", c.name, sql_type(c.kind))).collect();
             let names: Vec<&str> = t.key().map(|c| c.name).collect();
             format!(
                 "CREATE TABLE IF NOT EXISTS {} ({}, gen INTEGER NOT NULL, PRIMARY KEY ({})) WITHOUT ROWID;",
@@ -255,8 +256,10 @@ pub fn read_all<E: From<LedgerError>>(
             })
             .collect();
         let err = |e| classify(db, "read the ledger", e);
-        let mut stmt =
-            opened.conn.prepare(&format!("SELECT {} FROM {}", columns.join(", "), table.name)).map_err(err)?;
+        let mut stmt = opened
+            .conn
+            .prepare(&format!("SELECT {} FROM {}", columns.join(", "), table.name))
+            .map_err(err)?;
         let mut rows = stmt.query([]).map_err(err)?;
         let mut batch = Batch::new(table);
         while let Some(row) = rows.next().map_err(err)? {
@@ -365,7 +368,8 @@ impl Spool {
     pub fn mark_shipped(&mut self, batch: &Batch) -> Result<(), LedgerError> {
         let err = |e| classify(&self.path, "record what was shipped", e);
         let table = batch.table;
-        let keys: Vec<String> = table.key().enumerate().map(|(i, c)| format!("{} = ?{}", c.name, i + 1)).collect();
+        let keys: Vec<String> =
+            table.key().enumerate().map(|(i, c)| format!("{} = ?{}", c.name, i + 1)).collect();
         let gen_param = keys.len() + 1;
         let tx = self.conn.transaction().map_err(err)?;
         {

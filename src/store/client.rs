@@ -86,8 +86,9 @@ impl RustlsConnect {
         let bad = |detail: String| StoreError::Ca { path: ca.to_owned(), detail };
         let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
-        let certs: Vec<CertificateDer<'static>> =
-            rustls::pki_types::pem::PemObject::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| bad(format!("{e:?}")))?;
+        let certs: Vec<CertificateDer<'static>> = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("{e:?}")))?;
         if certs.is_empty() {
             return Err(bad("no certificate in the file".into()));
         }
@@ -125,7 +126,11 @@ impl tokio_postgres::tls::TlsStream for RustlsStream {
 }
 
 impl AsyncRead for RustlsStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }

@@ -56,7 +56,11 @@ impl Db {
     }
 
     /// Every caller of `destination` recorded since `since`.
-    pub fn callers_into(&self, destination: &str, since: Option<SystemTime>) -> Result<Vec<ObservedCaller>, StoreError> {
+    pub fn callers_into(
+        &self,
+        destination: &str,
+        since: Option<SystemTime>,
+    ) -> Result<Vec<ObservedCaller>, StoreError> {
         match self {
             Db::Ledger(path) => Ok(ledger::callers_into(path, destination, since)?),
             Db::Store(url) => block_on(async {

@@ -45,7 +45,9 @@ pub enum StoreError {
     #[error("{url}: cannot log in to the store: {}", chain(source))]
     Connect { url: String, source: tokio_postgres::Error },
     /// The store's schema was written by a newer cordon.
-    #[error("{url}: store schema version {found} is newer than this cordon understands (up to {supported}); upgrade cordon")]
+    #[error(
+        "{url}: store schema version {found} is newer than this cordon understands (up to {supported}); upgrade cordon"
+    )]
     TooNew { url: String, found: i32, supported: i32 },
     /// A statement failed.
     #[error("{url}: {what}: {}", chain(source))]
@@ -93,7 +95,8 @@ fn chain(e: &tokio_postgres::Error) -> String {
 /// Runs `f` to completion on a fresh single-threaded runtime: the review commands are
 /// synchronous and never run inside one.
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, StoreError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::Runtime)?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::Runtime)?;
     Ok(rt.block_on(f))
 }
 
@@ -121,7 +124,8 @@ pub fn ship_file(db: &std::path::Path, url: &StoreUrl, batch_rows: usize) -> Res
             let db = db.to_owned();
             std::thread::spawn(move || {
                 crate::ledger::spool::read_all::<StoreError>(&db, batch_rows, |b| {
-                    tx.blocking_send(b).map_err(|_| StoreError::Runtime(std::io::ErrorKind::BrokenPipe.into()))
+                    tx.blocking_send(b)
+                        .map_err(|_| StoreError::Runtime(std::io::ErrorKind::BrokenPipe.into()))
                 })
             })
         };
@@ -139,7 +143,8 @@ pub fn ship_file(db: &std::path::Path, url: &StoreUrl, batch_rows: usize) -> Res
             }
         }
         drop(rx);
-        let read = reader.join().unwrap_or_else(|_| Err(StoreError::Runtime(std::io::ErrorKind::Other.into())));
+        let read =
+            reader.join().unwrap_or_else(|_| Err(StoreError::Runtime(std::io::ErrorKind::Other.into())));
         result?;
         match read {
             Err(StoreError::Runtime(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}

@@ -23,7 +23,11 @@ fn since_hour(since: Option<SystemTime>) -> i64 {
 }
 
 /// Every edge recorded since `since`, as [`crate::ledger::edge_totals`] returns it.
-pub async fn edge_totals(client: &Client, url: &str, since: Option<SystemTime>) -> Result<Vec<EdgeTotals>, StoreError> {
+pub async fn edge_totals(
+    client: &Client,
+    url: &str,
+    since: Option<SystemTime>,
+) -> Result<Vec<EdgeTotals>, StoreError> {
     let sql = format!(
         "SELECT source, destination, identified, {conns}, {btd}, {bts}, min(first_seen), max(last_seen),
                 count(DISTINCT div(hour, 24))::bigint,
@@ -36,12 +40,15 @@ pub async fn edge_totals(client: &Client, url: &str, since: Option<SystemTime>) 
         would_deny = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'learn'"),
         denied = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce'"),
     );
-    let rows = client
-        .query(sql.as_str(), &[&since_hour(since)])
-        .await
-        .map_err(|source| StoreError::Sql { url: url.to_owned(), what: "read the fleet graph", source })?;
+    let rows = client.query(sql.as_str(), &[&since_hour(since)]).await.map_err(|source| StoreError::Sql {
+        url: url.to_owned(),
+        what: "read the fleet graph",
+        source,
+    })?;
     let mut edges = rows.iter().map(|r| edge(url, r)).collect::<Result<Vec<_>, _>>()?;
-    edges.sort_by(|a, b| (&a.destination, &a.source, a.identified).cmp(&(&b.destination, &b.source, b.identified)));
+    edges.sort_by(|a, b| {
+        (&a.destination, &a.source, a.identified).cmp(&(&b.destination, &b.source, b.identified))
+    });
     Ok(edges)
 }
 

@@ -48,7 +48,9 @@ pub async fn ensure(client: &mut Client, url: &str) -> Result<(), StoreError> {
         }
     }
     let tx = client.transaction().await.map_err(sql("begin the migration"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).await.map_err(sql("take the migration lock"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(sql("take the migration lock"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS cordon_schema (
             one boolean PRIMARY KEY DEFAULT true CHECK (one), version integer NOT NULL)",
@@ -87,7 +89,10 @@ pub async fn version(client: &Client, url: &str) -> Result<Option<i32>, StoreErr
     if !exists {
         return Ok(None);
     }
-    let row = client.query_opt("SELECT version FROM cordon_schema", &[]).await.map_err(sql("read the schema version"))?;
+    let row = client
+        .query_opt("SELECT version FROM cordon_schema", &[])
+        .await
+        .map_err(sql("read the schema version"))?;
     Ok(row.map(|r| r.get(0)))
 }
 

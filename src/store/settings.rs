@@ -79,7 +79,11 @@ impl StoreUrl {
             match pair.split_once('=') {
                 Some(("password_file", v)) if !v.is_empty() => url.password_file = Some(v.into()),
                 Some(("ca", v)) if !v.is_empty() => url.ca = Some(v.into()),
-                _ => return Err(format!("unknown URL parameter {pair:?} (known: password_file=PATH, ca=PATH)")),
+                _ => {
+                    return Err(format!(
+                        "unknown URL parameter {pair:?} (known: password_file=PATH, ca=PATH)"
+                    ));
+                }
             }
         }
         Ok(url)
@@ -187,11 +191,18 @@ mod tests {
 
     #[test]
     fn parses_a_url_and_prints_it_without_secrets() {
-        let u = StoreUrl::parse("postgres://cordon@127.0.0.1:5433/fleet?password_file=/run/pw&ca=ca.pem").unwrap();
-        assert_eq!((u.user.as_str(), u.host.as_str(), u.port, u.dbname.as_str()), ("cordon", "127.0.0.1", 5433, "fleet"));
+        let u = StoreUrl::parse("postgres://cordon@127.0.0.1:5433/fleet?password_file=/run/pw&ca=ca.pem")
+            .unwrap();
+        assert_eq!(
+            (u.user.as_str(), u.host.as_str(), u.port, u.dbname.as_str()),
+            ("cordon", "127.0.0.1", 5433, "fleet")
+        );
         assert_eq!(u.password_file.as_deref(), Some(Path::new("/run/pw")));
         assert_eq!(u.to_string(), "postgres://cordon@127.0.0.1:5433/fleet");
-        assert_eq!(StoreUrl::parse("postgresql://u@[::1]/d").unwrap().to_string(), "postgres://u@[::1]:5432/d");
+        assert_eq!(
+            StoreUrl::parse("postgresql://u@[::1]/d").unwrap().to_string(),
+            "postgres://u@[::1]:5432/d"
+        );
     }
 
     #[test]
@@ -214,12 +225,12 @@ mod tests {
     #[test]
     fn fleet_section_reports_every_bad_field() {
         let raw: RawFleet =
-            toml::from_str("store = \"postgres://u:pw@h/d\"\nship_interval_ms = 0\nbatch_rows = 0\n").unwrap();
+            toml::from_str("store = \"postgres://u:pw@h/d\"\nship_interval_ms = 0\nbatch_rows = 0\n")
+                .unwrap();
         let mut problems = Vec::new();
         assert!(FleetSettings::validate(raw, Path::new("/etc/cordon"), &mut problems).is_none());
         assert_eq!(problems.len(), 3, "{problems:?}");
-        let raw: RawFleet =
-            toml::from_str("store = \"postgres://u@h/d\"\npassword_file = \"pw\"\n").unwrap();
+        let raw: RawFleet = toml::from_str("store = \"postgres://u@h/d\"\npassword_file = \"pw\"\n").unwrap();
         let ok = FleetSettings::validate(raw, Path::new("/etc/cordon"), &mut problems).unwrap();
         assert_eq!(ok.store.password_file.as_deref(), Some(Path::new("/etc/cordon/pw")));
         assert_eq!(ok.ship_interval, DEFAULT_SHIP_INTERVAL);

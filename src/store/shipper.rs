@@ -203,16 +203,21 @@ impl Worker {
             let store = &self.settings.store;
             let client = rt.block_on(async {
                 let mut c = client::connect(store).await?;
-                tokio::time::timeout(deadline, schema::ensure(&mut c, &url)).await.map_err(|_| timed("migrate"))??;
+                tokio::time::timeout(deadline, schema::ensure(&mut c, &url))
+                    .await
+                    .map_err(|_| timed("migrate"))??;
                 Ok::<_, StoreError>(c)
             })?;
             self.conn = Some((client, Partitions::default()));
         }
-        let (client, partitions) = self.conn.as_mut().ok_or(StoreError::Runtime(std::io::ErrorKind::Other.into()))?;
+        let (client, partitions) =
+            self.conn.as_mut().ok_or(StoreError::Runtime(std::io::ErrorKind::Other.into()))?;
         let mut full = false;
         for batch in &batches {
             let rows = rt
-                .block_on(async { tokio::time::timeout(deadline, write::ship(client, &url, partitions, batch)).await })
+                .block_on(async {
+                    tokio::time::timeout(deadline, write::ship(client, &url, partitions, batch)).await
+                })
                 .map_err(|_| timed("write a batch"))??;
             spool.mark_shipped(batch)?;
             self.stats.shipped.fetch_add(rows, Ordering::Relaxed);

@@ -89,10 +89,11 @@ pub async fn ship(
             Values::Bytes(v) => v as &(dyn ToSql + Sync),
         })
         .collect();
-    client
-        .execute(upsert_sql(table).as_str(), &params)
-        .await
-        .map_err(|source| StoreError::Sql { url: url.to_owned(), what: "write shipped rows", source })?;
+    client.execute(upsert_sql(table).as_str(), &params).await.map_err(|source| StoreError::Sql {
+        url: url.to_owned(),
+        what: "write shipped rows",
+        source,
+    })?;
     Ok(batch.len() as u64)
 }
 
@@ -106,7 +107,10 @@ mod tests {
         let sql = upsert_sql(&EDGE_HOUR);
         assert!(sql.contains("connections = GREATEST(t.connections, EXCLUDED.connections)"), "{sql}");
         assert!(sql.contains("first_seen = LEAST(t.first_seen, EXCLUDED.first_seen)"), "{sql}");
-        assert!(sql.contains("ON CONFLICT (host, hour, source, destination, identified, mode, verdict)"), "{sql}");
+        assert!(
+            sql.contains("ON CONFLICT (host, hour, source, destination, identified, mode, verdict)"),
+            "{sql}"
+        );
         assert!(sql.contains("$12::bigint[]"), "{sql}");
         let sql = upsert_sql(&IMPORTED_PREFIX);
         assert!(sql.contains("$2::bytea[]") && sql.contains("EXCLUDED.imported_at < t.imported_at"), "{sql}");

@@ -40,7 +40,9 @@ fn bin_dir() -> Option<PathBuf> {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -55,7 +57,9 @@ impl Postgres {
     pub fn start_with(test: &str, settings: impl FnOnce(&Path) -> Vec<String>) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             if std::env::var("CORDON_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("{test}: PostgreSQL is required (CORDON_REQUIRE_POSTGRES=1) but no /usr/lib/postgresql/*/bin/initdb");
+                panic!(
+                    "{test}: PostgreSQL is required (CORDON_REQUIRE_POSTGRES=1) but no /usr/lib/postgresql/*/bin/initdb"
+                );
             }
             eprintln!("skipping {test}: PostgreSQL is not installed (Debian package postgresql)");
             return None;
@@ -72,7 +76,16 @@ impl Postgres {
         let data = pg.data();
         let out = pg
             .command("initdb")
-            .args(["-D", data.to_str().unwrap(), "-U", "cordon", "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "cordon",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .unwrap();
@@ -122,7 +135,18 @@ impl Postgres {
         let log = self.dir.path().join("server.log");
         let out = self
             .command("pg_ctl")
-            .args(["-D", self.data().to_str().unwrap(), "-w", "-t", "60", "-l", log.to_str().unwrap(), "-o", &opts, "start"])
+            .args([
+                "-D",
+                self.data().to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "start",
+            ])
             .output()
             .unwrap();
         assert!(
