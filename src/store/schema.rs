@@ -163,6 +163,14 @@ impl Partitions {
             .map_err(sql("take the partition lock"))?;
         for day in &days {
             let name = partition_name(table, *day);
+            let exists: bool = tx
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                .await
+                .map_err(sql("look for a partition"))?
+                .get(0);
+            if exists {
+                continue;
+            }
             let from = day * PARTITION_HOURS;
             tx.batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {} FOR VALUES FROM ({from}) TO ({})",
