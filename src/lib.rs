@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
+pub mod store;

@@ -612,7 +612,11 @@ fn haproxy_log_migrates_a_ledger_of_the_previous_version() {
 
     let (_, stderr) = ok(&import("ledger.db", &["http.log"]), dir.path());
     assert!(stderr.contains("7 connections imported"), "{stderr}");
-    assert_eq!(schema_of(&db), (3, vec!["edge_hour".to_string(), "imported_prefix".to_string()]));
+    let current: Vec<String> =
+        ["edge_hour", "imported_prefix", "ship_pending_edge_hour", "ship_pending_imported_prefix"]
+            .map(String::from)
+            .into();
+    assert_eq!(schema_of(&db), (5, current));
     std::fs::copy(fixture("tcplog.log"), dir.path().join("tcp.log")).unwrap();
     // The old rows are kept as cordon 0.1.0 wrote them: it recorded a remote client of the log
     // (ip:10.0.9.5 in tcplog.log) as haproxy-log evidence, where cordon now records it as evidence

@@ -277,7 +277,7 @@ fn a_version_1_ledger_is_migrated_to_the_current_version_keeping_its_rows() {
 
     let conn = rusqlite::Connection::open(&db).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 5);
     let imported: i64 = conn.query_row("SELECT count(*) FROM imported_prefix", [], |r| r.get(0)).unwrap();
     assert_eq!(imported, 0, "the import bookkeeping is there, empty");
     let (host, conns, bytes): (String, i64, i64) = conn
@@ -333,10 +333,10 @@ fn a_ledger_from_a_future_cordon_with_tables_of_its_own_is_refused_as_too_new() 
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("CREATE TABLE edge_hour (x); CREATE TABLE later (y); PRAGMA user_version = 4;")
+    conn.execute_batch("CREATE TABLE edge_hour (x); CREATE TABLE later (y); PRAGMA user_version = 6;")
         .unwrap();
     drop(conn);
-    assert_refused(&db, "ledger schema version 4 is newer than this cordon understands");
+    assert_refused(&db, "ledger schema version 6 is newer than this cordon understands");
 }
 
 #[test]
@@ -345,7 +345,7 @@ fn a_current_ledger_missing_a_table_is_refused() {
     let db = dir.path().join("ledger.db");
     Recorder::start(&db, "h", 16, Duration::from_secs(1)).unwrap().0.shutdown();
     rusqlite::Connection::open(&db).unwrap().execute_batch("DROP TABLE imported_prefix").unwrap();
-    assert_refused(&db, "user_version 3 without table imported_prefix");
+    assert_refused(&db, "user_version 5 without table imported_prefix");
 }
 
 fn imported(len: u64) -> ledger::ImportedPrefix {
@@ -414,4 +414,36 @@ fn an_unwritable_location_is_an_error_at_start() {
     let missing = dir.path().join("missing.db");
     let err = ledger::edge_totals(&missing, None).unwrap_err();
     assert!(matches!(err, LedgerError::Missing { .. }), "{err:?}");
+}
+
+#[test]
+fn the_spool_tracks_every_change_until_it_is_shipped() {
+    use cordon::ledger::spool::Spool;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let (recorder, handle) = Recorder::start(&db, "host-a", 16, Duration::from_millis(20)).unwrap();
+    let web_db = edge("web", "db", Identified::Mtls, Verdict::Allow);
+    handle.record_wait(Event::Opened { edge: web_db.clone(), at: at(T0) });
+    assert!(handle.flush_wait());
+    // Rows already there when shipping starts are unshipped.
+    let mut spool = Spool::open(&db, "host-a").unwrap();
+    let batches = spool.pending(100).unwrap();
+    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 1);
+    // A change while the batch is out: the marker stays, so it is shipped again.
+    handle.record_wait(Event::Opened { edge: web_db.clone(), at: at(T0 + 1) });
+    assert!(handle.flush_wait());
+    for b in &batches {
+        spool.mark_shipped(b).unwrap();
+    }
+    assert_eq!(spool.waiting().unwrap(), 1, "changed after it was read");
+    for b in &spool.pending(100).unwrap() {
+        spool.mark_shipped(b).unwrap();
+    }
+    assert_eq!(spool.waiting().unwrap(), 0);
+    // New rows and updates of shipped ones are tracked from the recorder's connection.
+    handle.record_wait(Event::Opened { edge: web_db.clone(), at: at(T0 + 2) });
+    handle.record_wait(Event::Opened { edge: web_db, at: at(T0 + 5 * HOUR) });
+    assert!(handle.flush_wait());
+    assert_eq!(spool.waiting().unwrap(), 2);
+    recorder.shutdown();
 }

@@ -175,7 +175,68 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
             "write_errors": rs.write_errors.load(Ordering::Relaxed),
             "ledgers_set_aside": rs.ledgers_set_aside.load(Ordering::Relaxed),
         },
+        "fleet_store": parts.shipper.as_ref().map(|(store, st)| json!({
+            "store": store.to_string(),
+            "rows_waiting": st.waiting.load(Ordering::Relaxed),
+            "rows_shipped": st.shipped.load(Ordering::Relaxed),
+            "batches_shipped": st.batches.load(Ordering::Relaxed),
+            "last_ship": rfc3339_ms(st.last_success_ms.load(Ordering::Relaxed)),
+            "lag_seconds": st.lag(std::time::SystemTime::now()).as_secs(),
+            "errors": st.errors.load(Ordering::Relaxed),
+            "last_error": st.last_error(),
+        })),
     })
+}
+
+/// A unix-ms instant as RFC 3339; 0 (never) as null.
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    (ms > 0).then(|| rfc3339(crate::ledger::from_ms(ms)))
+}
+
+/// The shipper's counters on `/metrics`.
+pub(crate) fn register_shipper(metrics: &mut Metrics, stats: &Arc<crate::store::ShipStats>) {
+    let st = stats.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "store_rows_waiting",
+        "Ledger rows not yet shipped to the fleet store",
+        Kind::Gauge,
+        move || vec![(vec![], st.waiting.load(Ordering::Relaxed) as f64)],
+    ));
+    let st = stats.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "store_rows_shipped",
+        "Ledger rows shipped to the fleet store",
+        Kind::Counter,
+        move || vec![(vec![], st.shipped.load(Ordering::Relaxed) as f64)],
+    ));
+    let st = stats.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "store_ship_errors",
+        "Failed attempts to ship to the fleet store",
+        Kind::Counter,
+        move || vec![(vec![], st.errors.load(Ordering::Relaxed) as f64)],
+    ));
+    let st = stats.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "store_last_ship_timestamp_seconds",
+        "When the fleet store last committed a batch (unix seconds; 0: never)",
+        Kind::Gauge,
+        move || vec![(vec![], st.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0)],
+    ));
+    let st = stats.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "store_lag_seconds",
+        "How long rows have been waiting to be shipped (0: caught up)",
+        Kind::Gauge,
+        move || vec![(vec![], st.lag(std::time::SystemTime::now()).as_secs_f64())],
+    ));
+    let st = stats.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "store_shipper_cpu_seconds",
+        "CPU time the shipper thread has used",
+        Kind::Counter,
+        move || vec![(vec![], st.cpu_ms.load(Ordering::Relaxed) as f64 / 1000.0)],
+    ));
 }
 
 /// Metrics read at scrape time from the other parts' own counters.

@@ -46,6 +46,7 @@ struct RawConfig {
     services: Vec<RawService>,
     #[serde(default, rename = "upstream")]
     upstreams: Vec<RawUpstream>,
+    fleet: Option<crate::store::RawFleet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +191,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub services: Vec<ServiceConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[fleet]`: ship the ledger to the fleet store.
+    pub fleet: Option<crate::store::FleetSettings>,
 }
 
 impl Config {
@@ -371,6 +374,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         proxy.threads = v as usize;
     }
 
+    let fleet = raw.fleet.and_then(|f| crate::store::FleetSettings::validate(f, base, &mut problems));
+
     let mut services = Vec::new();
     let mut served_names = BTreeMap::new();
     for (i, s) in raw.services.into_iter().enumerate() {
@@ -443,6 +448,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
             proxy,
             services,
             upstreams,
+            fleet,
         }),
         _ => Err(problems),
     }

@@ -47,6 +47,9 @@ pub enum AgentError {
     /// The ledger could not be opened.
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// The fleet store shipper could not be started.
+    #[error("fleet store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A directory the agent writes could not be created.
     #[error("{path}: {source}")]
     StateDir { path: String, source: std::io::Error },
@@ -104,6 +107,8 @@ pub(crate) struct Parts {
     pub lockdown: Arc<std::sync::Mutex<Vec<crate::lockdown::ServiceCounter>>>,
     /// Enrols and renews the certificates with the signing service (`tls.issuer`).
     pub renewer: Option<Arc<Renewer>>,
+    /// The fleet store shipped to and the shipper's counters, with `[fleet]`.
+    pub shipper: Option<(crate::store::StoreUrl, Arc<crate::store::ShipStats>)>,
 }
 
 /// A running agent.
@@ -111,6 +116,7 @@ pub struct Agent {
     parts: Arc<Parts>,
     life: Lifecycle,
     recorder: Recorder,
+    shipper: Option<crate::store::Shipper>,
     decisions: DecisionLog,
     admin_stop: tokio_util::sync::CancellationToken,
 }
@@ -155,6 +161,10 @@ impl Agent {
             config.proxy.recorder_capacity,
             config.proxy.flush_interval,
         )?;
+        let shipper = match &config.fleet {
+            Some(fleet) => Some(crate::store::Shipper::start(&config.ledger_path(), &config.host, fleet)?),
+            None => None,
+        };
         let decisions = DecisionLog::open(config.decision_log.as_deref())?;
 
         // Bind everything before serving anything, so a taken port fails the start cleanly.
@@ -187,6 +197,9 @@ impl Agent {
         );
         if let Some(r) = &renewer {
             admin::register_renewer(&mut metrics, r);
+        }
+        if let Some(s) = &shipper {
+            admin::register_shipper(&mut metrics, s.stats());
         }
         let metrics = Arc::new(metrics);
         let life = Lifecycle::new();
@@ -264,12 +277,13 @@ impl Agent {
             metrics,
             lockdown: lockdown_counters,
             renewer,
+            shipper: shipper.as_ref().map(|s| (s.store().clone(), s.stats().clone())),
         });
         if let Some(listener) = admin {
             info!(listen = ?parts.bound.admin, "admin endpoint listening (/metrics, /status)");
             tokio::spawn(admin::serve(listener, parts.clone(), admin_stop.clone()));
         }
-        Ok(Agent { parts, life, recorder, decisions, admin_stop })
+        Ok(Agent { parts, life, recorder, shipper, decisions, admin_stop })
     }
 
     /// Where the listeners are.
@@ -318,11 +332,16 @@ impl Agent {
         }
         self.admin_stop.cancel();
         let recorder = self.recorder;
+        let shipper = self.shipper;
         let decisions = self.decisions;
-        // Flushing writes files: keep it off the async threads.
+        // Flushing writes files: keep it off the async threads. The shipper goes last, so its
+        // final attempt sees the recorder's final batch.
         let result = tokio::task::spawn_blocking(move || {
             let result = recorder.close(true);
             decisions.shutdown();
+            if let Some(s) = shipper {
+                s.shutdown();
+            }
             result
         })
         .await

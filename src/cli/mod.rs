@@ -19,6 +19,7 @@ mod policy;
 mod report;
 mod review;
 mod status;
+mod store;
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +83,11 @@ pub enum Command {
     Merge(review::MergeArgs),
     /// Bring a Synapse host's HAProxy config and logs into cordon.
     Import(import::Args),
+    /// Ship one ledger file into the fleet store (PostgreSQL).
+    Ship(store::ShipArgs),
+    /// Maintain the fleet store.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// What a command reports back besides errors.
@@ -128,6 +134,8 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Diff(args) => review::diff(args),
         Command::Merge(args) => review::merge(args),
         Command::Import(args) => import::run(args),
+        Command::Ship(args) => store::ship(args),
+        Command::Store(cmd) => store::run(cmd),
     }
 }
 

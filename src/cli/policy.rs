@@ -35,8 +35,9 @@ pub struct ModeArgs {
     /// learn (allow and record) or enforce (only intentions let a caller in).
     pub mode: Mode,
     /// Preflight an enforce flip against the traffic recorded in this ledger.
-    #[arg(long, value_name = "LEDGER")]
-    pub db: Option<PathBuf>,
+    /// A ledger file or the fleet store (postgres://...).
+    #[arg(long, value_name = "LEDGER", value_parser = super::store::DbParser)]
+    pub db: Option<crate::store::Db>,
     /// Flip even though the preflight finds callers that would be cut off.
     #[arg(long)]
     pub force: bool,
@@ -86,7 +87,7 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("{}: cannot read the policy", args.policy.display()))?;
         let after = crate::policy::with_mode(&text, &args.policy, &args.service, Mode::Enforce)?;
         let after = Policy::parse(&after, &args.policy)?;
-        let callers = crate::ledger::callers_into(db, &args.service, None)?;
+        let callers = db.callers_into(&args.service, None)?;
         let cut = preflight(&after, &args.service, &callers);
         if !cut.is_empty() {
             writeln!(
@@ -94,7 +95,7 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
                 "{} callers of {} recorded in {} would be cut off by enforcing it:",
                 cut.len(),
                 args.service,
-                db.display()
+                db
             )?;
             for c in &cut {
                 writeln!(
@@ -113,12 +114,7 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
             }
             writeln!(out, "--force: flipping anyway.")?;
         } else {
-            writeln!(
-                out,
-                "preflight: every caller of {} recorded in {} is allowed.",
-                args.service,
-                db.display()
-            )?;
+            writeln!(out, "preflight: every caller of {} recorded in {} is allowed.", args.service, db)?;
         }
     }
     set_mode(&args.policy, &args.service, args.mode)?;

@@ -12,9 +12,10 @@ use crate::policy::Policy;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ledger (a host's ledger.db, or a fleet ledger from `cordon merge`).
-    #[arg(long, value_name = "FILE")]
-    pub db: PathBuf,
+    /// The ledger (a host's ledger.db, a fleet ledger from `cordon merge`) or the fleet store
+    /// (postgres://...).
+    #[arg(long, value_name = "LEDGER", value_parser = super::store::DbParser)]
+    pub db: crate::store::Db,
     /// The policy to judge the traffic by.
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
@@ -27,7 +28,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
-    for (input, flag) in [(&args.db, "--db"), (&args.policy, "--policy")] {
+    let db_path = std::path::PathBuf::from(args.db.to_string());
+    for (input, flag) in [(&db_path, "--db"), (&args.policy, "--policy")] {
         anyhow::ensure!(
             !same_file(&args.out, input),
             "--out {} is the {flag} file; the report would overwrite it",
@@ -36,11 +38,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     let policy = Policy::load(&args.policy)?;
     let since = args.since.map(|w| std::time::SystemTime::now() - w);
-    let observed = graph::load(&args.db, since)?;
+    let observed = super::review::load(&args.db, since)?;
     let services = graph::diff(&observed, &policy, None);
     let proposal = graph::propose(&observed, 1, Some(&policy));
-    let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db.display())]);
-    let html = report::render(&args.db, &observed, &policy, &services, &toml);
+    let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db)]);
+    let html = report::render(&db_path, &observed, &policy, &services, &toml);
     // Whole or not at all: a browser or a copy job never sees half a page.
     crate::pki::files::write_atomic(&args.out, html.as_bytes(), 0o644)
         .with_context(|| format!("{}: cannot write the report", args.out.display()))?;

@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use super::Outcome;
 use crate::graph::{self, format};
 use crate::policy::Policy;
+use crate::store::Db;
 
 /// How `cordon graph` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,9 +28,9 @@ pub enum GraphFormat {
 /// Show who talks to whom, as recorded in a ledger.
 #[derive(Debug, Args)]
 pub struct GraphArgs {
-    /// The ledger (ledger.db, or a merged fleet ledger).
-    #[arg(long)]
-    pub db: PathBuf,
+    /// The ledger (ledger.db, a merged fleet ledger) or the fleet store (postgres://...).
+    #[arg(long, value_parser = super::store::DbParser)]
+    pub db: Db,
     /// Only the last window: 30d, 12h, 90m (default: the whole history).
     #[arg(long, value_parser = graph::parse_window)]
     pub since: Option<std::time::Duration>,
@@ -41,9 +42,9 @@ pub struct GraphArgs {
 /// Propose intentions from the recorded graph, as policy TOML on stdout.
 #[derive(Debug, Args)]
 pub struct ProposeArgs {
-    /// The ledger (ledger.db, or a merged fleet ledger).
-    #[arg(long)]
-    pub db: PathBuf,
+    /// The ledger (ledger.db, a merged fleet ledger) or the fleet store (postgres://...).
+    #[arg(long, value_parser = super::store::DbParser)]
+    pub db: Db,
     /// Only the last window: 30d, 12h, 90m (default: the whole history).
     #[arg(long, value_parser = graph::parse_window)]
     pub since: Option<std::time::Duration>,
@@ -58,9 +59,9 @@ pub struct ProposeArgs {
 /// Per destination service: would enforcing it now cut off recorded callers?
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The ledger (ledger.db, or a merged fleet ledger).
-    #[arg(long)]
-    pub db: PathBuf,
+    /// The ledger (ledger.db, a merged fleet ledger) or the fleet store (postgres://...).
+    #[arg(long, value_parser = super::store::DbParser)]
+    pub db: Db,
     /// The policy to judge the recorded callers by (policy.toml).
     #[arg(long)]
     pub policy: PathBuf,
@@ -103,7 +104,7 @@ fn print(text: &str) -> anyhow::Result<()> {
 }
 
 pub fn graph(args: GraphArgs) -> anyhow::Result<Outcome> {
-    let observed = graph::load(&args.db, since(args.since))?;
+    let observed = load(&args.db, since(args.since))?;
     print(&match args.format {
         GraphFormat::Text => format::graph_text(&observed),
         GraphFormat::Json => format::graph_json(&observed),
@@ -114,14 +115,14 @@ pub fn graph(args: GraphArgs) -> anyhow::Result<Outcome> {
 
 pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
     let since = since(args.since);
-    let observed = graph::load(&args.db, since)?;
+    let observed = load(&args.db, since)?;
     let policy = args.policy.as_deref().map(load_policy).transpose()?;
     let proposal = graph::propose(&observed, args.min_connections, policy.as_ref());
     let mut header = vec![format!(
         "cordon propose: {} intention{} from {}, {}",
         proposal.intentions.len(),
         if proposal.intentions.len() == 1 { "" } else { "s" },
-        args.db.display(),
+        args.db,
         window_words(since)
     )];
     if let Some((first, last)) = observed.span() {
@@ -137,7 +138,7 @@ pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
 
 pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let policy = load_policy(&args.policy)?;
-    let observed = graph::load(&args.db, since(args.since))?;
+    let observed = load(&args.db, since(args.since))?;
     let services = graph::diff(&observed, &policy, args.service.as_deref());
     print(&format::diff_text(&services))?;
     if let Some(path) = &args.config {
@@ -160,6 +161,11 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
         args.out.display()
     ))?;
     Ok(Outcome::Success)
+}
+
+/// The recorded graph of a ledger or of the store.
+pub(super) fn load(db: &Db, since: Option<SystemTime>) -> anyhow::Result<graph::Observed> {
+    Ok(graph::Observed::from_edges(since, db.edge_totals(since)?))
 }
 
 fn load_policy(path: &Path) -> anyhow::Result<Policy> {

@@ -17,11 +17,14 @@ mod read;
 mod recorder;
 mod rescue;
 pub mod schema;
+pub mod spool;
 
 pub use event::{EdgeKey, Event};
 pub use imported::{ImportedPrefix, imported_prefixes};
 pub use merge::{MergeStats, merge};
+pub(crate) use read::from_ms;
 pub use read::{EdgeTotals, ObservedCaller, callers_into, edge_totals};
+pub(crate) use recorder::unix_ms;
 pub use recorder::{MAX_PENDING_KEYS, Recorder, RecorderHandle, RecorderStats, Unwritten};
 
 use std::path::PathBuf;

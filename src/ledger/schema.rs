@@ -28,6 +28,10 @@
 //! ) WITHOUT ROWID;
 //! ```
 //!
+//! Version 5 adds what the fleet store shipper has not shipped yet, one table per shipped table
+//! (`ship_pending_edge_hour`, `ship_pending_imported_prefix`: the table's key and a generation;
+//! see [`super::spool`]).
+//!
 //! Version 2 is version 3 without `imported_prefix`; version 1 also had no `host` in
 //! `edge_hour`. Opening an older ledger for writing migrates it in one transaction, naming a
 //! version-1 ledger's rows after the recording host. Readers accept versions 1 and 2 as they are
@@ -43,7 +47,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::LedgerError;
 
 /// The schema version this cordon writes.
-pub const CURRENT_VERSION: i64 = 3;
+pub const CURRENT_VERSION: i64 = 5;
 /// The table of every version.
 const TABLE: &str = "edge_hour";
 /// The import bookkeeping, since version 3.
@@ -97,7 +101,8 @@ fn tables_of(version: i64) -> &'static [&'static str] {
     match version {
         0 => &[],
         1 | 2 => &[TABLE],
-        _ => &[TABLE, IMPORTED_TABLE],
+        3 | 4 => &[TABLE, IMPORTED_TABLE],
+        _ => &[TABLE, IMPORTED_TABLE, "ship_pending_edge_hour", "ship_pending_imported_prefix"],
     }
 }
 
@@ -237,6 +242,9 @@ fn migrate(conn: &Connection, host: &str) -> rusqlite::Result<()> {
         }
         if version < 3 {
             conn.execute_batch(CREATE_IMPORTED)?;
+        }
+        if version < 5 {
+            conn.execute_batch(&super::spool::create_pending_sql())?;
         }
         conn.pragma_update(None, "user_version", CURRENT_VERSION)
     })();

@@ -97,6 +97,10 @@ pub struct TlsStore {
     tickets: TicketJars,
     /// The bundle in force, for the listeners that re-check open connections when it changes.
     bundle_tx: tokio::sync::watch::Sender<BundleId>,
+    /// Bumped when the bundle or any of our certificates changes: client sessions (tickets,
+    /// reusable hops) from before carry a server verified under the old bundle or our old
+    /// certificate, which expires on its own schedule, and are not used again.
+    client_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A server config and the trust bundle its client verifier holds: a connection accepted with
@@ -173,6 +177,7 @@ impl TlsStore {
             })),
             tickets: TicketJars::default(),
             bundle_tx: tokio::sync::watch::Sender::new(BundleId(0)),
+            client_generation: std::sync::atomic::AtomicU64::new(0),
         };
         let (material, problems) = store.build(None);
         if let Some(first) = problems.into_iter().next() {
@@ -196,6 +201,12 @@ impl TlsStore {
     /// The trust bundle in force.
     pub fn bundle(&self) -> BundleId {
         self.material().bundle
+    }
+
+    /// Which client sessions are current: a hop or ticket from an older generation was made
+    /// under another bundle or with a certificate of ours since replaced.
+    pub fn client_generation(&self) -> u64 {
+        self.client_generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Follows the bundle in force: changes when a reload brings other CA certificates.
@@ -266,12 +277,21 @@ impl TlsStore {
     pub fn reload(&self) -> Result<(), PkiError> {
         let old = self.material();
         let (material, problems) = self.build(Some(&old));
+        let renewed = material.identities.iter().any(|(name, i)| {
+            old.identities
+                .get(name)
+                .is_none_or(|o| o.not_after != i.not_after || o.not_before != i.not_before)
+        });
         if material.bundle != old.bundle {
-            // Tickets from servers verified under the old bundle must not resume either.
-            self.tickets.clear();
             warn!(
                 "trust bundle changed: sessions from before it no longer resume, open connections are checked again"
             );
+        }
+        if material.bundle != old.bundle || renewed {
+            // Tickets and hops from before carry the old bundle's verdict on the server, or our
+            // old certificate, which the server refuses once it expires: start afresh.
+            self.tickets.clear();
+            self.client_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         self.install(material);
         match problems.into_iter().next() {

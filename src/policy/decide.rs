@@ -20,8 +20,14 @@ use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Verdict};
 /// What the decision knows of how a caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proof {
-    /// A certificate verified by a handshake (full or resumed) on a live connection.
+    /// A certificate verified by a handshake (full or resumed), for a connection (or an app
+    /// connection on a hop) that starts now: it must be valid now.
     Certificate { not_before: SystemTime, not_after: SystemTime, bundle: BundleId },
+    /// The certificate of a connection already open, decided again after a change: checked
+    /// against the bundle in force, not against its expiry (TLS does not end a session when the
+    /// certificate that opened it expires, and a long-lived database connection must not be cut
+    /// by the next policy reload for it).
+    OpenCertificate { bundle: BundleId },
     /// Evidence recorded earlier of a caller with an identity: an mTLS connection in the ledger,
     /// or an HAProxy log line written on the caller's own host. Judged by the intentions alone.
     Recorded,
@@ -38,6 +44,15 @@ pub struct Subject<'a> {
 }
 
 impl<'a> Subject<'a> {
+    /// A connection that is open already, decided again after a change of policy or bundle.
+    pub fn open(caller: &Caller, source: &'a str) -> Self {
+        let proof = match caller {
+            Caller::Mtls(peer) => Proof::OpenCertificate { bundle: peer.bundle },
+            Caller::Plaintext { .. } => Proof::Plaintext,
+        };
+        Subject { source, proof }
+    }
+
     /// A live caller; `source` is [`Caller::name`], made once per connection.
     pub fn live(caller: &Caller, source: &'a str) -> Self {
         let proof = match caller {
@@ -172,6 +187,11 @@ pub fn decide_in(
                 return refuse(Reason::TrustBundleChanged, &BUNDLE_CHANGED, Outcome::Denied);
             }
         }
+        Proof::OpenCertificate { bundle } => {
+            if ctx.bundle.is_some_and(|in_force| in_force != bundle) {
+                return refuse(Reason::TrustBundleChanged, &BUNDLE_CHANGED, Outcome::Denied);
+            }
+        }
         Proof::Recorded => {}
         Proof::Plaintext => return refuse(Reason::Plaintext, &PLAINTEXT, Outcome::of(mode, Verdict::Deny)),
     }
@@ -258,6 +278,10 @@ action = "allow"
             ("web",   cert(B1),         "db",    &early,   Verdict::Deny,  Denied,    CertificateNotYetValid),
             ("web",   cert(B1),         "db",    &rotated, Verdict::Deny,  Denied,    TrustBundleChanged),
             ("web",   cert(B1),         "cache", &rotated, Verdict::Deny,  Denied,    TrustBundleChanged),
+            // an open connection: the bundle counts, its certificate's expiry does not
+            ("web",   Proof::OpenCertificate { bundle: B1 }, "db", &later,   Verdict::Allow, Allowed, Intention),
+            ("web",   Proof::OpenCertificate { bundle: B1 }, "db", &rotated, Verdict::Deny,  Denied,  TrustBundleChanged),
+            ("api",   Proof::OpenCertificate { bundle: B1 }, "db", &live,    Verdict::Deny,  Denied,  NoIntention),
             // recorded evidence: judged by intentions, with no bundle to compare
             ("web",   Proof::Recorded,  "db",    &review,  Verdict::Allow, Allowed,   Intention),
             ("batch", Proof::Recorded,  "db",    &review,  Verdict::Deny,  Denied,    Intention),

@@ -278,12 +278,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HopStream<'_, S> {
     }
 }
 
-/// A hop a client holds: the mTLS connection, when it was made, and the trust bundle the server
-/// was verified against (a hop from before a bundle change is not used again).
+/// A hop a client holds: the mTLS connection, when it was made, and the TLS store's client
+/// generation it was made in (a hop from before a bundle change or a renewal of our certificate
+/// is not used again: the server would refuse its next app connection once that certificate
+/// expires).
 pub struct Hop {
     pub conn: Box<tokio_rustls::client::TlsStream<TcpStream>>,
     pub born: Instant,
-    pub bundle: crate::base::BundleId,
+    pub generation: u64,
 }
 
 impl Hop {

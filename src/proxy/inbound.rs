@@ -196,7 +196,7 @@ impl Inbound {
             let mut verified = Verified::default();
             for conn in self.open.snapshot() {
                 let caller = conn.caller(&self.tls, bundle, &mut verified);
-                let d = decide(&policy, &Subject::live(&caller, &conn.source), self.service.as_str(), &ctx);
+                let d = decide(&policy, &Subject::open(&caller, &conn.source), self.service.as_str(), &ctx);
                 if d.outcome.passes()
                     || !(d.reason.is_authentication() || self.settings.close_denied_on_enforce)
                 {
@@ -238,7 +238,9 @@ impl Inbound {
 
         if is_tls {
             // Boxed: the handshake's state is freed once it is done, not kept in the task.
-            let Some((mut tls, hop, bundle)) = Box::pin(self.handshake(stream, deadline)).await else { return };
+            let Some((mut tls, hop, bundle)) = Box::pin(self.handshake(stream, deadline)).await else {
+                return;
+            };
             self.metrics.handshake(tls.get_ref().1.handshake_kind());
             let Some((peer_cert, chain)) = peer_of(tls.get_ref().1, bundle) else {
                 // The verifier already insists on one SPIFFE ID; this is defence in depth.

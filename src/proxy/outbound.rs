@@ -133,11 +133,11 @@ impl Outbound {
     async fn dial_one(&self, backend: &Backend, client: &mut TcpStream) -> Result<Upstream, DialError> {
         let port = backend.mtls_port.unwrap_or(backend.port);
         let addr = resolve(&backend.host, port, self.settings.connect_timeout).await?;
-        let bundle = self.tls.bundle();
+        let generation = self.tls.client_generation();
         if backend.mtls_port.is_some() && self.settings.reuse_connections {
             while let Some(mut hop) = self.pool.take(addr) {
-                if hop.bundle != bundle {
-                    // Verified under a bundle no longer in force: close it, dial afresh.
+                if hop.generation != generation {
+                    // Made under another bundle or with our old certificate: close it, dial afresh.
                     continue;
                 }
                 // The server may have closed it this very moment: then open on a fresh one.
@@ -177,7 +177,7 @@ impl Outbound {
         if tls.get_ref().1.alpn_protocol() != Some(HOP_ALPN) {
             return Ok(Upstream::Tls(Box::new(tls)));
         }
-        let mut hop = Hop { conn: Box::new(tls), born: std::time::Instant::now(), bundle };
+        let mut hop = Hop { conn: Box::new(tls), born: std::time::Instant::now(), generation };
         self.open(&mut hop, client).await.map_err(|e| DialError::Open(addr, e))?;
         Ok(Upstream::Hop { hop, backend: addr })
     }

@@ -282,3 +282,4 @@ pub async fn caller_host(world: &World, identity: &str) -> Agent {
     world.issue(identity);
     Agent::start(world.config(&format!("{identity}-host"), &[], &[("db", identity)])).await.unwrap()
 }
+pub mod postgres;

@@ -1,0 +1,128 @@
+//! The review reads over the store, aggregated by the server: per-edge totals (`graph`,
+//! `propose`, `diff`, the report) and the callers of one destination (the `cordon mode`
+//! preflight). The answers are the ledger's types, equal to what [`crate::ledger`] computes from
+//! a merged ledger of the same rows.
+
+use std::time::SystemTime;
+
+use tokio_postgres::{Client, Row};
+
+use super::StoreError;
+use crate::ledger::{EdgeTotals, ObservedCaller};
+use crate::policy::{Identified, Mode};
+
+/// Sums as bigint, saturating as the ledger's reader does.
+const SUM: &str = "LEAST(coalesce(sum({c}), 0), 9223372036854775807)::bigint";
+
+fn sum(column: &str) -> String {
+    SUM.replace("{c}", column)
+}
+
+fn since_hour(since: Option<SystemTime>) -> i64 {
+    since.map(|t| crate::ledger::unix_ms(t).div_euclid(3_600_000)).unwrap_or(i64::MIN)
+}
+
+/// Every edge recorded since `since`, as [`crate::ledger::edge_totals`] returns it.
+pub async fn edge_totals(
+    client: &Client,
+    url: &str,
+    since: Option<SystemTime>,
+) -> Result<Vec<EdgeTotals>, StoreError> {
+    let sql = format!(
+        "SELECT source, destination, identified, {conns}, {btd}, {bts}, min(first_seen), max(last_seen),
+                count(DISTINCT div(hour, 24))::bigint,
+                {allowed}, {would_deny}, {denied}, array_agg(DISTINCT mode)
+         FROM edge_hour WHERE hour >= $1 GROUP BY source, destination, identified",
+        conns = sum("connections"),
+        btd = sum("bytes_to_destination"),
+        bts = sum("bytes_to_source"),
+        allowed = sum("connections) FILTER (WHERE verdict = 'allow'"),
+        would_deny = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'learn'"),
+        denied = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce'"),
+    );
+    let rows = client.query(sql.as_str(), &[&since_hour(since)]).await.map_err(|source| StoreError::Sql {
+        url: url.to_owned(),
+        what: "read the fleet graph",
+        source,
+    })?;
+    let mut edges = rows.iter().map(|r| edge(url, r)).collect::<Result<Vec<_>, _>>()?;
+    edges.sort_by(|a, b| {
+        (&a.destination, &a.source, a.identified).cmp(&(&b.destination, &b.source, b.identified))
+    });
+    Ok(edges)
+}
+
+/// Every caller recorded for `destination` since `since`, as [`crate::ledger::callers_into`].
+pub async fn callers_into(
+    client: &Client,
+    url: &str,
+    destination: &str,
+    since: Option<SystemTime>,
+) -> Result<Vec<ObservedCaller>, StoreError> {
+    let sql = format!(
+        "SELECT source, identified, {conns}, min(first_seen), max(last_seen), count(DISTINCT div(hour, 24))::bigint
+         FROM edge_hour WHERE hour >= $1 AND destination = $2 GROUP BY source, identified",
+        conns = sum("connections"),
+    );
+    let rows = client
+        .query(sql.as_str(), &[&since_hour(since), &destination])
+        .await
+        .map_err(|source| StoreError::Sql { url: url.to_owned(), what: "read the callers", source })?;
+    let mut callers = Vec::with_capacity(rows.len());
+    for r in &rows {
+        callers.push(ObservedCaller {
+            source: r.get(0),
+            identified: identified(url, r.get(1))?,
+            connections: count(r.get(2)),
+            first_seen: crate::ledger::from_ms(r.get(3)),
+            last_seen: crate::ledger::from_ms(r.get(4)),
+            days_seen: u32::try_from(r.get::<_, i64>(5)).unwrap_or(u32::MAX),
+        });
+    }
+    callers.sort_by(|a, b| (&a.source, a.identified).cmp(&(&b.source, b.identified)));
+    Ok(callers)
+}
+
+fn edge(url: &str, r: &Row) -> Result<EdgeTotals, StoreError> {
+    let modes: Vec<String> = r.get(12);
+    let mut modes = modes
+        .iter()
+        .map(|m| {
+            m.parse::<Mode>().map_err(|_| StoreError::BadRow {
+                url: url.to_owned(),
+                table: "edge_hour",
+                column: "mode",
+                value: m.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    modes.sort();
+    Ok(EdgeTotals {
+        source: r.get(0),
+        destination: r.get(1),
+        identified: identified(url, r.get(2))?,
+        connections: count(r.get(3)),
+        bytes_to_destination: count(r.get(4)),
+        bytes_to_source: count(r.get(5)),
+        first_seen: crate::ledger::from_ms(r.get(6)),
+        last_seen: crate::ledger::from_ms(r.get(7)),
+        days_seen: u32::try_from(r.get::<_, i64>(8)).unwrap_or(u32::MAX),
+        allowed: count(r.get(9)),
+        would_deny: count(r.get(10)),
+        denied: count(r.get(11)),
+        modes,
+    })
+}
+
+fn identified(url: &str, value: String) -> Result<Identified, StoreError> {
+    Identified::parse(&value).ok_or_else(|| StoreError::BadRow {
+        url: url.to_owned(),
+        table: "edge_hour",
+        column: "identified",
+        value,
+    })
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

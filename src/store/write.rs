@@ -1,0 +1,118 @@
+//! Writing shipped rows: one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE` per batch,
+//! built from the table's description, combining each column as `cordon merge` does (counters
+//! keep the larger value, first seen the earlier). Shipping the same rows again, or an older copy
+//! of them, changes nothing; a bucket shipped while open and again once closed ends at its final
+//! totals.
+
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::StoreError;
+use super::schema::Partitions;
+use crate::ledger::spool::{Batch, Combine, Kind, Table, Values};
+
+/// The upsert statement for `table`; its parameters are one array per column.
+pub fn upsert_sql(table: &Table) -> String {
+    let names: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+    let arrays: Vec<String> = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = match c.kind {
+                Kind::Text => "text",
+                Kind::Int => "bigint",
+                Kind::Bytes => "bytea",
+            };
+            format!("${}::{ty}[]", i + 1)
+        })
+        .collect();
+    let key: Vec<&str> = table.key().map(|c| c.name).collect();
+    let mut targets = Vec::new();
+    let mut values = Vec::new();
+    for c in table.columns {
+        let n = c.name;
+        let value = match c.combine {
+            Combine::Key => continue,
+            Combine::Max => format!("GREATEST(t.{n}, EXCLUDED.{n})"),
+            Combine::Min => format!("LEAST(t.{n}, EXCLUDED.{n})"),
+            Combine::FromMin(by) => format!(
+                "CASE WHEN EXCLUDED.{by} < t.{by} OR (EXCLUDED.{by} = t.{by} AND EXCLUDED.{n} < t.{n}) \
+                 THEN EXCLUDED.{n} ELSE t.{n} END"
+            ),
+        };
+        targets.push(format!("t.{n}"));
+        values.push(value);
+    }
+    let set: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| c.combine != Combine::Key)
+        .zip(&values)
+        .map(|(c, v)| format!("{} = {v}", c.name))
+        .collect();
+    format!(
+        "INSERT INTO {t} AS t ({names}) SELECT * FROM unnest({arrays})
+         ON CONFLICT ({key}) DO UPDATE SET {set}
+         WHERE ROW({targets}) IS DISTINCT FROM ROW({values})",
+        t = table.name,
+        names = names.join(", "),
+        arrays = arrays.join(", "),
+        key = key.join(", "),
+        set = set.join(", "),
+        targets = targets.join(", "),
+        values = values.join(", "),
+    )
+}
+
+/// Writes one batch (creating the day partitions it needs first). The statement is atomic: on
+/// any error nothing of the batch is in the store, and shipping it again is safe.
+pub async fn ship(
+    client: &mut Client,
+    url: &str,
+    partitions: &mut Partitions,
+    batch: &Batch,
+) -> Result<u64, StoreError> {
+    let table = batch.table;
+    if let Some(hour) = table.hour_column
+        && let Some(Values::Int(hours)) =
+            table.columns.iter().position(|c| c.name == hour).and_then(|i| batch.columns.get(i))
+    {
+        partitions.ensure(client, url, table, hours).await?;
+    }
+    let params: Vec<&(dyn ToSql + Sync)> = batch
+        .columns
+        .iter()
+        .map(|v| match v {
+            Values::Text(v) => v as &(dyn ToSql + Sync),
+            Values::Int(v) => v as &(dyn ToSql + Sync),
+            Values::Bytes(v) => v as &(dyn ToSql + Sync),
+        })
+        .collect();
+    client.execute(upsert_sql(table).as_str(), &params).await.map_err(|source| StoreError::Sql {
+        url: url.to_owned(),
+        what: "write shipped rows",
+        source,
+    })?;
+    Ok(batch.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::spool::{EDGE_HOUR, IMPORTED_PREFIX};
+
+    #[test]
+    fn the_upsert_combines_columns_as_merge_does() {
+        let sql = upsert_sql(&EDGE_HOUR);
+        assert!(sql.contains("connections = GREATEST(t.connections, EXCLUDED.connections)"), "{sql}");
+        assert!(sql.contains("first_seen = LEAST(t.first_seen, EXCLUDED.first_seen)"), "{sql}");
+        assert!(
+            sql.contains("ON CONFLICT (host, hour, source, destination, identified, mode, verdict)"),
+            "{sql}"
+        );
+        assert!(sql.contains("$12::bigint[]"), "{sql}");
+        let sql = upsert_sql(&IMPORTED_PREFIX);
+        assert!(sql.contains("$2::bytea[]") && sql.contains("EXCLUDED.imported_at < t.imported_at"), "{sql}");
+    }
+}
