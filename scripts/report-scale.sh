@@ -3,10 +3,19 @@
 # ledger (examples/fleet_ledger.rs), `cordon report` (timed), the page's size (at most 8 MiB),
 # then the overview and one service's focus view rendered, checked in the DOM the page's script
 # built, and saved as PNGs. REPORT_SCALE_OUT=DIR keeps the screenshots (default: a temporary
-# directory, removed). Bounded: every browser run has a 60 s timeout.
+# directory, removed). REPORT_SCALE_PROFILE=debug uses a debug build (CI: no release build; the
+# times printed are then not the product's), REPORT_SCALE_HOURS the hours of traffic (default 20).
+# Bounded: every browser run has a 60 s timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q --release --bin cordon --example fleet_ledger
+profile=${REPORT_SCALE_PROFILE:-release}
+hours=${REPORT_SCALE_HOURS:-20}
+if [ "$profile" = release ]; then
+  cargo build -q --release --bin cordon --example fleet_ledger
+else
+  cargo build -q --bin cordon --example fleet_ledger
+fi
+bin=target/$profile
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 out=${REPORT_SCALE_OUT:-$work}
@@ -16,9 +25,9 @@ fail() { echo "report-scale: $*" >&2; exit 1; }
 for spec in small:10:catalog-0004 fleet:10000:auth-0013; do
   IFS=: read -r label services focus <<<"$spec"
   dir=$work/$label
-  target/release/examples/fleet_ledger "$dir" "$services" >/dev/null
+  "$bin/examples/fleet_ledger" "$dir" "$services" "$hours" >/dev/null
   t0=$(date +%s%N)
-  target/release/cordon report --db "$dir/ledger.db" --policy "$dir/policy.toml" --out "$dir/report.html" >/dev/null
+  "$bin/cordon" report --db "$dir/ledger.db" --policy "$dir/policy.toml" --out "$dir/report.html" >/dev/null
   t1=$(date +%s%N)
   bytes=$(stat -c %s "$dir/report.html")
   [ "$bytes" -le $((8 * 1024 * 1024)) ] || fail "$label: the page is $bytes bytes, over 8 MiB"

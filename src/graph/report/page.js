@@ -300,7 +300,7 @@
     return box;
   }
   var focus = document.getElementById("focus");
-  function showFocus() {
+  function showFocus(ev) {
     var h = location.hash, key = "#service=";
     if (h.indexOf(key) !== 0) { focus.hidden = true; return; }
     var name;
@@ -331,7 +331,8 @@
     body.appendChild(g);
     body.appendChild(evidence("Callers of " + names[v], callers, F.source));
     body.appendChild(evidence("What " + names[v] + " calls (verdicts are the callee's)", callees, F.destination));
-    focus.scrollIntoView();
+    // Opened with a #service= link the view is already at the top; clicked from below, go to it.
+    if (ev) focus.scrollIntoView();
   }
   window.addEventListener("hashchange", showFocus);
   showFocus();
