@@ -2,9 +2,9 @@
 //!
 //! fleet_ledger DIR SERVICES [HOURS]    writes DIR/ledger.db and DIR/policy.toml
 //!
-//! Each service has one to seven callers (every thousandth is a hub with 200), mostly over mTLS,
-//! some in plaintext, some from HAProxy logs, some from unknown addresses; a few edges are seen
-//! once only (rare). The policy allows `* -> *` except that every ninth service allows only its
+//! Each service has one to seven callers (in fleets of 1,000 or more, every thousandth is a hub
+//! with 200), mostly over mTLS, some in plaintext, some from HAProxy logs, some from unknown
+//! addresses; a few edges are seen once only (rare). The policy allows `* -> *` except that every ninth service allows only its
 //! first caller, and every twenty-fifth is enforced. Written through the ledger's recorder, as an
 //! agent would; the count of events is bounded by SERVICES x HOURS x the callers.
 
@@ -24,7 +24,7 @@ fn name(i: u64) -> String {
 }
 
 fn callers(dest: u64, services: u64) -> Vec<(String, Identified)> {
-    let count = if dest % 1000 == 7 { 200 } else { 1 + dest % 7 };
+    let count = if services >= 1000 && dest % 1000 == 7 { 200 } else { 1 + dest % 7 };
     let mut out = Vec::new();
     for k in 0..count {
         let i = dest * 31 + k;

@@ -11,6 +11,8 @@ IDLE_SECONDS = float(os.environ.get("SCALE_IDLE_SECONDS", "10"))
 IDENTITIES = 10  # the upstreams are dialled as these identities, a hundred each
 TICK = os.sysconf("SC_CLK_TCK")
 work = tempfile.mkdtemp(prefix="cordon-scale-")
+# Synapse's directory is under /run, a tmpfs, on most hosts: the discovery files go on one too.
+shm = tempfile.mkdtemp(prefix="cordon-scale-", dir="/dev/shm") if os.path.isdir("/dev/shm") else work
 procs = []
 
 def cleanup():
@@ -19,7 +21,7 @@ def cleanup():
     for p in procs:
         try: p.wait(timeout=20)
         except subprocess.TimeoutExpired: p.kill()
-    subprocess.run(["rm", "-rf", work])
+    subprocess.run(["rm", "-rf", work, shm])
 
 import atexit
 atexit.register(cleanup)
@@ -69,7 +71,8 @@ def until(what, deadline_s, check):
         time.sleep(0.05)
     sys.exit(f"agent-scale: {what} not within {deadline_s} s (logs in {work})")
 
-ca, tls, disc, state = (os.path.join(work, x) for x in ("ca", "tls", "discovery", "state"))
+ca, tls, state = (os.path.join(work, x) for x in ("ca", "tls", "state"))
+disc = os.path.join(shm, "discovery")
 for d in (tls, disc, state):
     os.makedirs(d)
 run(CORDON, "ca", "init", "--dir", ca, "--trust-domain", "scale.internal")
