@@ -62,14 +62,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let at = UNIX_EPOCH + Duration::from_secs(T0 + hour * 3600 * 11);
         for (dest, callers) in &edges {
             for (k, (source, identified)) in callers.iter().enumerate() {
-                if hour > 0 && (dest + k as u64) % 17 == 0 {
+                if hour > 0 && (dest + k as u64).is_multiple_of(17) {
                     continue; // a periodic job: seen in the first hour only
                 }
                 let edge = EdgeKey {
                     source: source.clone(),
                     destination: name(*dest),
                     identified: *identified,
-                    mode: if dest % 25 == 0 { Mode::Enforce } else { Mode::Learn },
+                    mode: if dest.is_multiple_of(25) { Mode::Enforce } else { Mode::Learn },
                     verdict: Verdict::Allow,
                 };
                 for _ in 0..1 + (dest + k as u64) % 3 {
@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     recorder.shutdown();
     let mut policy = String::from("[modes]\n\"*\" = \"learn\"\n");
-    for d in (0..services).filter(|d| d % 25 == 0) {
+    for d in (0..services).filter(|d| d.is_multiple_of(25)) {
         let _ = writeln!(policy, "\"{}\" = \"enforce\"", name(d));
     }
     policy.push_str("\n[[intention]]\nsource = \"*\"\ndestination = \"*\"\naction = \"allow\"\n");
