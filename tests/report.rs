@@ -1,5 +1,7 @@
 //! `cordon report`: the HTML holds every service and edge with the verdict class the policy gives
-//! it, the readiness table and the proposal; it fetches nothing; hostile names are escaped.
+//! it, the readiness table and the proposal; it fetches nothing; hostile names are escaped. A
+//! fleet ledger gives a page of overview, search and focus views under 8 MiB, without the picture
+//! of everything.
 
 mod support;
 
@@ -77,6 +79,10 @@ fn the_report_shows_every_edge_with_its_verdict() {
         assert!(html.contains(&format!(r#"data-name="{node}""#)), "node {node} missing");
     }
     assert!(html.contains(r#"class="node service enforce" data-name="db""#), "db drawn as enforcing");
+    assert!(html.contains(r#"<section id="picture">"#), "a small graph is drawn whole");
+    let data = data_block(&html);
+    assert_eq!(data["names"].as_array().unwrap().len(), 8, "every node in the data block");
+    assert_eq!(data["edges"].as_array().unwrap().len(), 10 * expected.len(), "every edge, ten fields each");
     // Readiness: db would cut off batch (and the unknown address); cache would cut off api.
     assert!(html.contains(r#"<tr class="not-ready" data-service="db">"#));
     assert!(html.contains(r#"<tr class="not-ready" data-service="cache">"#));
@@ -88,6 +94,74 @@ fn the_report_shows_every_edge_with_its_verdict() {
         assert!(!html.contains(fetch), "the report must not fetch {fetch}");
     }
     assert!(!html.contains("<img"), "names from the ledger are escaped, never markup");
+}
+
+/// The page's data block, parsed.
+fn data_block(html: &str) -> serde_json::Value {
+    let start = r#"<script type="application/json" id="cordon-data">"#;
+    let from = html.find(start).expect("a data block") + start.len();
+    let to = from + html[from..].find("</script>").expect("the data block ends");
+    serde_json::from_str(&html[from..to]).expect("the data block is JSON")
+}
+
+#[test]
+fn a_fleet_ledger_gives_a_page_under_8_mib_with_every_service_and_edge() {
+    const SERVICES: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fleet.db");
+    let (rec, h) = Recorder::start(&db, "fleet", 65_536, Duration::from_secs(1)).unwrap();
+    let name = |i: usize| format!("svc{:05}", i % SERVICES);
+    let mut edges = 0;
+    for d in 0..SERVICES {
+        for k in 1..=(1 + d % 7) {
+            let source = if d == 42 && k == 1 { "</script><img src=x>".to_owned() } else { name(d + k * 13) };
+            let edge = EdgeKey {
+                source,
+                destination: name(d),
+                identified: if k == 3 { Identified::PlaintextIp } else { Identified::Mtls },
+                mode: Mode::Learn,
+                verdict: Verdict::Allow,
+            };
+            h.record_wait(Event::Opened { edge, at: SystemTime::now() });
+            edges += 1;
+        }
+    }
+    rec.shutdown();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[modes]\n\"svc00007\" = \"enforce\"\n[[intention]]\nsource = \"*\"\ndestination = \"svc00001\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("fleet.html");
+    let run = report(&db, &policy, &out);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.len() < 8 << 20, "the page is {} bytes", html.len());
+    // No picture of everything: the overview and the focus views read the data block instead.
+    assert!(!html.contains(r#"<section id="picture">"#) && !html.contains(r#"<g class="edge "#));
+    for part in
+        [r#"id="search""#, r#"id="by-readiness""#, r#"id="by-callers""#, r#"<section id="focus" hidden>"#]
+    {
+        assert!(html.contains(part), "missing {part}");
+    }
+    let data = data_block(&html);
+    assert_eq!(data["names"].as_array().unwrap().len(), SERVICES + 1, "every service and the hostile caller");
+    assert_eq!(data["services"].as_array().unwrap().len(), SERVICES, "every destination's readiness");
+    assert_eq!(data["edges"].as_array().unwrap().len(), 10 * edges, "every edge");
+    // Without intentions no destination is ready, but svc00001 allows `*` and its two callers
+    // arrive over mTLS.
+    let services = data["services"].as_array().unwrap();
+    let ready: Vec<&serde_json::Value> = services.iter().filter(|s| s[2] == 1).collect();
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    assert_eq!(data["names"][ready[0][0].as_u64().unwrap() as usize], "svc00001");
+    assert!(
+        services.iter().any(|s| s[1] == 1 && data["names"][s[0].as_u64().unwrap() as usize] == "svc00007")
+    );
+    assert!(!html.contains("<img"), "names from the ledger are escaped, never markup");
+    assert_eq!(html.matches("</script>").count(), 2, "only the page's own script elements end");
+    // The fleet's proposal is cut, with the command that prints it whole.
+    assert!(html.contains("prints the whole proposal"));
 }
 
 #[test]
