@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::Outcome;
 use crate::pki::ServiceName;
-use crate::policy::{Mode, Policy, Verdict, preflight, set_mode};
+use crate::policy::{CutOff, DeclaredCaller, Mode, Policy, Preflight, Verdict, preflight, set_mode};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -36,6 +36,10 @@ pub struct ModeArgs {
     /// Flip even though the preflight finds callers that would be cut off.
     #[arg(long)]
     pub force: bool,
+    /// With --db: the recorded traffic of SERVICE must span at least this long (30d, 12h), so a
+    /// weekly or monthly job has had its chance to show up.
+    #[arg(long, value_name = "WINDOW", value_parser = crate::graph::parse_window, default_value = "30d")]
+    pub min_history: std::time::Duration,
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
@@ -83,41 +87,104 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
         let after = crate::policy::with_mode(&text, &args.policy, &args.service, Mode::Enforce)?;
         let after = Policy::parse(&after, &args.policy)?;
         let callers = crate::ledger::callers_into(db, &args.service, None)?;
-        let cut = preflight(&after, &args.service, &callers);
-        if !cut.is_empty() {
-            writeln!(
-                out,
-                "{} callers of {} recorded in {} would be cut off by enforcing it:",
-                cut.len(),
-                args.service,
-                db.display()
-            )?;
-            for c in &cut {
+        let observed = crate::graph::load(db, None)?;
+        let declared: Vec<DeclaredCaller> = observed
+            .declarations
+            .callers_of(&args.service)
+            .map(|d| DeclaredCaller {
+                identity: d.identity.clone(),
+                provenance: d.provenance(),
+                broad: d.broad,
+            })
+            .collect();
+        let check = preflight(&after, &args.service, &callers, &declared, args.min_history);
+        print_preflight(&mut out, &args, db, &check)?;
+        if !check.passes() {
+            if !args.force {
                 writeln!(
                     out,
-                    "  {:<24} {:<13} {:>8} connections, last seen {:<10} {}",
-                    c.source,
-                    c.identified.as_str(),
-                    c.connections,
-                    ago(c.last_seen),
-                    c.why
+                    "not flipped. Add intentions (cordon propose), wait for more history, or pass --force."
                 )?;
-            }
-            if !args.force {
-                writeln!(out, "not flipped. Add intentions (cordon propose) or pass --force.")?;
                 return Ok(Outcome::No);
             }
             writeln!(out, "--force: flipping anyway.")?;
-        } else {
-            writeln!(
-                out,
-                "preflight: every caller of {} recorded in {} is allowed.",
-                args.service,
-                db.display()
-            )?;
         }
     }
     set_mode(&args.policy, &args.service, args.mode)?;
     writeln!(out, "{} is now in {} mode ({}).", args.service, args.mode, args.policy.display())?;
     Ok(Outcome::Success)
+}
+
+/// Every finding of the preflight, refusals first.
+fn print_preflight(
+    out: &mut impl Write,
+    args: &ModeArgs,
+    db: &std::path::Path,
+    check: &Preflight,
+) -> anyhow::Result<()> {
+    let svc = &args.service;
+    let days = |d: std::time::Duration| format!("{:.1}d", d.as_secs_f64() / 86_400.0);
+    match check.history {
+        None => writeln!(out, "history: no traffic of {svc} recorded in {}", db.display())?,
+        Some((first, last)) => writeln!(
+            out,
+            "history: the evidence for {svc} spans {} ({}..{})",
+            days(check.span()),
+            crate::graph::format::minute(first),
+            crate::graph::format::minute(last)
+        )?,
+    }
+    if check.too_short() {
+        writeln!(
+            out,
+            "refused: that is less than --min-history {}: a weekly or monthly job may not have run yet",
+            days(check.min_history)
+        )?;
+    }
+    let row = |out: &mut dyn Write, c: &CutOff| -> std::io::Result<()> {
+        let last = c.last_seen.map_or_else(|| "never".to_owned(), ago);
+        writeln!(
+            out,
+            "  {:<24} {:<13} {:>8} connections, last seen {:<10} {}",
+            c.source,
+            c.identified.as_str(),
+            c.connections,
+            last,
+            c.why
+        )
+    };
+    if check.cut.is_empty() {
+        writeln!(
+            out,
+            "preflight: every caller of {svc} recorded or declared in {} is allowed.",
+            db.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "refused: {} callers of {svc} recorded or declared in {} would be cut off by enforcing it:",
+            check.cut.len(),
+            db.display()
+        )?;
+        for c in &check.cut {
+            row(out, c)?;
+        }
+    }
+    if !check.intended.is_empty() {
+        writeln!(out, "denied on purpose (an explicit deny intention names them; not blocking):")?;
+        for c in &check.intended {
+            row(out, c)?;
+        }
+    }
+    if !check.probes.is_empty() {
+        writeln!(
+            out,
+            "only probes (no byte either way; not blocking): a TCP connect check still connects under \
+             enforce, as cordon accepts before it decides; a check that speaks to the app would fail:"
+        )?;
+        for c in &check.probes {
+            row(out, c)?;
+        }
+    }
+    Ok(())
 }

@@ -154,8 +154,13 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
         1 => ", 1 import record".to_owned(),
         n => format!(", {n} import records"),
     };
+    let declarations = match stats.declarations_read {
+        0 => String::new(),
+        1 => ", 1 declaration".to_owned(),
+        n => format!(", {n} declarations"),
+    };
     print(&format!(
-        "merged {} ledgers ({} rows{imports}) into {}\n",
+        "merged {} ledgers ({} rows{imports}{declarations}) into {}\n",
         stats.inputs,
         stats.rows_read,
         args.out.display()

@@ -7,14 +7,16 @@
 mod edit;
 mod log;
 mod parse;
+mod preflight;
 mod types;
 mod watch;
 
 use std::path::PathBuf;
 
-pub use edit::{CutOff, preflight, set_mode, with_mode};
+pub use edit::{set_mode, with_mode};
 pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
 pub use parse::{ANY, Intention, Policy};
+pub use preflight::{CutOff, DeclaredCaller, Preflight, preflight};
 pub use types::{Caller, Decision, Identified, Mode, Outcome, Verdict};
 pub use watch::{PolicyWatcher, ReloadStats};
 
