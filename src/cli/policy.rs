@@ -37,9 +37,14 @@ pub struct ModeArgs {
     #[arg(long)]
     pub force: bool,
     /// With --db: the recorded traffic of SERVICE must span at least this long (30d, 12h), so a
-    /// weekly or monthly job has had its chance to show up.
-    #[arg(long, value_name = "WINDOW", value_parser = crate::graph::parse_window, default_value = "30d")]
+    /// weekly or monthly job has had its chance to show up; 0 skips the check.
+    #[arg(long, value_name = "WINDOW", value_parser = min_history, default_value = "30d")]
     pub min_history: std::time::Duration,
+}
+
+/// `--min-history`: a window, or `0` for none.
+fn min_history(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" { Ok(std::time::Duration::ZERO) } else { crate::graph::parse_window(s) }
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {

@@ -159,7 +159,8 @@ pub fn rules(decl: &Declarations) -> Vec<String> {
             .to_owned(),
         format!(
             "A declaration naming at least {BROAD_MIN_SERVICES} services and more than half of the \
-             fleet's {} is broad (every host got the same config): its never-seen edges are comments.",
+             fleet's {} services is broad (every host got the same config): its never-seen edges are \
+             comments.",
             decl.fleet_services
         ),
     ];

@@ -299,25 +299,37 @@ pub fn diff_text(services: &[ServiceReadiness]) -> String {
     let mut out = String::new();
     for s in services {
         let _ = writeln!(out, "{} ({}): {}", s.service, s.mode, s.summary());
+        for line in readiness_facts(s) {
+            let _ = writeln!(out, "  {line}");
+        }
         if s.callers.is_empty() {
             out.push_str("  no callers recorded\n");
             continue;
         }
         let mut rows = vec![
-            ["STATUS", "CALLER", "IDENTIFIED", "POLICY", "CONNECTIONS", "DAYS", "LAST_SEEN"]
+            ["STATUS", "CALLER", "IDENTIFIED", "POLICY", "CONNECTIONS", "DAYS", "LAST_SEEN", "DECLARED"]
                 .map(String::from)
                 .to_vec(),
         ];
         for c in &s.callers {
             let mut status = Vec::new();
             if c.verdict == crate::policy::Verdict::Deny {
-                status.push("would-deny");
+                status.push(if c.intended_deny { "denied-on-purpose" } else { "would-deny" });
             }
             if c.plaintext() {
                 status.push("plaintext");
             }
             if c.rare {
                 status.push("rare");
+            }
+            if c.new {
+                status.push("new");
+            }
+            if c.probe_only {
+                status.push("probe-only");
+            }
+            if c.declared == Declared::No {
+                status.push("undeclared");
             }
             rows.push(vec![
                 if status.is_empty() { "ok".to_owned() } else { status.join(",") },
@@ -327,9 +339,51 @@ pub fn diff_text(services: &[ServiceReadiness]) -> String {
                 c.connections.to_string(),
                 c.days_seen.to_string(),
                 minute(c.last_seen),
+                c.declared.as_str().to_owned(),
             ]);
         }
         out.push_str(&table(&rows, "  "));
+    }
+    out
+}
+
+/// The per-service readiness facts beside the caller table: the history span, declared callers
+/// never seen, undeclared, new and probe-only callers.
+pub fn readiness_facts(s: &ServiceReadiness) -> Vec<String> {
+    let mut out = vec![match s.history {
+        Some((first, last)) => format!(
+            "history: {:.1} days ({}..{})",
+            s.history_span().as_secs_f64() / 86_400.0,
+            minute(first),
+            minute(last)
+        ),
+        None => "history: none recorded".to_owned(),
+    }];
+    if !s.declared_never_seen.is_empty() {
+        let names: Vec<String> = s
+            .declared_never_seen
+            .iter()
+            .map(|d| {
+                let tag = if d.broad {
+                    ", broad: not intent"
+                } else if d.cut_off() {
+                    ", would-deny"
+                } else {
+                    ""
+                };
+                format!("{} ({}{tag})", d.source, d.provenance)
+            })
+            .collect();
+        out.push(format!("declared, never seen: {}", names.join("; ")));
+    }
+    for (what, names) in [
+        ("undeclared callers (their declarations do not name it)", s.undeclared()),
+        (&*format!("new callers (first seen in the last {} days)", super::diff::NEW_DAYS), s.new_callers()),
+        ("probe-only callers (no byte either way)", s.probe_only()),
+    ] {
+        if !names.is_empty() {
+            out.push(format!("{what}: {}", names.join(", ")));
+        }
     }
     out
 }
