@@ -198,7 +198,12 @@ fn propose_weighs_declarations_against_the_evidence() {
     let p = propose(&o, 2, None);
     let allow = |s, d| intention(&p, s, d).map(|i| i.action);
     assert_eq!(allow("web", "db"), Some(Verdict::Allow));
-    assert!(intention(&p, "web", "db").unwrap().note().starts_with("declared (haproxy.cfg on web-1, web-2) and seen: 5"));
+    assert!(
+        intention(&p, "web", "db")
+            .unwrap()
+            .note()
+            .starts_with("declared (haproxy.cfg on web-1, web-2) and seen: 5")
+    );
     // Declared on another host: the union counts, never seen, allowed with a note saying so.
     assert_eq!(allow("web", "api"), Some(Verdict::Allow));
     assert!(intention(&p, "web", "api").unwrap().note().contains("never seen"), "{p:?}");
@@ -234,7 +239,11 @@ fn a_broad_declaration_is_not_intent() {
         p.intentions.iter().map(|i| (i.source.as_str(), i.destination.as_str())).collect();
     assert_eq!(pairs, [("web", "a"), ("ops", "b")]);
     assert_eq!(p.declared_only.len(), 5, "{:?}", p.declared_only);
-    assert!(p.declared_only[0].reason.contains("broad (6 of the fleet's 6 services)"), "{:?}", p.declared_only);
+    assert!(
+        p.declared_only[0].reason.contains("broad (6 of the fleet's 6 services)"),
+        "{:?}",
+        p.declared_only
+    );
     assert!(p.rules.iter().any(|r| r.contains("Broad declarations here: web.")), "{:?}", p.rules);
     let text = format::proposal_toml(&p, &[]);
     assert!(text.contains("# Declared but not proposed") && text.contains("#   \"web\" -> \"b\""), "{text}");
