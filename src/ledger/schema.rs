@@ -29,7 +29,7 @@
 //! ```
 //!
 //! and the declared upstreams of each caller (tables `declarer` and `declared_upstream`, see
-//! [`super::declared`]).
+//! [`super::Declaration`]).
 //!
 //! Version 3 is version 4 without the declarations; version 2 is version 3 without `imported_prefix`; version 1 also had no `host` in
 //! `edge_hour`. Opening an older ledger for writing migrates it in one transaction, naming a
