@@ -140,9 +140,10 @@ impl Declarations {
     }
 }
 
-/// No byte crossed the edge either way: only probes.
+/// No byte crossed the edge either way, and none of it was refused: only probes. (Bytes are
+/// counted when a connection closes: one still open counts none yet.)
 pub fn probe_only(e: &ObservedEdge) -> bool {
-    e.connections > 0 && e.bytes_to_destination == 0 && e.bytes_to_source == 0
+    e.connections > 0 && e.bytes_to_destination == 0 && e.bytes_to_source == 0 && e.denied == 0
 }
 
 /// The rules `propose` applies, one line each, for the proposal's header.

@@ -10,7 +10,7 @@
 //! `--min-connections`. Probe-only edges, plaintext and unknown callers are never proposed, only
 //! listed so the operator sees them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use super::declared::{self, Declared};
@@ -133,6 +133,8 @@ pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&dyn Po
     let named = |s: &str, d: &str| policy.is_some_and(|p| p.has_intention(s, d));
     let covered = |s: &str, d: &str| named(s, d) || policy.is_some_and(|p| p.verdict(s, d) == Verdict::Allow);
     let mut proven: BTreeMap<(&str, &str), ProposedIntention> = BTreeMap::new();
+    // Pairs with refused connections: no byte could cross those, so they are no probes.
+    let mut refused: BTreeSet<(&str, &str)> = BTreeSet::new();
     let mut unproven = Vec::new();
     for e in &observed.edges {
         let reason = match e.identified {
@@ -168,16 +170,20 @@ pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&dyn Po
             _ => p.haproxy_connections += e.connections,
         }
         p.bytes = p.bytes.saturating_add(e.bytes_to_destination).saturating_add(e.bytes_to_source);
+        if e.denied > 0 {
+            refused.insert((&e.destination, &e.source));
+        }
         p.first_seen = p.first_seen.min(Some(e.first_seen));
         p.last_seen = p.last_seen.max(Some(e.last_seen));
     }
     let mut intentions = Vec::new();
     let mut declared_only = Vec::new();
     let mut below_threshold = 0;
-    for (_, mut p) in proven {
+    for (key, mut p) in proven {
+        let probes = p.bytes == 0 && !refused.contains(&key);
         let provenance = || decl.get(&p.source).map(|d| d.provenance()).unwrap_or_default();
         let declared = decl.edge(&p.source, &p.destination);
-        if p.bytes == 0 && declared != Declared::Yes {
+        if probes && declared != Declared::Yes {
             if !covered(&p.source, &p.destination) {
                 let reason = "only probes (no byte either way): a health check or a wait-for-port loop";
                 unproven.extend(
@@ -192,7 +198,7 @@ pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&dyn Po
         }
         match declared {
             Declared::Yes if covered(&p.source, &p.destination) => continue,
-            Declared::Yes if p.bytes == 0 => {
+            Declared::Yes if probes => {
                 p.basis = Basis::DeclaredNeverSeen { provenance: provenance() };
                 if let Some(d) = decl.get(&p.source).filter(|d| d.broad) {
                     declared_only.push(DeclaredOnly {

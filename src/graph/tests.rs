@@ -1,5 +1,5 @@
 //! The analysis over hand-built edges and a table policy: propose's filtering, diff's readiness
-//! and rare-caller rules, windows.
+//! and rare-caller rules, declarations and probes, windows.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -280,4 +280,17 @@ fn diff_shows_declared_undeclared_new_and_probe_only_callers() {
     assert!(text.contains("declared, never seen: quarterly (haproxy.cfg on q-1, would-deny)"), "{text}");
     assert!(text.contains("history: 20.0 days"), "{text}");
     assert!(text.contains("denied-on-purpose,rare,new,undeclared  stolen"), "{text}");
+}
+
+#[test]
+fn refused_connections_are_no_probes() {
+    // Refused under enforce, so no byte could cross: a caller, not a wait-for-port loop.
+    let mut refused = probe("batch", "db", 3);
+    (refused.allowed, refused.denied) = (0, 3);
+    let o = observed(vec![refused, probe("monitor", "db", 9)]);
+    let r = diff(&o, &Table::default(), None);
+    assert_eq!(r[0].probe_only(), ["monitor"]);
+    assert_eq!(r[0].summary(), "not ready: 1 caller would be cut off");
+    let p = propose(&o, 1, None);
+    assert_eq!(p.intentions.iter().map(|i| i.source.as_str()).collect::<Vec<_>>(), ["batch"]);
 }

@@ -22,6 +22,8 @@ pub struct ObservedCaller {
     /// Bytes each way (both 0: only probes).
     pub bytes_to_destination: u64,
     pub bytes_to_source: u64,
+    /// Connections refused in enforce mode (no byte could cross them).
+    pub denied: u64,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     /// Distinct days with traffic (a caller seen on one or two days is a periodic job).
@@ -123,6 +125,7 @@ pub fn callers_into(
                 connections: 0,
                 bytes_to_destination: 0,
                 bytes_to_source: 0,
+                denied: 0,
                 first_seen: from_ms(r.first_ms),
                 last_seen: from_ms(r.last_ms),
                 days_seen: 0,
@@ -133,6 +136,9 @@ pub fn callers_into(
         caller.connections += r.connections;
         caller.bytes_to_destination = caller.bytes_to_destination.saturating_add(r.bytes_to_destination);
         caller.bytes_to_source = caller.bytes_to_source.saturating_add(r.bytes_to_source);
+        if Outcome::of(r.mode, r.verdict) == Outcome::Denied {
+            caller.denied += r.connections;
+        }
         caller.first_seen = caller.first_seen.min(from_ms(r.first_ms));
         caller.last_seen = caller.last_seen.max(from_ms(r.last_ms));
         if days.insert(i, r.hour) {

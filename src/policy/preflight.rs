@@ -90,7 +90,8 @@ pub fn preflight(
             last_seen: Some(c.last_seen),
             why,
         };
-        let probe_only = c.bytes_to_destination == 0 && c.bytes_to_source == 0;
+        // Refused connections carry no byte either: they are no probes.
+        let probe_only = c.bytes_to_destination == 0 && c.bytes_to_source == 0 && c.denied == 0;
         match c.identified {
             Identified::PlaintextIp | Identified::Unknown => {
                 let why = "plaintext: enforce accepts mTLS only (migrate the caller to cordon first)";
