@@ -236,6 +236,19 @@ async fn forty_days_of_logs_declarations_and_a_stolen_certificate_enforce_three_
         cordon::ledger::declarations(&world.ledger("web-host")).is_ok_and(|d| !d.is_empty())
     })
     .await;
+    // An agent that serves db and dials nothing says so; a reload declares again.
+    let db_decl = cordon::ledger::declarations(&world.ledger("db-host")).unwrap();
+    assert_eq!(db_decl.len(), 1, "{db_decl:?}");
+    assert_eq!((db_decl[0].identity.as_str(), db_decl[0].services.len()), ("db", 0));
+    let web_decl = cordon::ledger::declarations(&world.ledger("web-host")).unwrap();
+    assert_eq!(web_decl[0].services, ["db", "payments"]);
+    assert_eq!(web_decl[0].origin, DeclarationOrigin::AgentConfig);
+    web.reload();
+    eventually("the reload declares again", Duration::from_secs(10), || async {
+        cordon::ledger::declarations(&world.ledger("web-host"))
+            .is_ok_and(|d| d.len() == 1 && d[0].declared_at > web_decl[0].declared_at)
+    })
+    .await;
     ledgers.extend(live);
     let fleet = dir.join("fleet.db");
     let mut merge = vec!["merge", "--out", fleet.to_str().unwrap()];

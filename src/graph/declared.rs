@@ -153,8 +153,9 @@ pub fn rules(decl: &Declarations) -> Vec<String> {
          --min-connections for a caller that declares nothing); so is an edge its caller declares \
          (cordon.toml upstreams, or haproxy.cfg frontends imported with --db), seen or not."
             .to_owned(),
-        "A caller that declares its upstreams and was seen calling a service it does not declare \
-         did not come through a configured cordon upstream: that edge gets action = \"deny\"."
+        "A caller that declares its upstreams and was seen over mTLS calling a service it does not \
+         declare did not come through a configured cordon upstream: that edge gets action = \"deny\" \
+         (seen only in HAProxy logs it came through a frontend: judged on the evidence)."
             .to_owned(),
         "Edges with no byte either way (health checks, wait-for-port loops) prove nothing: comments."
             .to_owned(),

@@ -3,8 +3,9 @@
 //!
 //! Evidence that names its caller (mTLS-proven edges, and edges imported from loopback HAProxy
 //! logs, whose note says they are not proven by a certificate) is weighed against what the caller
-//! declared ([`super::declared`]): declared and seen is allowed; seen from a caller that declares
-//! and does not declare it is denied explicitly (it did not come through a configured upstream);
+//! declared ([`super::declared`]): declared and seen is allowed; seen over mTLS from a caller that
+//! declares and does not declare it is denied explicitly (it did not come through a configured
+//! upstream; seen only in HAProxy logs it did, through a frontend, and is judged on the evidence);
 //! declared and never seen is allowed when the declaration is specific, a comment when it is
 //! broad. A caller with no declaration on record is judged by the evidence alone, at least
 //! `--min-connections`. Probe-only edges, plaintext and unknown callers are never proposed, only
@@ -27,8 +28,11 @@ pub enum Basis {
     DeclaredAndSeen { provenance: String },
     /// Declared (specifically) by the caller, never seen in the traffic.
     DeclaredNeverSeen { provenance: String },
-    /// Seen from a caller whose declarations do not name this destination: a deny.
+    /// Seen over mTLS from a caller whose declarations do not name this destination: a deny.
     Undeclared { provenance: String },
+    /// Seen only in HAProxy logs (so through a frontend of that host's HAProxy) from a caller
+    /// whose declarations do not name it: allowed on the evidence, the gap named in the note.
+    LoggedUndeclared { provenance: String },
 }
 
 /// One proposed intention and its evidence.
@@ -80,6 +84,12 @@ impl ProposedIntention {
             Basis::DeclaredNeverSeen { provenance } => format!(
                 "declared ({provenance}), never seen in the traffic{}",
                 if self.connections() > 0 { " carrying data (only probes)" } else { "" }
+            ),
+            Basis::LoggedUndeclared { provenance } => format!(
+                "proposed from {}; {} declares ({provenance}) but not this: import that host's \
+                 haproxy.cfg with --db",
+                self.evidence(),
+                self.source
             ),
             Basis::Undeclared { provenance } => format!(
                 "seen but not declared by {} ({provenance}): not through a configured cordon \
@@ -211,6 +221,18 @@ pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&dyn Po
             }
             Declared::Yes => p.basis = Basis::DeclaredAndSeen { provenance: provenance() },
             Declared::No if named(&p.source, &p.destination) => continue,
+            // Logged by the caller's own HAProxy: it came through a configured frontend, only
+            // that config was not imported. Judged on the evidence, as an undeclared caller.
+            Declared::No if p.mtls_connections == 0 => {
+                if covered(&p.source, &p.destination) {
+                    continue;
+                }
+                if p.connections() < min_connections {
+                    below_threshold += 1;
+                    continue;
+                }
+                p.basis = Basis::LoggedUndeclared { provenance: provenance() };
+            }
             Declared::No => {
                 p.action = Verdict::Deny;
                 p.basis = Basis::Undeclared { provenance: provenance() };

@@ -294,3 +294,18 @@ fn refused_connections_are_no_probes() {
     let p = propose(&o, 1, None);
     assert_eq!(p.intentions.iter().map(|i| i.source.as_str()).collect::<Vec<_>>(), ["batch"]);
 }
+
+#[test]
+fn an_undeclared_edge_seen_only_in_haproxy_logs_came_through_a_frontend() {
+    // web's agent serves web and dials nothing yet; its apps still dial db through HAProxy.
+    let o = observed(vec![
+        edge("web", "db", Identified::HaproxyLog, 9, (1, 3)),
+        edge("web", "payments", Identified::Mtls, 1, (2, 2)),
+    ])
+    .with_declarations(&[declaration("web-1", "web", &[])]);
+    let p = propose(&o, 1, None);
+    let db = intention(&p, "web", "db").unwrap();
+    assert_eq!(db.action, Verdict::Allow);
+    assert!(db.note().contains("import that host's haproxy.cfg"), "{}", db.note());
+    assert_eq!(intention(&p, "web", "payments").unwrap().action, Verdict::Deny);
+}
