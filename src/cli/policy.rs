@@ -152,7 +152,8 @@ fn print_preflight(
             out,
             "  {:<24} {:<13} {:>8} connections, last seen {:<10} {}",
             c.source,
-            c.identified.as_str(),
+            // A declared caller never seen has no evidence of its own.
+            c.last_seen.map_or("declared", |_| c.identified.as_str()),
             c.connections,
             last,
             c.why
@@ -167,8 +168,11 @@ fn print_preflight(
     } else {
         writeln!(
             out,
-            "refused: {} callers of {svc} recorded or declared in {} would be cut off by enforcing it:",
-            check.cut.len(),
+            "refused: {} of {svc} recorded or declared in {} would be cut off by enforcing it:",
+            match check.cut.len() {
+                1 => "1 caller".to_owned(),
+                n => format!("{n} callers"),
+            },
             db.display()
         )?;
         for c in &check.cut {
