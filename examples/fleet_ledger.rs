@@ -74,7 +74,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 };
                 for _ in 0..1 + (dest + k as u64) % 3 {
                     handle.record_wait(Event::Opened { edge: edge.clone(), at });
-                    events += 1;
+                    // Bytes each way: connections that carried data, not port probes.
+                    handle.record_wait(Event::Closed {
+                        edge: edge.clone(),
+                        at,
+                        bytes_to_destination: 64,
+                        bytes_to_source: 512,
+                        duration: Duration::from_millis(5),
+                    });
+                    events += 2;
                 }
             }
         }

@@ -6,7 +6,10 @@
 #  (b) cordon's outbound reaches a backend that HAProxy terminates with `verify required`, one
 #      mTLS connection per app connection (HAProxy does not take ALPN cordon-hop/1);
 #  (c) openssl s_client with a cordon certificate gets through; without one it is refused, and
-#      the refusal is counted by reason; curl reads the admin endpoint.
+#      the refusal is counted by reason; curl reads the admin endpoint;
+#  (d) a Synapse-shaped HAProxy (`option tcplog` and `option httplog`, one service with a
+#      `backend_name`) logs to a local syslog socket; cordon imports its haproxy.cfg and exactly
+#      the lines HAProxy wrote, and the graph names every frontend.
 # Installs haproxy (Debian) when it is missing. Exits non-zero on the first failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -166,4 +169,81 @@ refused=$(curl -fsS "http://127.0.0.1:$DB_ADMIN/metrics" | grep '^cordon_handsha
 check "a client without a certificate is refused and counted" "1" "${refused:-0}"
 curl -fsS "http://127.0.0.1:$DB_ADMIN/status" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["services"][0]["name"]=="db"' \
   && echo "ok   curl reads /status"
+
+echo "== (d) real HAProxy logs: tcplog and httplog through a local syslog socket"
+SYSLOG=$(free_port); FE_DB=$(free_port); FE_PAY=$(free_port); FE_API=$(free_port); HTTP_APP=$(free_port)
+# A syslog socket on loopback: one datagram, as HAProxy sent it, per line.
+python3 - "$SYSLOG" "$WORK/syslog.log" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", int(sys.argv[1])))
+with open(sys.argv[2], "ab", buffering=0) as f:
+    while True:
+        f.write(s.recv(65536).rstrip(b"\n") + b"\n")
+PY
+PIDS+=($!)
+python3 -m http.server --bind 127.0.0.1 "$HTTP_APP" --directory "$WORK" >/dev/null 2>&1 &
+PIDS+=($!)
+# As Synapse's generator writes it; payments has `backend_name: payments_v2`.
+cat > "$WORK/synapse-haproxy.cfg" <<CFG
+global
+	log 127.0.0.1:$SYSLOG local0
+	maxconn 256
+
+defaults
+	log global
+	timeout connect 2s
+	timeout client 10s
+	timeout server 10s
+
+frontend db
+	mode tcp
+	option tcplog
+	bind 127.0.0.1:$FE_DB
+	default_backend db
+
+backend db
+	mode tcp
+	server 127.0.0.1:${APP}_db-1 127.0.0.1:$APP
+
+frontend payments
+	mode tcp
+	option tcplog
+	bind 127.0.0.1:$FE_PAY
+	default_backend payments_v2
+
+backend payments_v2
+	mode tcp
+	server 127.0.0.1:${APP}_payments-1 127.0.0.1:$APP
+
+frontend api
+	mode http
+	option httplog
+	bind 127.0.0.1:$FE_API
+	default_backend api
+
+backend api
+	mode http
+	server 127.0.0.1:${HTTP_APP}_api-1 127.0.0.1:$HTTP_APP
+CFG
+haproxy -c -q -f "$WORK/synapse-haproxy.cfg"
+haproxy -db -f "$WORK/synapse-haproxy.cfg" 2>"$WORK/synapse-haproxy.err" &
+PIDS+=($!)
+for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$FE_API/" >/dev/null 2>&1 && break; sleep 0.1; done
+check "tcplog frontend db" "hello-d1" "$(send "$FE_DB" hello-d1)"
+check "tcplog frontend payments (backend payments_v2)" "hello-d2" "$(send "$FE_PAY" hello-d2)"
+curl -fsS "http://127.0.0.1:$FE_API/synapse-haproxy.cfg" >/dev/null && echo "ok   httplog frontend api"
+for _ in $(seq 1 100); do
+  [ "$(grep -c 'haproxy' "$WORK/syslog.log" 2>/dev/null || true)" -ge 4 ] && break; sleep 0.1
+done
+echo "   HAProxy wrote:"; sed 's/^/   | /' "$WORK/syslog.log"
+"$CORDON" import haproxy-cfg --identity web --db "$WORK/synapse.db" --host web-1 "$WORK/synapse-haproxy.cfg" >/dev/null
+"$CORDON" import haproxy-log --db "$WORK/synapse.db" --source web "$WORK/syslog.log" >/dev/null 2>"$WORK/import.err" \
+  || { cat "$WORK/import.err"; exit 1; }
+graph=$("$CORDON" graph --db "$WORK/synapse.db")
+echo "$graph" | sed 's/^/   | /'
+for fe in db payments api; do
+  seen=$(awk -v fe="$fe" '$1 == "web" && $2 == fe && $3 == "haproxy-log" && $11 == "yes"' <<<"$graph" | wc -l)
+  check "the graph names frontend $fe, imported and declared" "1" "$seen"
+done
+check "no edge names the backend payments_v2" "0" "$(grep -c payments_v2 <<<"$graph" || true)"
 echo "interop: all checks passed"

@@ -138,6 +138,19 @@ fn ledger_with_callers(path: &Path, callers: &[(&str, Identified, usize)]) {
                 },
                 at: SystemTime::now(),
             });
+            handle.record_wait(Event::Closed {
+                edge: EdgeKey {
+                    source: source.to_string(),
+                    destination: "db".into(),
+                    identified: *identified,
+                    mode: Mode::Learn,
+                    verdict: Verdict::Deny,
+                },
+                at: SystemTime::now(),
+                bytes_to_destination: 10,
+                bytes_to_source: 100,
+                duration: std::time::Duration::from_millis(1),
+            });
         }
     }
     rec.shutdown();
@@ -205,9 +218,13 @@ fn the_preflight_with_allowing_intentions_passes() {
         .unwrap();
     let db = dir.path().join("ledger.db");
     ledger_with_callers(&db, &[("web", Identified::Mtls, 3), ("batch", Identified::Mtls, 1)]);
-    let ok =
-        cordon(&["mode", "--policy", file.to_str().unwrap(), "db", "enforce", "--db", db.to_str().unwrap()]);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stdout));
+    let (p, d) = (file.to_str().unwrap(), db.to_str().unwrap());
+    // The ledger is seconds old: the default --min-history (30d) refuses, saying so.
+    let young = cordon(&["mode", "--policy", p, "db", "enforce", "--db", d]);
+    let out = String::from_utf8_lossy(&young.stdout);
+    assert_eq!(young.status.code(), Some(1), "{out}");
+    assert!(out.contains("less than --min-history 30.0d"), "{out}");
+    let ok = cordon(&["mode", "--policy", p, "db", "enforce", "--db", d, "--min-history", "0"]);
     assert!(String::from_utf8_lossy(&ok.stdout).contains("preflight"));
 }
 

@@ -47,7 +47,13 @@ fn the_report_shows_every_edge_with_its_verdict() {
                 mode: *mode,
                 verdict: *verdict,
             };
-            h.record_wait(Event::Opened { edge, at: SystemTime::now() });
+            h.record_wait(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
+            // Connections that passed carried bytes (none at all would be a port probe).
+            if *mode == Mode::Learn || *verdict == Verdict::Allow {
+                let at = SystemTime::now();
+                let (bytes_to_destination, bytes_to_source, duration) = (10, 100, Duration::from_millis(1));
+                h.record_wait(Event::Closed { edge, at, bytes_to_destination, bytes_to_source, duration });
+            }
         }
     }
     rec.shutdown();
@@ -122,7 +128,11 @@ fn a_fleet_ledger_gives_a_page_under_8_mib_with_every_service_and_edge() {
                 mode: Mode::Learn,
                 verdict: Verdict::Allow,
             };
-            h.record_wait(Event::Opened { edge, at: SystemTime::now() });
+            // Each with a byte each way: connections that carried data, not port probes.
+            let at = SystemTime::now();
+            h.record_wait(Event::Opened { edge: edge.clone(), at });
+            let duration = Duration::from_millis(5);
+            h.record_wait(Event::Closed { edge, at, bytes_to_destination: 1, bytes_to_source: 1, duration });
             edges += 1;
         }
     }

@@ -262,9 +262,10 @@ fn diff_says_which_services_are_ready_and_who_would_be_cut_off() {
             .unwrap_or_else(|| panic!("{caller}:\n{out}"))[0]
             .to_owned()
     };
-    assert_eq!(status("backup"), "would-deny,rare");
+    // backup first showed up on day 3 of 10: within the last 7 days of the history, so new too.
+    assert_eq!(status("backup"), "would-deny,rare,new");
     assert_eq!(status("reports"), "would-deny,plaintext");
-    assert_eq!(status("ip:10.0.0.7"), "would-deny,plaintext");
+    assert_eq!(status("ip:10.0.0.7"), "would-deny,plaintext,new");
     assert_eq!(status("web"), "ok");
 
     let one = ok(&cordon(

@@ -1,9 +1,11 @@
 //! A Synapse-generated `haproxy.cfg` into the local listeners cordon takes over.
 //!
-//! Synapse writes, per service, a `frontend NAME` bound to the local port apps dial and a
-//! `backend NAME` holding the servers (or one `listen NAME` doing both). A frontend is mapped to
-//! its service through `default_backend` (and `use_backend` when every rule names the same one);
-//! the service's name is the backend's name. Keywords cordon does not need are ignored, never an
+//! Synapse writes, per service, a `frontend NAME` bound to the local port apps dial and a backend
+//! holding the servers (or one `listen NAME` doing both). The backend is named after the service
+//! too, unless the service sets Synapse's `backend_name`: `frontend payments` with
+//! `default_backend payments_v2`. So the service is the frontend's name (the `listen` section's),
+//! and a frontend is mapped only when it sends everything to one defined backend (through
+//! `default_backend`, and `use_backend` when every rule names the same one). Keywords cordon does not need are ignored, never an
 //! error; sections cordon cannot map are reported as [`Skipped`] with their line. Only what HAProxy
 //! itself would refuse (a bind with a bad port, an open quote, a section without its name) is a
 //! [`ConfigError`], and every one is reported at once.
@@ -22,8 +24,10 @@ use bind::BindAddr;
 /// One local address HAProxy listened on for a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
-    /// The service, named after its backend (`backend db` or `listen db`).
+    /// The service: the frontend's name (`frontend db`, `listen db`), as Synapse names it.
     pub service: String,
+    /// The backend the frontend sends to: the service's name, or Synapse's `backend_name`.
+    pub backend: String,
     /// Where HAProxy listened; `0.0.0.0` or `::` for a wildcard bind (`*:3219`, `:3219`).
     pub bind: SocketAddr,
     /// The 1-based line of the `bind` (or `listen NAME ADDR`) line.
@@ -263,7 +267,7 @@ fn map_sections(sections: &[Section], errors: &mut Vec<ConfigError>) -> ConfigPa
             Kind::Frontend => {
                 let default = s.default_backend.as_deref().or(inherited);
                 match frontend_service(s, default, &backends) {
-                    Ok(service) => map_binds(s, service, &mut out, errors),
+                    Ok(backend) => map_binds(s, backend, &mut out, errors),
                     Err(reason) => out.skipped.push(skip(s, reason)),
                 }
             }
@@ -310,7 +314,8 @@ fn frontend_service<'a>(
     }
 }
 
-fn map_binds(s: &Section, service: &str, out: &mut ConfigParse, errors: &mut Vec<ConfigError>) {
+/// Maps the binds of `s`, a frontend sending to `backend` (or a listen section, its own backend).
+fn map_binds(s: &Section, backend: &str, out: &mut ConfigParse, errors: &mut Vec<ConfigError>) {
     for b in &s.binds {
         let skip = |reason| Skipped { line: b.line, section: s.title.clone(), reason };
         match bind::parse(&b.addr) {
@@ -319,7 +324,8 @@ fn map_binds(s: &Section, service: &str, out: &mut ConfigParse, errors: &mut Vec
                 b.addr
             ))),
             BindAddr::Tcp(bind) => out.services.push(Listener {
-                service: service.to_string(),
+                service: s.name.clone(),
+                backend: backend.to_string(),
                 bind,
                 line: b.line,
                 section: s.title.clone(),

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use self::config::Config;
-use crate::ledger::{Recorder, RecorderHandle};
+use crate::ledger::{DeclarationOrigin, Recorder, RecorderHandle};
 use crate::metrics::{Direction, Metrics};
 use crate::pki::issuer::Renewer;
 use crate::pki::{ServiceName, TlsStore};
@@ -165,6 +165,7 @@ impl Agent {
             Some(fleet) => Some(crate::store::Shipper::start(&config.ledger_path(), &config.host, fleet)?),
             None => None,
         };
+        declare_upstreams(&config, &recorder_handle);
         let decisions = DecisionLog::open(config.decision_log.as_deref())?;
 
         // Bind everything before serving anything, so a taken port fails the start cleanly.
@@ -416,6 +417,7 @@ fn reload(parts: &Parts) {
     }
     parts.policy.reload_now();
     parts.discovery.reload_now();
+    declare_upstreams(&parts.config, &parts.recorder);
 }
 
 /// Warns, once per service, when lockdown covers only the app's address while something listens
@@ -503,6 +505,22 @@ async fn keep_lockdown(
             changed = policy_rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Records, for each identity this host runs, the upstreams it is configured to dial (none for
+/// one that only serves): the intent `cordon propose` and the preflight weigh against traffic.
+fn declare_upstreams(config: &Config, recorder: &RecorderHandle) {
+    for identity in config.identities() {
+        let services: Vec<String> = config
+            .upstreams
+            .iter()
+            .filter(|u| u.identity == identity)
+            .map(|u| u.service.to_string())
+            .collect();
+        if !recorder.declare(identity.as_str(), DeclarationOrigin::AgentConfig, &services) {
+            warn!(%identity, "the ledger writer is busy; the declared upstreams are recorded at the next reload");
         }
     }
 }

@@ -10,8 +10,8 @@ use super::Outcome;
 use crate::base::Source;
 use crate::pki::ServiceName;
 use crate::policy::{
-    DecisionContext, Identified, Mode, Outcome as DecisionOutcome, Policy, Subject, Verdict, decide,
-    preflight, set_mode,
+    CutOff, DeclaredCaller, DecisionContext, Identified, Mode, Outcome as DecisionOutcome, Policy, Preflight,
+    Subject, Verdict, decide, preflight, set_mode,
 };
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +41,15 @@ pub struct ModeArgs {
     /// Flip even though the preflight finds callers that would be cut off.
     #[arg(long)]
     pub force: bool,
+    /// With --db: the recorded traffic of SERVICE must span at least this long (30d, 12h), so a
+    /// weekly or monthly job has had its chance to show up; 0 skips the check.
+    #[arg(long, value_name = "WINDOW", value_parser = min_history, default_value = "30d")]
+    pub min_history: std::time::Duration,
+}
+
+/// `--min-history`: a window, or `0` for none.
+fn min_history(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" { Ok(std::time::Duration::ZERO) } else { crate::graph::parse_window(s) }
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
@@ -88,36 +97,108 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
         let after = crate::policy::with_mode(&text, &args.policy, &args.service, Mode::Enforce)?;
         let after = Policy::parse(&after, &args.policy)?;
         let callers = db.callers_into(&args.service, None)?;
-        let cut = preflight(&after, &args.service, &callers);
-        if !cut.is_empty() {
-            writeln!(
-                out,
-                "{} callers of {} recorded in {} would be cut off by enforcing it:",
-                cut.len(),
-                args.service,
-                db
-            )?;
-            for c in &cut {
+        let observed = super::review::load(db, None)?;
+        let declared: Vec<DeclaredCaller> = observed
+            .declarations
+            .callers_of(&args.service)
+            .map(|d| DeclaredCaller {
+                identity: d.identity.clone(),
+                provenance: d.provenance(),
+                broad: d.broad,
+            })
+            .collect();
+        let check = preflight(&after, &args.service, &callers, &declared, args.min_history);
+        print_preflight(&mut out, &args, db, &check)?;
+        if !check.passes() {
+            if !args.force {
                 writeln!(
                     out,
-                    "  {:<24} {:<13} {:>8} connections, last seen {:<10} {}",
-                    c.source,
-                    c.identified.as_str(),
-                    c.connections,
-                    ago(c.last_seen),
-                    c.why
+                    "not flipped. Add intentions (cordon propose), wait for more history, or pass --force."
                 )?;
-            }
-            if !args.force {
-                writeln!(out, "not flipped. Add intentions (cordon propose) or pass --force.")?;
                 return Ok(Outcome::No);
             }
             writeln!(out, "--force: flipping anyway.")?;
-        } else {
-            writeln!(out, "preflight: every caller of {} recorded in {} is allowed.", args.service, db)?;
         }
     }
     set_mode(&args.policy, &args.service, args.mode)?;
     writeln!(out, "{} is now in {} mode ({}).", args.service, args.mode, args.policy.display())?;
     Ok(Outcome::Success)
+}
+
+/// Every finding of the preflight, refusals first.
+fn print_preflight(
+    out: &mut impl Write,
+    args: &ModeArgs,
+    db: &crate::store::Db,
+    check: &Preflight,
+) -> anyhow::Result<()> {
+    let svc = &args.service;
+    let days = |d: std::time::Duration| format!("{:.1}d", d.as_secs_f64() / 86_400.0);
+    match check.history {
+        None => writeln!(out, "history: no traffic of {svc} recorded in {}", db)?,
+        Some((first, last)) => writeln!(
+            out,
+            "history: the evidence for {svc} spans {} ({}..{})",
+            days(check.span()),
+            crate::graph::format::minute(first),
+            crate::graph::format::minute(last)
+        )?,
+    }
+    if check.too_short() {
+        writeln!(
+            out,
+            "refused: that is less than --min-history {}: a weekly or monthly job may not have run yet",
+            days(check.min_history)
+        )?;
+    }
+    let row = |out: &mut dyn Write, c: &CutOff| -> std::io::Result<()> {
+        let last = c.last_seen.map_or_else(|| "never".to_owned(), ago);
+        writeln!(
+            out,
+            "  {:<24} {:<13} {:>8} connections, last seen {:<10} {}",
+            c.source,
+            // A declared caller never seen has no evidence of its own.
+            c.last_seen.map_or("declared", |_| c.identified.as_str()),
+            c.connections,
+            last,
+            c.why
+        )
+    };
+    if check.cut.is_empty() {
+        writeln!(
+            out,
+            "preflight: every caller of {svc} recorded or declared in {} is allowed.",
+            db
+        )?;
+    } else {
+        writeln!(
+            out,
+            "refused: {} of {svc} recorded or declared in {} would be cut off by enforcing it:",
+            match check.cut.len() {
+                1 => "1 caller".to_owned(),
+                n => format!("{n} callers"),
+            },
+            db
+        )?;
+        for c in &check.cut {
+            row(out, c)?;
+        }
+    }
+    if !check.intended.is_empty() {
+        writeln!(out, "denied on purpose (an explicit deny intention names them; not blocking):")?;
+        for c in &check.intended {
+            row(out, c)?;
+        }
+    }
+    if !check.probes.is_empty() {
+        writeln!(
+            out,
+            "only probes (no byte either way; not blocking): a TCP connect check still connects under \
+             enforce, as cordon accepts before it decides; a check that speaks to the app would fail:"
+        )?;
+        for c in &check.probes {
+            row(out, c)?;
+        }
+    }
+    Ok(())
 }

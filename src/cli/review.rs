@@ -154,8 +154,13 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
         1 => ", 1 import record".to_owned(),
         n => format!(", {n} import records"),
     };
+    let declarations = match stats.declarations_read {
+        0 => String::new(),
+        1 => ", 1 declaration".to_owned(),
+        n => format!(", {n} declarations"),
+    };
     print(&format!(
-        "merged {} ledgers ({} rows{imports}) into {}\n",
+        "merged {} ledgers ({} rows{imports}{declarations}) into {}\n",
         stats.inputs,
         stats.rows_read,
         args.out.display()
@@ -165,7 +170,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<Outcome> {
 
 /// The recorded graph of a ledger or of the store.
 pub(super) fn load(db: &Db, since: Option<SystemTime>) -> anyhow::Result<graph::Observed> {
-    Ok(graph::Observed::from_edges(since, db.edge_totals(since)?))
+    Ok(graph::Observed::from_edges(since, db.edge_totals(since)?).with_declarations(&db.declarations()?))
 }
 
 fn load_policy(path: &Path) -> anyhow::Result<Policy> {

@@ -2,10 +2,13 @@
 //!
 //! Five toy services on their own loopback addresses (127.0.0.2 to .6), each with its own cordon
 //! agent (the real agent: real TLS, real ledgers), one host that has not migrated (plaintext), and
-//! an address nobody knows. The demo learns, reviews, enforces db, shows a caller that was never
-//! learned being refused, and rolls back. Review steps run the real `cordon` commands, printed so
+//! an address nobody knows. Someone holding cache's certificate dials db by hand while the fleet
+//! learns. The demo learns, reviews (the declared upstreams of every agent against the traffic:
+//! the stolen certificate gets an explicit deny), enforces db, shows the attacker refused, and
+//! rolls back. Review steps run the real `cordon` commands, printed so
 //! they can be typed again (`--keep DIR` keeps the world for that).
 
+mod stolen;
 mod world;
 
 use std::io::Write;
@@ -148,16 +151,24 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     ));
     let sample = call(world, "web", "db", "SELECT 1").await?;
     say(&format!("   web asked db \"SELECT 1\" and got back: \"{sample}\""));
+    let db_inbound = inbound_of(world, "db")?;
+    let stolen = stolen::dial(world, "cache", "db", db_inbound, "SELECT * FROM users").await?;
+    if stolen.is_empty() {
+        bail!("in learn mode the stolen certificate should have been let in");
+    }
+    say("    cache -> db      1 request by hand, with cache's certificate copied off the cache host.");
+    say("   Learning lets it in and records it like any caller. But every agent also recorded the");
+    say("   upstreams it is configured with, and cache's cordon.toml has none: cache never dials db.");
     wait_for_ledger(world).await?;
 
     step(
         3,
         "the learned graph",
-        "Each host keeps its own ledger; merge them into one fleet view and look at it.",
+        "Each host keeps its own ledger (with the upstreams its agent is configured with); merge\n\
+         them into one fleet view and look at it. DECLARED says whether the caller declares the edge.",
     );
     let mut args = vec!["merge", "--out", "fleet.db"];
-    let ledgers: Vec<String> =
-        HOSTS.iter().filter(|h| h.serves).map(|h| format!("state/{}/ledger.db", h.name)).collect();
+    let ledgers: Vec<String> = HOSTS.iter().map(|h| format!("state/{}/ledger.db", h.name)).collect();
     args.extend(ledgers.iter().map(String::as_str));
     show(world, &args)?;
     show(world, &["graph", "--db", "fleet.db"])?;
@@ -176,12 +187,17 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     step(
         5,
         "propose intentions from what was learned",
-        "Every edge proven by mTLS becomes an allow rule with its evidence. Plaintext callers are only\n\
-         listed as comments: nothing unproven is allowed silently. We adopt the proposal as it is.",
+        "Every edge proven by mTLS and declared by its caller becomes an allow rule with its evidence.\n\
+         cache declares no upstream, yet was seen calling db: not through a configured upstream, so\n\
+         the proposal denies it explicitly. Plaintext callers are only listed as comments: nothing\n\
+         unproven is allowed silently. We adopt the proposal as it is.",
     );
     let (ok, proposal) = show(world, &["propose", "--db", "fleet.db", "--policy", "policy.toml"])?;
     if !ok {
         bail!("cordon propose failed");
+    }
+    if !proposal.contains("source = \"cache\"\ndestination = \"db\"\naction = \"deny\"") {
+        bail!("the proposal should deny the stolen certificate's cache -> db");
     }
     let mut policy = std::fs::read_to_string(world.policy())?;
     policy.push('\n');
@@ -201,22 +217,28 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     step(
         7,
         "enforce db, and only db",
-        "The preflight passes now. Every agent picks up the new policy within a second.",
+        "The preflight passes now: every caller is allowed, and cache is denied on purpose. The\n\
+         demo's ledger is a minute old, so it passes --min-history 0; on a real fleet keep the\n\
+         default 30d, so that a weekly or monthly job has had its chance to show up first.\n\
+         Every agent picks up the new policy within a second.",
     );
-    let (ok, _) = show(world, &["mode", "--policy", "policy.toml", "db", "enforce", "--db", "fleet.db"])?;
+    let (ok, _) = show(
+        world,
+        &["mode", "--policy", "policy.toml", "db", "enforce", "--db", "fleet.db", "--min-history", "0"],
+    )?;
     if !ok {
         bail!("enforcing db was refused after adopting the proposal");
     }
     wait_for_mode(world.agent("db"), "db", "enforce").await?;
     let reply = call(world, "web", "db", "SELECT 2").await?;
     say(&format!("   web -> db   still works: \"{reply}\""));
-    let refused = call(world, "cache", "db", "DROP TABLE users").await?;
+    let refused = stolen::dial(world, "cache", "db", db_inbound, "DROP TABLE users").await?;
     if !refused.is_empty() {
         bail!("cache -> db should have been refused, got {refused:?}");
     }
-    say("   cache -> db refused: an attacker on the cache host holds a valid certificate, but cache");
-    say("   was never seen calling db, so no intention lets it in. db's app never saw the connection.");
-    let stranger = plaintext(STRANGER.into(), inbound_of(world, "db")?, "hello?").await?;
+    say("   cache -> db refused: the stolen certificate is valid, but cache declares no upstream to db,");
+    say("   so the adopted proposal denies it. db's app never saw the connection.");
+    let stranger = plaintext(STRANGER.into(), db_inbound, "hello?").await?;
     if !stranger.is_empty() {
         bail!("plaintext to an enforcing db should be refused");
     }
@@ -228,7 +250,7 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     step(8, "roll back", "Flipping back to learn is never preflighted and takes effect at once.");
     show(world, &["mode", "--policy", "policy.toml", "db", "learn"])?;
     wait_for_mode(world.agent("db"), "db", "learn").await?;
-    let reply = call(world, "cache", "db", "GET stats").await?;
+    let reply = stolen::dial(world, "cache", "db", db_inbound, "GET stats").await?;
     say(&format!("   cache -> db passes again while db learns (recorded as would-deny): \"{reply}\""));
 
     step(

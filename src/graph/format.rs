@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde_json::json;
 
-use super::{NodeKind, Observed, Proposal, ServiceReadiness};
+use super::{Declared, NodeKind, Observed, Proposal, ServiceReadiness};
 use crate::policy::Identified;
 
 /// `2026-11-22` (UTC).
@@ -77,6 +77,7 @@ pub fn graph_text(observed: &Observed) -> String {
             "LAST_SEEN",
             "DAYS",
             "OUTCOMES",
+            "DECLARED",
         ]
         .map(String::from)
         .to_vec(),
@@ -93,9 +94,26 @@ pub fn graph_text(observed: &Observed) -> String {
             minute(e.last_seen),
             e.days_seen.to_string(),
             outcomes(e),
+            declared_cell(observed, &e.source, &e.destination).to_owned(),
         ]);
     }
+    for (d, service) in observed.declarations.never_seen(observed) {
+        let mut row = vec![d.identity.clone(), service.to_owned(), "declared".to_owned()];
+        row.extend(["0", "0", "0", "-", "-", "0", "never-seen"].map(String::from));
+        row.push(declared_cell(observed, &d.identity, service).to_owned());
+        rows.push(row);
+    }
     table(&rows, "")
+}
+
+/// What the caller's declarations say of an edge: `yes`, `broad` (declared by a broad
+/// declaration), `no` (the caller declares, not this), `-` (the caller declares nothing).
+fn declared_cell(observed: &Observed, source: &str, destination: &str) -> &'static str {
+    let decl = &observed.declarations;
+    match decl.edge(source, destination) {
+        Declared::Yes if decl.get(source).is_some_and(|d| d.broad) => "broad",
+        other => other.as_str(),
+    }
 }
 
 /// The graph as JSON (`cordon-graph/1`), pretty-printed.
@@ -122,14 +140,37 @@ pub fn graph_json(observed: &Observed) -> String {
                 "days_seen": e.days_seen,
                 "outcomes": { "allowed": e.allowed, "would_deny": e.would_deny, "denied": e.denied },
                 "modes": e.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                "declared": match declared_cell(observed, &e.source, &e.destination) {
+                    "-" => serde_json::Value::Null,
+                    d => d.into(),
+                },
             })
         })
+        .collect();
+    let declarations: Vec<_> = observed
+        .declarations
+        .by_identity
+        .values()
+        .map(|d| {
+            json!({
+                "identity": d.identity, "services": d.services, "hosts": d.hosts,
+                "origins": d.origins.iter().map(|o| o.as_str()).collect::<Vec<_>>(), "broad": d.broad,
+            })
+        })
+        .collect();
+    let never_seen: Vec<_> = observed
+        .declarations
+        .never_seen(observed)
+        .into_iter()
+        .map(|(d, service)| json!({ "source": d.identity, "destination": service, "broad": d.broad }))
         .collect();
     let doc = json!({
         "format": "cordon-graph/1",
         "since": observed.since.map(rfc3339),
         "nodes": nodes,
         "edges": edges,
+        "declarations": declarations,
+        "declared_never_seen": never_seen,
     });
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
     s.push('\n');
@@ -203,7 +244,7 @@ fn toml_str(s: &str) -> String {
 /// and what cannot be proposed as comments only.
 pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
     let mut out = String::new();
-    for line in header {
+    for line in header.iter().chain(&proposal.rules) {
         let _ = writeln!(out, "# {}", line.replace(['\n', '\r'], " "));
     }
     if proposal.intentions.is_empty() {
@@ -212,9 +253,10 @@ pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
     for p in &proposal.intentions {
         let _ = write!(
             out,
-            "\n[[intention]]\nsource = {}\ndestination = {}\naction = \"allow\"\nnote = {}\n",
+            "\n[[intention]]\nsource = {}\ndestination = {}\naction = \"{}\"\nnote = {}\n",
             toml_str(&p.source),
             toml_str(&p.destination),
+            p.action,
             toml_str(&p.note())
         );
     }
@@ -225,8 +267,15 @@ pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
             proposal.below_threshold
         );
     }
+    if !proposal.declared_only.is_empty() {
+        out.push_str("\n# Declared but not proposed; review by hand:\n");
+        for d in &proposal.declared_only {
+            let _ =
+                writeln!(out, "#   {} -> {}  ({})", toml_str(&d.source), toml_str(&d.destination), d.reason);
+        }
+    }
     if !proposal.unproven.is_empty() {
-        out.push_str("\n# Seen but not proposed (not proven by a certificate); review by hand:\n");
+        out.push_str("\n# Seen but not proposed (not proven, or only probes); review by hand:\n");
         for u in &proposal.unproven {
             let _ = writeln!(
                 out,
@@ -250,25 +299,37 @@ pub fn diff_text(services: &[ServiceReadiness]) -> String {
     let mut out = String::new();
     for s in services {
         let _ = writeln!(out, "{} ({}): {}", s.service, s.mode, s.summary());
+        for line in readiness_facts(s) {
+            let _ = writeln!(out, "  {line}");
+        }
         if s.callers.is_empty() {
             out.push_str("  no callers recorded\n");
             continue;
         }
         let mut rows = vec![
-            ["STATUS", "CALLER", "IDENTIFIED", "POLICY", "CONNECTIONS", "DAYS", "LAST_SEEN"]
+            ["STATUS", "CALLER", "IDENTIFIED", "POLICY", "CONNECTIONS", "DAYS", "LAST_SEEN", "DECLARED"]
                 .map(String::from)
                 .to_vec(),
         ];
         for c in &s.callers {
             let mut status = Vec::new();
             if c.denied_by_intentions {
-                status.push("would-deny");
+                status.push(if c.intended_deny { "denied-on-purpose" } else { "would-deny" });
             }
             if c.plaintext() {
                 status.push("plaintext");
             }
             if c.rare {
                 status.push("rare");
+            }
+            if c.new {
+                status.push("new");
+            }
+            if c.probe_only {
+                status.push("probe-only");
+            }
+            if c.declared == Declared::No {
+                status.push("undeclared");
             }
             rows.push(vec![
                 if status.is_empty() { "ok".to_owned() } else { status.join(",") },
@@ -278,9 +339,51 @@ pub fn diff_text(services: &[ServiceReadiness]) -> String {
                 c.connections.to_string(),
                 c.days_seen.to_string(),
                 minute(c.last_seen),
+                c.declared.as_str().to_owned(),
             ]);
         }
         out.push_str(&table(&rows, "  "));
+    }
+    out
+}
+
+/// The per-service readiness facts beside the caller table: the history span, declared callers
+/// never seen, undeclared, new and probe-only callers.
+pub fn readiness_facts(s: &ServiceReadiness) -> Vec<String> {
+    let mut out = vec![match s.history {
+        Some((first, last)) => format!(
+            "history: {:.1} days ({}..{})",
+            s.history_span().as_secs_f64() / 86_400.0,
+            minute(first),
+            minute(last)
+        ),
+        None => "history: none recorded".to_owned(),
+    }];
+    if !s.declared_never_seen.is_empty() {
+        let names: Vec<String> = s
+            .declared_never_seen
+            .iter()
+            .map(|d| {
+                let tag = if d.broad {
+                    ", broad: not intent"
+                } else if d.cut_off() {
+                    ", would-deny"
+                } else {
+                    ""
+                };
+                format!("{} ({}{tag})", d.source, d.provenance)
+            })
+            .collect();
+        out.push(format!("declared, never seen: {}", names.join("; ")));
+    }
+    for (what, names) in [
+        ("undeclared callers (their declarations do not name it)", s.undeclared()),
+        (&*format!("new callers (first seen in the last {} days)", super::diff::NEW_DAYS), s.new_callers()),
+        ("probe-only callers (no byte either way)", s.probe_only()),
+    ] {
+        if !names.is_empty() {
+            out.push(format!("{what}: {}", names.join(", ")));
+        }
     }
     out
 }

@@ -7,13 +7,15 @@
 //! decision, [`crate::policy::decide()`]: it never derives a verdict of its own. It must not
 //! write files.
 
+pub mod declared;
 pub mod diff;
 pub mod format;
 pub mod propose;
 pub mod report;
 
+pub use declared::{Declarations, Declared, Declarer};
 pub use diff::{CallerReadiness, ServiceReadiness, diff};
-pub use propose::{Proposal, ProposedIntention, Unproven, propose};
+pub use propose::{Basis, DeclaredOnly, Proposal, ProposedIntention, Unproven, propose};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -67,11 +69,15 @@ pub struct Observed {
     /// One per (source, destination, how identified), sorted by destination, source,
     /// identification.
     pub edges: Vec<ObservedEdge>,
+    /// The upstreams callers declared (whatever the window: intent has no age).
+    pub declarations: Declarations,
 }
 
-/// Loads the graph recorded in `db` since `since` (the whole history when `None`).
+/// Loads the graph recorded in `db` since `since` (the whole history when `None`), with the
+/// declared upstreams.
 pub fn load(db: &Path, since: Option<SystemTime>) -> Result<Observed, LedgerError> {
-    Ok(Observed::from_edges(since, crate::ledger::edge_totals(db, since)?))
+    let observed = Observed::from_edges(since, crate::ledger::edge_totals(db, since)?);
+    Ok(observed.with_declarations(&crate::ledger::declarations(db)?))
 }
 
 impl Observed {
@@ -91,7 +97,14 @@ impl Observed {
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Observed { since, nodes, edges }
+        let declarations = Declarations::of(&[], &edges);
+        Observed { since, nodes, edges, declarations }
+    }
+
+    /// The same graph, with `declarations` as the callers' declared upstreams.
+    pub fn with_declarations(mut self, declarations: &[crate::ledger::Declaration]) -> Self {
+        self.declarations = Declarations::of(declarations, &self.edges);
+        self
     }
 
     /// The graph as petgraph sees it: nodes are names, edge weights index [`Observed::edges`].

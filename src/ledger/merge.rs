@@ -7,12 +7,13 @@
 //!
 //! The file prefixes `cordon import haproxy-log` recorded in an input are copied too (their lines
 //! are in the merged rows), so importing the same log into the merged ledger adds nothing twice.
+//! So are the declared upstreams, by their own newest-wins rule ([`super::declared`]).
 
 use std::path::{Path, PathBuf};
 
 use super::LedgerError;
-use super::imported;
 use super::schema::{self, classify};
+use super::{declared, imported};
 
 /// What a merge did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct MergeStats {
     pub rows_read: u64,
     /// Imported file prefixes read from the inputs.
     pub imports_read: u64,
+    /// Declarations (host, identity, origin) read from the inputs.
+    pub declarations_read: u64,
 }
 
 /// Merges `inputs` into `out` (created when missing; an existing ledger is merged into).
@@ -40,7 +43,7 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
     let mut conn = schema::open_write(out, "", schema::BUSY_TIMEOUT)?;
     let out_err = |what| move |e| classify(out, what, e);
     let tx = conn.transaction().map_err(out_err("begin the merge"))?;
-    let mut stats = MergeStats { inputs: inputs.len(), rows_read: 0, imports_read: 0 };
+    let mut stats = MergeStats { inputs: inputs.len(), ..MergeStats::default() };
     {
         let mut insert = tx
             .prepare(
@@ -83,6 +86,12 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
                 .map_err(in_err)?;
             stats.imports_read +=
                 copy_rows(&mut select, &mut insert, in_err, out_err("write the merged ledger"))?;
+        }
+        for (path, input) in &opened {
+            for decl in declared::read_all(path, &input.conn, input.version)? {
+                declared::upsert(&tx, &decl).map_err(out_err("write the merged ledger"))?;
+                stats.declarations_read += 1;
+            }
         }
     }
     tx.commit().map_err(out_err("commit the merge"))?;

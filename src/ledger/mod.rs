@@ -3,13 +3,15 @@
 //! Owns the `ledger.db` format and every SQL statement that touches it: the schema and its
 //! migrations ([`schema`]), the writer thread ([`Recorder`]), the read queries the review commands
 //! and the `cordon mode` preflight use, `cordon merge`, and the record of what
-//! `cordon import haproxy-log` has imported ([`imported_prefixes`]).
+//! `cordon import haproxy-log` has imported ([`imported_prefixes`]), and the upstreams each
+//! caller declared ([`declarations`]).
 //!
 //! The data plane only ever calls [`RecorderHandle::record`], which never blocks; one writer
 //! thread owns the SQLite connection, aggregates events in memory into hourly per-edge counters
 //! and writes one transaction per flush interval. It must not be called from async code for
 //! anything else: every other function here does blocking file I/O.
 
+mod declared;
 mod event;
 mod imported;
 mod merge;
@@ -19,6 +21,7 @@ mod rescue;
 pub mod schema;
 pub mod spool;
 
+pub use declared::{Declaration, DeclarationOrigin, declarations, record_declaration};
 pub use event::{EdgeKey, Event};
 pub use imported::{ImportedPrefix, imported_prefixes};
 pub use merge::{MergeStats, merge};

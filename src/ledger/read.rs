@@ -19,6 +19,11 @@ pub struct ObservedCaller {
     pub source: String,
     pub identified: Identified,
     pub connections: u64,
+    /// Bytes each way (both 0: only probes).
+    pub bytes_to_destination: u64,
+    pub bytes_to_source: u64,
+    /// Connections refused in enforce mode (no byte could cross them).
+    pub denied: u64,
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     /// Distinct days with traffic (a caller seen on one or two days is a periodic job).
@@ -118,6 +123,9 @@ pub fn callers_into(
                 source: r.source.to_owned(),
                 identified: r.identified,
                 connections: 0,
+                bytes_to_destination: 0,
+                bytes_to_source: 0,
+                denied: 0,
                 first_seen: from_ms(r.first_ms),
                 last_seen: from_ms(r.last_ms),
                 days_seen: 0,
@@ -126,6 +134,11 @@ pub fn callers_into(
         });
         let caller = &mut callers[i];
         caller.connections += r.connections;
+        caller.bytes_to_destination = caller.bytes_to_destination.saturating_add(r.bytes_to_destination);
+        caller.bytes_to_source = caller.bytes_to_source.saturating_add(r.bytes_to_source);
+        if Outcome::of(r.mode, r.verdict) == Outcome::Denied {
+            caller.denied += r.connections;
+        }
         caller.first_seen = caller.first_seen.min(from_ms(r.first_ms));
         caller.last_seen = caller.last_seen.max(from_ms(r.last_ms));
         if days.insert(i, r.hour) {

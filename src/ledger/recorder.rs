@@ -14,6 +14,10 @@
 //! An importer also hands over the file prefixes it has read ([`RecorderHandle::mark_imported`]):
 //! they wait with the pending counters and are written in the same transaction, so a prefix is
 //! never in the ledger without the events read before it.
+//!
+//! The agent hands over the upstreams each of its identities is configured with
+//! ([`RecorderHandle::declare`]) at start and on reload; they are written with the next batch,
+//! under this recorder's host name.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
+use super::declared::{self, Declaration, DeclarationOrigin};
 use super::imported::{self, ImportedPrefix};
 use super::{EdgeKey, Event, LedgerError, rescue, schema};
 
@@ -103,6 +108,8 @@ enum Msg {
     Event(Event),
     /// Every event before this one came from this file prefix (importers).
     Imported(ImportedPrefix),
+    /// An identity's configured upstreams (the agent, at start and on reload).
+    Declared(Declaration),
     /// Write everything pending now and report back (tests, importers).
     Flush(SyncSender<()>),
     /// Drain the channel, write, and stop; keep what cannot be written in a side ledger when asked.
@@ -141,6 +148,24 @@ impl RecorderHandle {
     pub fn mark_imported(&self, prefix: ImportedPrefix) {
         // A stopped recorder writes nothing more; there is nothing to count.
         let _ = self.tx.send(Msg::Imported(prefix));
+    }
+
+    /// Records that `identity` is configured to dial `services` (from `origin`, now), written
+    /// with the next batch under the recorder's host. Never blocks: for the agent's start and
+    /// reload. False when the channel was full or the recorder has stopped (nothing recorded).
+    pub fn declare(&self, identity: &str, origin: DeclarationOrigin, services: &[String]) -> bool {
+        let mut services = services.to_vec();
+        services.sort();
+        services.dedup();
+        let decl = Declaration {
+            // The writer puts its own host here.
+            host: String::new(),
+            identity: identity.to_owned(),
+            origin,
+            declared_at: SystemTime::now(),
+            services,
+        };
+        self.tx.try_send(Msg::Declared(decl)).is_ok()
     }
 
     /// Writes everything received so far and waits for the write (or its failure). Blocking:
@@ -203,6 +228,7 @@ impl Recorder {
             pending: HashMap::new(),
             pending_events: 0,
             pending_imports: Vec::new(),
+            pending_declarations: Vec::new(),
             interval: flush_interval.max(Duration::from_millis(1)),
             failing: false,
             delay: flush_interval.max(Duration::from_millis(1)),
@@ -342,6 +368,8 @@ struct Writer {
     pending_events: u64,
     /// Imported file prefixes to write with the pending counters.
     pending_imports: Vec<ImportedPrefix>,
+    /// Declarations to write with the pending counters.
+    pending_declarations: Vec<Declaration>,
     interval: Duration,
     /// The last write failed: no early writes until one succeeds again.
     failing: bool,
@@ -357,6 +385,7 @@ impl Writer {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Msg::Imported(prefix)) => self.imported(prefix),
+                Ok(Msg::Declared(decl)) => self.declared(decl),
                 Ok(Msg::Event(event)) => {
                     self.add(event);
                     // Under steady traffic the receive never times out: the interval is checked
@@ -398,6 +427,7 @@ impl Writer {
             match rx.try_recv() {
                 Ok(Msg::Event(event)) => self.add(event),
                 Ok(Msg::Imported(prefix)) => self.imported(prefix),
+                Ok(Msg::Declared(decl)) => self.declared(decl),
                 Ok(Msg::Flush(done)) => waiting.push(done),
                 Ok(Msg::Shutdown { keep }) => return Some(keep),
                 Err(_) => return None,
@@ -433,7 +463,7 @@ impl Writer {
     fn keep_unwritten(&self) -> Result<PathBuf, String> {
         let mut errors = Vec::new();
         for side in rescue::unwritten_candidates(&self.path, &self.host) {
-            match rescue::keep(&side, &self.host, |conn| write_rows(conn, &self.host, &self.pending, &[])) {
+            match rescue::keep(&side, &self.host, |conn| write_rows(conn, &self.host, &self.pending, &[], &[])) {
                 Ok(()) => return Ok(side),
                 Err(e) => errors.push(format!("{}: {e}", side.display())),
             }
@@ -452,6 +482,11 @@ impl Writer {
             return;
         }
         self.pending_imports.push(prefix);
+    }
+
+    fn declared(&mut self, mut decl: Declaration) {
+        decl.host.clone_from(&self.host);
+        self.pending_declarations.push(decl);
     }
 
     fn add(&mut self, event: Event) {
@@ -489,7 +524,8 @@ impl Writer {
 
     /// Writes the pending counters in one transaction. On failure they stay pending.
     fn flush(&mut self) -> bool {
-        if self.pending.is_empty() && self.pending_imports.is_empty() {
+        if self.pending.is_empty() && self.pending_imports.is_empty() && self.pending_declarations.is_empty()
+        {
             return true;
         }
         let mut result = self.write();
@@ -524,6 +560,7 @@ impl Writer {
         self.pending.clear();
         self.pending_events = 0;
         self.pending_imports.clear();
+        self.pending_declarations.clear();
         self.failing = false;
         self.delay = self.interval;
         true
@@ -564,7 +601,7 @@ impl Writer {
     }
 
     fn write(&mut self) -> rusqlite::Result<()> {
-        write_rows(&mut self.conn, &self.host, &self.pending, &self.pending_imports)
+        write_rows(&mut self.conn, &self.host, &self.pending, &self.pending_imports, &self.pending_declarations)
     }
 }
 
@@ -574,6 +611,7 @@ fn write_rows(
     host: &str,
     pending: &HashMap<(i64, EdgeKey), Counts>,
     imports: &[ImportedPrefix],
+    declarations: &[Declaration],
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -599,6 +637,9 @@ fn write_rows(
             for prefix in imports {
                 stmt.execute(imported::insert_params(prefix))?;
             }
+        }
+        for decl in declarations {
+            declared::upsert(&tx, decl)?;
         }
     }
     tx.commit()

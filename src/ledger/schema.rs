@@ -1,6 +1,6 @@
 //! The `ledger.db` schema, its version in `PRAGMA user_version`, and the migrations.
 //!
-//! Version 3 (current) keeps one row per host, hour and edge:
+//! Version 4 (current) keeps one row per host, hour and edge:
 //!
 //! ```sql
 //! CREATE TABLE edge_hour (
@@ -28,11 +28,15 @@
 //! ) WITHOUT ROWID;
 //! ```
 //!
+//! and the declared upstreams of each caller (tables `declarer` and `declared_upstream`, see
+//! [`super::Declaration`]).
+//!
 //! Version 5 adds what the fleet store shipper has not shipped yet, one table per shipped table
 //! (`ship_pending_edge_hour`, `ship_pending_imported_prefix`: the table's key and a generation;
 //! see [`super::spool`]).
 //!
-//! Version 2 is version 3 without `imported_prefix`; version 1 also had no `host` in
+//! Version 4 is version 5 without the shipping tables; version 3 is version 4 without the
+//! declarations; version 2 is version 3 without `imported_prefix`; version 1 also had no `host` in
 //! `edge_hour`. Opening an older ledger for writing migrates it in one transaction, naming a
 //! version-1 ledger's rows after the recording host. Readers accept versions 1 and 2 as they are
 //! (version-1 rows have host `""`; neither has imported anything that is recorded). Anything
@@ -52,6 +56,10 @@ pub const CURRENT_VERSION: i64 = 5;
 const TABLE: &str = "edge_hour";
 /// The import bookkeeping, since version 3.
 pub(crate) const IMPORTED_TABLE: &str = "imported_prefix";
+/// Who declared their upstreams, since version 4.
+pub(crate) const DECLARER_TABLE: &str = "declarer";
+/// The upstreams declared, since version 4.
+pub(crate) const DECLARED_TABLE: &str = "declared_upstream";
 /// How long any ledger connection waits for a lock before giving up. Readers in WAL mode never
 /// block the writer; this only covers checkpoints and a concurrent `cordon merge`.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,13 +104,36 @@ const CREATE_IMPORTED: &str = "CREATE TABLE imported_prefix (
     PRIMARY KEY (len, sha256)
 ) WITHOUT ROWID";
 
+const CREATE_DECLARED: &str = "CREATE TABLE IF NOT EXISTS declarer (
+    host TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    declared_at INTEGER NOT NULL,
+    PRIMARY KEY (host, identity, origin)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS declared_upstream (
+    host TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    service TEXT NOT NULL,
+    PRIMARY KEY (host, identity, origin, service)
+) WITHOUT ROWID;";
+
 /// The tables a ledger of `version` has (a version from the future may have more).
 fn tables_of(version: i64) -> &'static [&'static str] {
     match version {
         0 => &[],
         1 | 2 => &[TABLE],
-        3 | 4 => &[TABLE, IMPORTED_TABLE],
-        _ => &[TABLE, IMPORTED_TABLE, "ship_pending_edge_hour", "ship_pending_imported_prefix"],
+        3 => &[TABLE, IMPORTED_TABLE],
+        4 => &[TABLE, IMPORTED_TABLE, DECLARER_TABLE, DECLARED_TABLE],
+        _ => &[
+            TABLE,
+            IMPORTED_TABLE,
+            DECLARER_TABLE,
+            DECLARED_TABLE,
+            "ship_pending_edge_hour",
+            "ship_pending_imported_prefix",
+        ],
     }
 }
 
@@ -222,7 +253,7 @@ fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 
 /// Brings the ledger from the version it has to [`CURRENT_VERSION`] in one transaction: a new
 /// file gets every table; version 1 -> 2 adds `host` to every row and to the key (naming the rows
-/// after `host`); version 2 -> 3 adds `imported_prefix`. The version is read again under the
+/// after `host`); version 2 -> 3 adds `imported_prefix`; version 3 -> 4 adds the declarations. The version is read again under the
 /// write lock, so two cordons opening one old ledger at once migrate it once.
 fn migrate(conn: &Connection, host: &str) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -242,6 +273,9 @@ fn migrate(conn: &Connection, host: &str) -> rusqlite::Result<()> {
         }
         if version < 3 {
             conn.execute_batch(CREATE_IMPORTED)?;
+        }
+        if version < 4 {
+            conn.execute_batch(CREATE_DECLARED)?;
         }
         if version < 5 {
             conn.execute_batch(&super::spool::create_pending_sql())?;

@@ -1,11 +1,9 @@
 //! Changing a service's mode in `policy.toml` (`cordon mode`), keeping every comment and the order
-//! of everything else, and the preflight that checks an enforce flip against recorded traffic.
+//! of everything else. The preflight that checks an enforce flip is [`super::preflight`].
 
 use std::path::Path;
-use std::time::SystemTime;
 
-use super::{DecisionContext, Identified, Mode, Policy, PolicyError, Subject, decide_in};
-use crate::ledger::ObservedCaller;
+use super::{Mode, Policy, PolicyError};
 
 /// Sets `service`'s mode in the policy text and returns the new text, validated. `[modes]` is
 /// created if missing; comments and order are kept.
@@ -49,42 +47,4 @@ pub fn set_mode(path: &Path, service: &str, mode: Mode) -> Result<(), PolicyErro
         std::fs::metadata(path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     crate::pki::files::write_atomic(path, new.as_bytes(), perms.unwrap_or(0o644))
         .map_err(|e| PolicyError::Write { path: path.to_owned(), message: e.to_string() })
-}
-
-/// A recorded caller that an enforce flip would cut off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CutOff {
-    pub source: String,
-    pub identified: Identified,
-    pub connections: u64,
-    pub last_seen: SystemTime,
-    /// Why: the deciding rule, or that plaintext is refused in enforce mode.
-    pub why: String,
-}
-
-/// The recorded callers of `service` that `policy_after_flip` would refuse once `service`
-/// enforces, as the one decision judges them: callers the intentions deny, and every plaintext
-/// caller.
-pub fn preflight(policy_after_flip: &Policy, service: &str, callers: &[ObservedCaller]) -> Vec<CutOff> {
-    let ctx = DecisionContext::review();
-    let mut cut: Vec<CutOff> = callers
-        .iter()
-        .filter_map(|c| {
-            let subject = Subject::recorded(&c.source, c.identified);
-            let d = decide_in(policy_after_flip, &subject, service, Mode::Enforce, &ctx);
-            if d.outcome.passes() {
-                return None;
-            }
-            let why = d.rule.to_string();
-            Some(CutOff {
-                source: c.source.clone(),
-                identified: c.identified,
-                connections: c.connections,
-                last_seen: c.last_seen,
-                why,
-            })
-        })
-        .collect();
-    cut.sort_by(|a, b| b.connections.cmp(&a.connections).then_with(|| a.source.cmp(&b.source)));
-    cut
 }

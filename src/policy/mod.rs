@@ -8,15 +8,17 @@ mod decide;
 mod edit;
 mod log;
 mod parse;
+mod preflight;
 mod watch;
 
 use std::path::PathBuf;
 
 pub use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};
 pub use decide::{Decision, DecisionContext, Proof, Reason, Subject, decide, decide_in};
-pub use edit::{CutOff, preflight, set_mode, with_mode};
+pub use edit::{set_mode, with_mode};
 pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
 pub use parse::{ANY, Intention, Match, Policy};
+pub use preflight::{CutOff, DeclaredCaller, Preflight, intended_deny, preflight};
 pub use watch::{PolicyWatcher, ReloadStats};
 
 /// Why a policy was refused or could not be written.

@@ -55,6 +55,15 @@ impl Db {
         }
     }
 
+    /// The callers' declared upstreams. The fleet store does not hold them yet: from a store this
+    /// is empty, and the review judges callers by their traffic alone.
+    pub fn declarations(&self) -> Result<Vec<ledger::Declaration>, StoreError> {
+        match self {
+            Db::Ledger(path) => Ok(ledger::declarations(path)?),
+            Db::Store(_) => Ok(Vec::new()),
+        }
+    }
+
     /// Every caller of `destination` recorded since `since`.
     pub fn callers_into(
         &self,

@@ -60,9 +60,13 @@ pub async fn callers_into(
     since: Option<SystemTime>,
 ) -> Result<Vec<ObservedCaller>, StoreError> {
     let sql = format!(
-        "SELECT source, identified, {conns}, min(first_seen), max(last_seen), count(DISTINCT div(hour, 24))::bigint
+        "SELECT source, identified, {conns}, min(first_seen), max(last_seen), count(DISTINCT div(hour, 24))::bigint,
+                {to_dst}, {to_src}, {denied}
          FROM edge_hour WHERE hour >= $1 AND destination = $2 GROUP BY source, identified",
         conns = sum("connections"),
+        to_dst = sum("bytes_to_destination"),
+        to_src = sum("bytes_to_source"),
+        denied = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce'"),
     );
     let rows = client
         .query(sql.as_str(), &[&since_hour(since), &destination])
@@ -77,6 +81,9 @@ pub async fn callers_into(
             first_seen: crate::ledger::from_ms(r.get(3)),
             last_seen: crate::ledger::from_ms(r.get(4)),
             days_seen: u32::try_from(r.get::<_, i64>(5)).unwrap_or(u32::MAX),
+            bytes_to_destination: count(r.get(6)),
+            bytes_to_source: count(r.get(7)),
+            denied: count(r.get(8)),
         });
     }
     callers.sort_by(|a, b| (&a.source, a.identified).cmp(&(&b.source, b.identified)));

@@ -1,4 +1,5 @@
-//! `cordon import haproxy-cfg`: listeners from `haproxy.cfg` into `[[upstream]]` TOML.
+//! `cordon import haproxy-cfg`: listeners from `haproxy.cfg` into `[[upstream]]` TOML and, with
+//! `--db`, into the ledger as the identity's declared upstreams.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +11,7 @@ use anyhow::Context;
 use cordon_haproxy::{ConfigParse, parse_config};
 
 use crate::cli::Outcome;
+use crate::ledger::{Declaration, DeclarationOrigin};
 use crate::pki::ServiceName;
 
 #[derive(Debug, clap::Args)]
@@ -19,6 +21,13 @@ pub struct CfgArgs {
     /// The identity this host's apps call with (its own service name), e.g. `web`.
     #[arg(long)]
     pub identity: String,
+    /// Also record the frontends as the upstreams `--identity` declares, into this ledger
+    /// (created if missing); `propose` and the preflight weigh them against the traffic.
+    #[arg(long, value_name = "LEDGER")]
+    pub db: Option<PathBuf>,
+    /// The host name the declaration carries [default: this machine's host name].
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 pub fn run(args: CfgArgs) -> anyhow::Result<Outcome> {
@@ -31,8 +40,41 @@ pub fn run(args: CfgArgs) -> anyhow::Result<Outcome> {
     })?;
     let name = args.file.file_name().map_or(path.clone(), |n| n.to_string_lossy().into_owned());
     let toml = render(&parse, &identity, &path, &name);
+    if let Some(db) = &args.db {
+        let decl = Declaration {
+            host: args.host.clone().unwrap_or_else(crate::agent::config::local_hostname),
+            identity: identity.to_string(),
+            origin: DeclarationOrigin::HaproxyCfg,
+            declared_at: std::time::SystemTime::now(),
+            services: declared(&parse),
+        };
+        crate::ledger::record_declaration(db, &decl)
+            .with_context(|| format!("recording the upstreams {identity} declares"))?;
+        writeln!(
+            std::io::stderr().lock(),
+            "cordon: recorded {identity} on {} as declaring {} upstream(s) ({}) into {}",
+            decl.host,
+            decl.services.len(),
+            decl.services.join(", "),
+            db.display()
+        )?;
+    }
     std::io::stdout().lock().write_all(toml.as_bytes())?;
     Ok(Outcome::Success)
+}
+
+/// The services a host's apps dial through this config: every mapped frontend with a cordon
+/// service name, sorted, once each.
+fn declared(parse: &ConfigParse) -> Vec<String> {
+    let mut services: Vec<String> = parse
+        .services
+        .iter()
+        .filter(|l| ServiceName::new(&l.service).is_ok())
+        .map(|l| l.service.clone())
+        .collect();
+    services.sort();
+    services.dedup();
+    services
 }
 
 /// Larger than any haproxy.cfg Synapse writes: reading stops there rather than filling memory.

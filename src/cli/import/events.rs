@@ -31,7 +31,7 @@ pub(super) enum Unmapped {
     UnknownHost(Option<String>),
     /// A loopback client on a host that is a backend of several services: which one called?
     AmbiguousHost(String, Vec<String>),
-    /// The backend's name is not a cordon service name.
+    /// The frontend's name is not a cordon service name.
     BadDestination(String),
 }
 
@@ -45,7 +45,7 @@ impl fmt::Display for Unmapped {
             Unmapped::AmbiguousHost(h, services) => {
                 write!(f, "loopback caller on host {h}, a backend of {}; pass --source", services.join(", "))
             }
-            Unmapped::BadDestination(b) => write!(f, "backend {b:?} is not a service name"),
+            Unmapped::BadDestination(b) => write!(f, "frontend {b:?} is not a service name"),
         }
     }
 }
@@ -81,12 +81,11 @@ pub(super) fn source(record: &LogRecord<'_>, naming: &Naming<'_>) -> Result<(Str
     }
 }
 
-/// The called service: the backend HAProxy chose (it logs the frontend's name when none).
+/// The called service: the frontend (or listen section) the caller dialled. Synapse names it after
+/// the service and lets the backend carry another name (`backend_name`), so the backend HAProxy
+/// chose is not the service.
 pub(super) fn destination(record: &LogRecord<'_>) -> Result<ServiceName, Unmapped> {
-    let name = match record.backend {
-        "-" => record.frontend,
-        b => b,
-    };
+    let name = record.frontend;
     ServiceName::new(name).map_err(|_| Unmapped::BadDestination(name.to_string()))
 }
 

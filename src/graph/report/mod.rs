@@ -148,11 +148,12 @@ fn readiness_table(services: &[ServiceReadiness]) -> String {
         let ready = svc.ready();
         let _ = write!(
             s,
-            r#"<tr class="{cls}" data-service="{name}"><td class="svc">{name}</td><td><span class="pill {mode}">{mode}</span></td><td class="verdict">{summary}</td><td>{deny}</td><td>{rare}</td><td>{plain}</td><td>{last}</td></tr>"#,
+            r#"<tr class="{cls}" data-service="{name}"><td class="svc">{name}</td><td><span class="pill {mode}">{mode}</span></td><td class="verdict">{summary}<br><small>{facts}</small></td><td>{deny}</td><td>{rare}</td><td>{plain}</td><td>{last}</td></tr>"#,
             cls = if ready { "ready" } else { "not-ready" },
             name = escape(&svc.service),
             mode = svc.mode.as_str(),
             summary = escape(&svc.summary()),
+            facts = escape(&format::readiness_facts(svc).join("; ")),
             deny = names(&|c| c.cut_off() && !c.plaintext()),
             rare = names(&|c| c.rare),
             plain = names(&|c| c.plaintext()),

@@ -84,10 +84,11 @@ fn other_callers_are_named_through_discovery_or_by_address() {
 }
 
 #[test]
-fn destination_is_the_backend() {
-    let gw = "127.0.0.1:1 [22/Nov/2026:14:06:04.400] gateway api-v2/s 1/0/1/8/10 200 77 - - ---- 2/1/1/1/0 0/0 \"GET / HTTP/1.1\"";
-    assert_eq!(destination(&parse_log_line(gw).unwrap()).unwrap().as_str(), "api-v2");
-    let odd = DB.replacen("db db/s", "db we:ird/s", 1);
+fn destination_is_the_frontend_as_synapse_names_it() {
+    // Synapse's `backend_name`: the service is `payments`, its backend `payments_v2`.
+    let line = "127.0.0.1:1 [22/Nov/2026:14:06:04.400] payments payments_v2/10.0.6.61:7000 0/1/5 10 -- 1/1/1/1/0 0/0";
+    assert_eq!(destination(&parse_log_line(line).unwrap()).unwrap().as_str(), "payments");
+    let odd = DB.replacen("db db/s", "we:ird db/s", 1);
     assert_eq!(destination(&parse_log_line(&odd).unwrap()), Err(Unmapped::BadDestination("we:ird".into())));
 }
 
