@@ -276,6 +276,8 @@ impl Agent {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        // Signals sent before this line would have killed the process: this is when it is ready.
+        info!("agent ready: SIGHUP reloads, SIGUSR1 reopens the decision log, SIGTERM drains");
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: draining"); break }
