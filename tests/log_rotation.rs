@@ -39,7 +39,7 @@ fn sigusr1_and_sighup_reopen_the_decision_log_at_its_path() {
     }
     let mut child = Kill(child);
     let logged = |what: &str| std::fs::read_to_string(&agent_log).unwrap_or_default().contains(what);
-    wait_until("the agent to listen", || logged("inbound listening"));
+    wait_until("the agent to handle signals", || logged("agent ready"));
     assert!(log.exists(), "the decision log is created at start");
     let pid = child.0.id().to_string();
     let signal = |sig: &str| {

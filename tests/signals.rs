@@ -53,7 +53,8 @@ async fn signals_with(proxy: &str) {
         let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
         assert!(ok, "kill {sig}");
     };
-    wait_for("inbound listening");
+    // Signals are handled from this line on (before it, SIGHUP would kill the agent).
+    wait_for("agent ready");
     signal("-HUP");
     wait_for("SIGHUP");
     wait_for("policy reloaded");

@@ -374,6 +374,7 @@ impl Agent {
     /// Serves until `signals` brings SIGTERM or SIGINT, reloading on SIGHUP and reopening the
     /// decision log on SIGUSR1, then shuts down.
     pub async fn run_until(self, mut signals: Signals) -> Result<(), RunError> {
+        info!("agent ready: SIGHUP reloads, SIGUSR1 reopens the decision log, SIGTERM drains");
         loop {
             tokio::select! {
                 _ = signals.term.recv() => { info!("SIGTERM: draining"); break }

@@ -71,6 +71,7 @@ fn random_serial() -> SerialNumber {
 impl Ca {
     /// Creates a new CA in `dir` (created if missing). Refuses to overwrite an existing one.
     pub fn init(dir: &Path, trust_domain: &TrustDomain) -> Result<Ca, PkiError> {
+        // A friendly early refusal; the exclusive creation below is what guarantees it.
         for f in ["ca.pem", "ca-key.pem"] {
             if dir.join(f).exists() {
                 return Err(PkiError::CaExists { dir: dir.to_owned() });
