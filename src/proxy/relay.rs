@@ -307,7 +307,7 @@ mod tests {
     #[tokio::test]
     async fn bulk_through_a_narrow_writer_arrives_whole_and_in_order() {
         // Narrow pipes: every write is partial, so the kept remainder is used all the time.
-        let (mut app_side, mut client) = duplex(1000);
+        let (mut app_side, client) = duplex(1000);
         let (mut server, mut backend) = duplex(700);
         let cancel = CancellationToken::new();
         let relay =
