@@ -51,6 +51,25 @@ pub enum AgentError {
     Bind { what: String, addr: SocketAddr, source: std::io::Error },
 }
 
+/// The agent's signal handlers: SIGTERM and SIGINT stop it, SIGHUP reloads.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. Must run inside a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Why a running agent stopped other than cleanly.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -294,10 +313,14 @@ impl Agent {
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down cleanly.
     pub async fn run_until_signalled(self) -> Result<(), RunError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-        let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+        let signals = Signals::install().map_err(RunError::Signals)?;
+        self.run_until(signals).await
+    }
+
+    /// Like [`Agent::run_until_signalled`] with handlers installed before the agent started, so
+    /// a signal sent as soon as the listeners are up is never the default action (SIGHUP kills).
+    pub async fn run_until(self, signals: Signals) -> Result<(), RunError> {
+        let Signals { mut term, mut int, mut hup } = signals;
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: draining"); break }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::Outcome;
-use crate::agent::Agent;
 use crate::agent::config::Config;
+use crate::agent::{Agent, Signals};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,10 +29,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let runtime = builder.enable_all().thread_name("cordon").build().context("starting the async runtime")?;
     runtime.block_on(async {
+        let signals = Signals::install().context("installing signal handlers")?;
         let agent = Agent::start(config)
             .await
             .with_context(|| format!("starting the agent from {}", args.config.display()))?;
-        agent.run_until_signalled().await?;
+        agent.run_until(signals).await?;
         Ok(Outcome::Success)
     })
 }
