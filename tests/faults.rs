@@ -352,7 +352,7 @@ fn raise_open_files() -> u64 {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// A caller host (outbound for db) and a db host (inbound) as two `cordon agent` processes.

@@ -25,7 +25,7 @@ pub fn raise_nofile() -> std::io::Result<NoFile> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let before = lim.rlim_cur as u64;
+    let before = lim.rlim_cur;
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         // SAFETY: setrlimit reads one rlimit from a struct we own; it changes no memory of ours.
@@ -33,7 +33,7 @@ pub fn raise_nofile() -> std::io::Result<NoFile> {
             lim = raised;
         }
     }
-    Ok(NoFile { before, soft: lim.rlim_cur as u64, hard: lim.rlim_max as u64 })
+    Ok(NoFile { before, soft: lim.rlim_cur, hard: lim.rlim_max })
 }
 
 /// Descriptors `listeners` listeners need at `max_connections` each: two sockets per relayed

@@ -24,7 +24,14 @@ pub struct LogDate {
 impl LogDate {
     pub(super) fn parse(s: &str) -> Option<LogDate> {
         let b = s.as_bytes();
-        if b.len() != 24 || b[2] != b'/' || b[6] != b'/' || b[11] != b':' || b[14] != b':' || b[17] != b':' {
+        if b.len() != 24
+            || !b.is_ascii()
+            || b[2] != b'/'
+            || b[6] != b'/'
+            || b[11] != b':'
+            || b[14] != b':'
+            || b[17] != b':'
+        {
             return None;
         }
         if b[20] != b'.' {
@@ -80,7 +87,14 @@ impl SyslogTime {
     /// `Mmm dd hh:mm:ss` (the day space-padded), the first 15 bytes of `s`.
     pub(super) fn parse_rfc3164(s: &str) -> Option<SyslogTime> {
         let b = s.as_bytes();
-        if b.len() < 15 || b[3] != b' ' || b[6] != b' ' || b[9] != b':' || b[12] != b':' {
+        // Not ASCII: not a timestamp, and slicing it by byte could cut a character in two.
+        if b.len() < 15
+            || !b[..15].is_ascii()
+            || b[3] != b' '
+            || b[6] != b' '
+            || b[9] != b':'
+            || b[12] != b':'
+        {
             return None;
         }
         let t = SyslogTime::Rfc3164 {
@@ -97,7 +111,14 @@ impl SyslogTime {
     /// `2026-11-22T14:05:01.123456+01:00` or `...Z`.
     pub(super) fn parse_rfc3339(s: &str) -> Option<SyslogTime> {
         let b = s.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        if b.len() < 20
+            || !b[..19].is_ascii()
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return None;
         }
         let (year, month, day) = (num(&s[0..4])? as i32, num(&s[5..7])? as u8, num(&s[8..10])? as u8);
@@ -203,6 +224,17 @@ fn year_of(ms: i64) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the haproxy_log fuzz target: a multi-byte character where a digit should be
+    /// panicked on a byte slice inside it. Not ASCII is simply not a timestamp.
+    #[test]
+    fn timestamps_with_non_ascii_bytes_are_refused_not_a_panic() {
+        assert_eq!(SyslogTime::parse_rfc3339("2026-11-22T14:47:\u{fffd}\u{fffd}643003+00:00"), None);
+        assert_eq!(SyslogTime::parse_rfc3339("2026-11-22T14:4\u{e9}:13.643003+00:00"), None);
+        assert_eq!(SyslogTime::parse_rfc3164("N\u{e9}v 22 14:47:13 host"), None);
+        assert_eq!(SyslogTime::parse_rfc3164("Nov 22 14:47:1\u{e9} host"), None);
+        assert_eq!(LogDate::parse("22/Nov/2026:14:47:1\u{e9}.64"), None);
+    }
 
     #[test]
     fn civil_dates_match_known_epochs() {
