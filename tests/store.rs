@@ -167,6 +167,9 @@ fn a_wrong_url_or_password_is_a_clear_error_without_the_password() {
         &format!("postgres://cordon:{}@127.0.0.1:{}/postgres", "hunter2", pg.port),
     ]);
     assert!(err.contains("password in the URL is refused") && !err.contains("hunter2"), "{err}");
+    let err = stderr_of(&["import", "haproxy-log", "--db", &pg.url("postgres"), s(&a)]);
+    assert!(err.contains("cordon ship"), "{err}");
+    assert!(!Path::new("postgres:").exists(), "no file is made of the URL");
     let missing = dir.path().join("no-such-password-file");
     let err = stderr_of(&[
         "graph",

@@ -2,7 +2,7 @@
 //! reading the whole fleet from it.
 //!
 //! Owns every statement sent to PostgreSQL: the versioned, time-partitioned schema and its
-//! migration ([`schema`]), the idempotent upserts of shipped rows ([`write`]), the aggregated
+//! migration ([`schema`]), the idempotent upserts of shipped rows ([`write`](mod@write)), the aggregated
 //! reads behind `graph`, `propose`, `diff`, the report and the preflight ([`read`]), the agent's
 //! shipper thread ([`Shipper`]) and [`Db`], the place a `--db` points at (a ledger file or the
 //! store). The local SQLite ledger stays the durable spool ([`crate::ledger::spool`]); nothing

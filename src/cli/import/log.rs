@@ -90,6 +90,11 @@ impl Tally {
 }
 
 pub fn run(args: LogArgs) -> anyhow::Result<Outcome> {
+    // Not a file to create: the store takes imports through a ledger file and `cordon ship`.
+    anyhow::ensure!(
+        !args.db.to_str().is_some_and(crate::store::StoreUrl::is_url),
+        "--db: import haproxy-log writes a ledger file; import into one, then `cordon ship --db FILE --to URL`"
+    );
     let source = match &args.source {
         Some(s) => Some(ServiceName::new(s).map_err(|e| anyhow::anyhow!("--source: {e}"))?),
         None => None,
