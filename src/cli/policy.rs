@@ -10,7 +10,7 @@ use super::Outcome;
 use crate::base::Source;
 use crate::pki::ServiceName;
 use crate::policy::{
-    CutOff, DeclaredCaller, DecisionContext, Identified, Mode, Outcome as DecisionOutcome, Policy, Preflight,
+    CutOff, DecisionContext, DeclaredCaller, Identified, Mode, Outcome as DecisionOutcome, Policy, Preflight,
     Subject, Verdict, decide, preflight, set_mode,
 };
 
@@ -165,11 +165,7 @@ fn print_preflight(
         )
     };
     if check.cut.is_empty() {
-        writeln!(
-            out,
-            "preflight: every caller of {svc} recorded or declared in {} is allowed.",
-            db
-        )?;
+        writeln!(out, "preflight: every caller of {svc} recorded or declared in {} is allowed.", db)?;
     } else {
         writeln!(
             out,

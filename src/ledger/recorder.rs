@@ -463,7 +463,9 @@ impl Writer {
     fn keep_unwritten(&self) -> Result<PathBuf, String> {
         let mut errors = Vec::new();
         for side in rescue::unwritten_candidates(&self.path, &self.host) {
-            match rescue::keep(&side, &self.host, |conn| write_rows(conn, &self.host, &self.pending, &[], &[])) {
+            match rescue::keep(&side, &self.host, |conn| {
+                write_rows(conn, &self.host, &self.pending, &[], &[])
+            }) {
                 Ok(()) => return Ok(side),
                 Err(e) => errors.push(format!("{}: {e}", side.display())),
             }
@@ -601,7 +603,13 @@ impl Writer {
     }
 
     fn write(&mut self) -> rusqlite::Result<()> {
-        write_rows(&mut self.conn, &self.host, &self.pending, &self.pending_imports, &self.pending_declarations)
+        write_rows(
+            &mut self.conn,
+            &self.host,
+            &self.pending,
+            &self.pending_imports,
+            &self.pending_declarations,
+        )
     }
 }
 

@@ -19,9 +19,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
+use super::Observed;
 use super::diff::ServiceReadiness;
 use super::format;
-use super::Observed;
 use crate::policy::{DecisionContext, Identified, Outcome, Policy, Subject, decide};
 
 /// Graphs with at most this many nodes are also drawn whole; past it a picture of everything is
