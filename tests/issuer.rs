@@ -442,7 +442,10 @@ fn certs_in(path: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_rotation_under_steady_traffic_fails_no_connection() {
     let world = World::new();
-    let signer = Signer::start(&world, "127.0.0.1:0", "4s");
+    // Leaves of 8 s: renewed every few seconds, so the rotation runs through several renewals,
+    // with room for a loaded test machine to renew before a leaf expires (an app connection
+    // on a hop or a resumed session whose certificate has expired is refused).
+    let signer = Signer::start(&world, "127.0.0.1:0", "8s");
     let (db, web, _app) = two_hosts(&world, &signer).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, traffic) = steady_traffic(web.bound().upstream("db").unwrap(), stop.clone());
