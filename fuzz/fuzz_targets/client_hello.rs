@@ -45,8 +45,8 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let hop = accepted.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| p == HOP_ALPN));
-    let Some(config) = store.server_config(name, hop) else { return };
-    let Ok(mut conn) = accepted.into_connection(config) else { return };
+    let Some(server) = store.server_config(name, hop) else { return };
+    let Ok(mut conn) = accepted.into_connection(server.config) else { return };
     for _ in 0..64 {
         match conn.read_tls(&mut rest) {
             Ok(0) | Err(_) => break,

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use cordon::policy::{DecisionContext, Identified, Subject, decide};
+
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     match cordon::policy::Policy::parse(text, Path::new("policy.toml")) {
         Ok(policy) => {
             let names: Vec<String> = policy.intentions().iter().map(|i| format!("{i:?}")).collect();
-            let _ = policy.decide("web", "db");
+            let _ = policy.intention_for("web", "db");
+            for (source, identified) in [("web", Identified::Mtls), ("ip:10.0.0.7", Identified::Unknown)] {
+                let subject = Subject::recorded(source, identified);
+                let _ = decide(&policy, &subject, "db", &DecisionContext::review());
+            }
             let _ = policy.mode("db");
             let _ = policy.version();
             let _ = names;
