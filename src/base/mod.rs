@@ -7,8 +7,10 @@
 
 mod id;
 mod source;
+mod span;
 mod types;
 
 pub use id::{IdError, ServiceId, ServiceName, TrustDomain};
 pub use source::Source;
+pub use span::parse_span;
 pub use types::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};

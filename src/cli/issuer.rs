@@ -150,8 +150,3 @@ fn shorten(items: &[String]) -> String {
     }
     s
 }
-
-/// Parses `--ttl` and `--leaf-ttl`.
-pub fn parse_ttl(s: &str) -> Result<Duration, String> {
-    issuer::parse_ttl(s)
-}

@@ -31,7 +31,7 @@ pub enum CaCommand {
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
         /// Lifetime of the leaves it signs (24h, 90m, 30s).
-        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = super::issuer::parse_ttl)]
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::pki::issuer::parse_ttl)]
         leaf_ttl: std::time::Duration,
     },
     /// Mint a one-time join token for a host and its identities (the last line of stdout).
@@ -46,7 +46,7 @@ pub enum CaCommand {
         #[arg(long = "service", value_name = "NAME", required = true, num_args = 1..)]
         services: Vec<String>,
         /// How long the token stays usable (24h, 30m).
-        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = super::issuer::parse_ttl)]
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::pki::issuer::parse_ttl)]
         ttl: std::time::Duration,
     },
     /// Move a CA rotation one step: prepare a new CA, activate it, retire the old one.

@@ -135,16 +135,8 @@ fn petgraph_of(edges: &[ObservedEdge]) -> DiGraph<&str, usize> {
 
 /// Parses a `--since` window: a whole number followed by `d`, `h` or `m` (`30d`, `12h`, `90m`).
 pub fn parse_window(s: &str) -> Result<Duration, String> {
-    let bad = || format!("bad window {s:?}: expected a number followed by d, h or m (30d, 12h, 90m)");
-    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs).map(Duration::from_secs).filter(|d| !d.is_zero()).ok_or_else(bad)
+    crate::base::parse_span(s, false)
+        .ok_or_else(|| format!("bad window {s:?}: expected a number followed by d, h or m (30d, 12h, 90m)"))
 }
 
 #[cfg(test)]

@@ -219,15 +219,6 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 
 /// A duration such as `24h`, `30m`, `90s` or `7d`.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration {s:?}: expected a number followed by d, h, m or s (24h, 90s)");
-    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs).map(Duration::from_secs).filter(|d| !d.is_zero()).ok_or_else(bad)
+    crate::base::parse_span(s, true)
+        .ok_or_else(|| format!("bad duration {s:?}: expected a number followed by d, h, m or s (24h, 90s)"))
 }
