@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use cordon::agent::config::TlsSource;
+use cordon::pki::TlsSource;
 use cordon::pki::{Ca, ServiceName, TlsStore, TrustDomain, server_name};
 
 fn main() {

@@ -14,8 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
+use crate::base::{Identified, Mode, Outcome};
 use crate::pki::RejectReason;
-use crate::policy::{Identified, Mode, Outcome};
 
 /// Which proxy a metric is about.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]

@@ -7,7 +7,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use cordon::agent::config::TlsSource;
+use cordon::pki::TlsSource;
 use cordon::pki::{ServiceName, TlsStore, TrustDomain};
 use support::*;
 

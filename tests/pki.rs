@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cordon::agent::config::TlsSource;
+use cordon::pki::TlsSource;
 use cordon::pki::{
     Ca, RejectReason, ServiceId, ServiceName, SpiffeServerVerifier, TlsStore, TrustDomain, peer_service_id,
     server_name,

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cordon::agent::Agent;
-use cordon::agent::config::TlsSource;
 use cordon::ledger::{Declaration, DeclarationOrigin};
+use cordon::pki::TlsSource;
 use cordon::pki::{ServiceName, TlsStore, TrustDomain, server_name};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,14 +1,24 @@
 //! `cordon.toml`, the agent's configuration: parsed into a raw serde struct, then validated into
 //! [`Config`] with every bad value reported at once, each naming its field.
+//!
+//! The sections a module owns are parsed and validated by that module (`[tls]` by
+//! [`crate::pki::TlsSettings`], `[proxy]` by [`crate::proxy::ProxySettings`], `[fleet]` by
+//! [`crate::store::FleetSettings`]); this file composes them with the host's own fields, its
+//! listeners, and the checks that span sections (two listeners on one address).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::pki::{ServiceName, TrustDomain};
+use crate::base::config_path;
+use crate::lockdown::Guarded;
+pub use crate::pki::TlsSource;
+use crate::pki::issuer::IssuerSettings;
+use crate::pki::{RawTls, ServiceName, TlsSettings, TrustDomain};
+pub use crate::proxy::ProxySettings;
+use crate::proxy::RawProxy;
 
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -51,35 +61,6 @@ struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    ca: Option<PathBuf>,
-    dir: Option<PathBuf>,
-    ca_dir: Option<PathBuf>,
-    /// Lifetime of leaves issued locally from `ca_dir`, in days.
-    days: Option<u32>,
-    /// `https://HOST:PORT` of `cordon ca serve`: enrol and renew `dir`'s leaves there.
-    issuer: Option<String>,
-    join_token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProxy {
-    connect_timeout_ms: Option<u64>,
-    handshake_timeout_ms: Option<u64>,
-    first_byte_timeout_ms: Option<u64>,
-    idle_timeout_s: Option<u64>,
-    drain_timeout_s: Option<u64>,
-    max_connections: Option<usize>,
-    close_denied_on_enforce: Option<bool>,
-    reuse_connections: Option<bool>,
-    threads: Option<usize>,
-    recorder_capacity: Option<usize>,
-    flush_interval_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawService {
     name: String,
     listen: String,
@@ -97,66 +78,6 @@ struct RawUpstream {
     allow_remote: bool,
 }
 
-/// Where this host's certificates come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsSource {
-    /// `<dir>/<identity>/cert.pem` and `key.pem`, issued elsewhere (`cordon cert issue`), verified
-    /// against the CA bundle `ca`.
-    Files { ca: PathBuf, dir: PathBuf },
-    /// A local CA directory (`cordon ca init`): the agent issues and renews its own leaves.
-    LocalCa { ca_dir: PathBuf, days: u32 },
-}
-
-/// Data plane limits and timeouts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxySettings {
-    /// Deadline for a TCP connect to a backend before failing over to the next one.
-    pub connect_timeout: Duration,
-    /// While learning, how long the inbound waits for a caller's first byte before taking it for
-    /// a plaintext client of a server-first protocol (TLS clients speak at once).
-    pub first_byte_timeout: Duration,
-    /// Deadline for a TLS handshake (and the first byte on inbound), so a silent peer cannot hold
-    /// a connection slot.
-    pub handshake_timeout: Duration,
-    /// A connection with no bytes either way for this long is closed.
-    pub idle_timeout: Duration,
-    /// On shutdown, how long open connections may take to finish.
-    pub drain_timeout: Duration,
-    /// Connections open at once per listener; past it, accepts wait.
-    pub max_connections: usize,
-    /// Close open connections of callers that a new policy denies in enforce mode.
-    pub close_denied_on_enforce: bool,
-    /// Carry app connections one after another over each mTLS connection between two cordon
-    /// agents (`proxy::hop`), instead of a TCP and TLS handshake between them for each one.
-    pub reuse_connections: bool,
-    /// Threads that run the data plane. One (the default) is a single-threaded runtime: the
-    /// lowest latency and CPU per connection, for the usual host whose proxy needs less than a
-    /// core. More lets one agent use several cores for bulk traffic.
-    pub threads: usize,
-    /// Recorder channel capacity; a full channel drops (and counts) events.
-    pub recorder_capacity: usize,
-    /// How often the recorder writes a batch to the ledger.
-    pub flush_interval: Duration,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_millis(1000),
-            first_byte_timeout: Duration::from_millis(500),
-            handshake_timeout: Duration::from_millis(5000),
-            idle_timeout: Duration::from_secs(3600),
-            drain_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            close_denied_on_enforce: true,
-            reuse_connections: true,
-            threads: 1,
-            recorder_capacity: 16_384,
-            flush_interval: Duration::from_millis(1000),
-        }
-    }
-}
-
 /// A service served on this host: inbound mTLS in front of the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
@@ -164,6 +85,13 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     pub app: SocketAddr,
     pub lockdown: bool,
+}
+
+impl ServiceConfig {
+    /// What lockdown guards for this service; `None` unless it sets `lockdown`.
+    pub fn guarded(&self) -> Option<Guarded> {
+        self.lockdown.then(|| Guarded { service: self.name.clone(), listen: self.listen, app: self.app })
+    }
 }
 
 /// A service dialled from this host through a local port.
@@ -187,7 +115,7 @@ pub struct Config {
     pub host: String,
     pub tls: TlsSource,
     /// The signing service that issues and renews `tls.dir` (with `TlsSource::Files`).
-    pub issuer: Option<crate::pki::issuer::IssuerSettings>,
+    pub issuer: Option<IssuerSettings>,
     pub proxy: ProxySettings,
     pub services: Vec<ServiceConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -234,12 +162,7 @@ impl Config {
 
 fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
-    let path = |field: &str, p: PathBuf, problems: &mut Vec<String>| -> PathBuf {
-        if p.as_os_str().is_empty() {
-            problems.push(format!("{field}: must not be empty"));
-        }
-        if p.is_absolute() { p } else { base.join(p) }
-    };
+    let path = |field: &str, p: PathBuf, problems: &mut Vec<String>| config_path(field, p, base, problems);
 
     let trust_domain =
         TrustDomain::new(&raw.trust_domain).map_err(|e| problems.push(format!("trust_domain: {e}"))).ok();
@@ -291,89 +214,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
         None => local_hostname(),
     };
 
-    let tls = match (raw.tls.ca, raw.tls.dir, raw.tls.ca_dir) {
-        (Some(ca), Some(dir), None) => Some(TlsSource::Files {
-            ca: path("tls.ca", ca, &mut problems),
-            dir: path("tls.dir", dir, &mut problems),
-        }),
-        (None, None, Some(ca_dir)) => {
-            let days = raw.tls.days.unwrap_or(crate::pki::DEFAULT_LEAF_DAYS);
-            if days == 0 {
-                problems.push("tls.days: must be at least 1".into());
-            }
-            Some(TlsSource::LocalCa { ca_dir: path("tls.ca_dir", ca_dir, &mut problems), days })
-        }
-        _ => {
-            problems.push("tls: set either `ca` and `dir`, or `ca_dir` alone".into());
-            None
-        }
-    };
-
-    let join_token_file = raw.tls.join_token_file.map(|f| path("tls.join_token_file", f, &mut problems));
-    let issuer = match (raw.tls.issuer, &tls) {
-        (Some(url), Some(TlsSource::Files { .. })) => {
-            crate::pki::issuer::IssuerSettings::parse(&url, join_token_file)
-                .map_err(|e| problems.push(format!("tls.issuer: {e}")))
-                .ok()
-        }
-        (Some(_), _) => {
-            problems.push(
-                "tls.issuer: needs `ca` (the bundle) and `dir` (where leaves are kept), not `ca_dir`".into(),
-            );
-            None
-        }
-        (None, _) if join_token_file.is_some() => {
-            problems.push("tls.join_token_file: only used with tls.issuer".into());
-            None
-        }
-        (None, _) => None,
-    };
-
-    let mut proxy = ProxySettings::default();
-    let p = raw.proxy;
-    let positive = |field: &str, v: Option<u64>, problems: &mut Vec<String>| -> Option<u64> {
-        match v {
-            Some(0) => {
-                problems.push(format!("proxy.{field}: must be greater than 0"));
-                None
-            }
-            v => v,
-        }
-    };
-    if let Some(v) = positive("connect_timeout_ms", p.connect_timeout_ms, &mut problems) {
-        proxy.connect_timeout = Duration::from_millis(v);
-    }
-    if let Some(v) = positive("handshake_timeout_ms", p.handshake_timeout_ms, &mut problems) {
-        proxy.handshake_timeout = Duration::from_millis(v);
-    }
-    if let Some(v) = positive("first_byte_timeout_ms", p.first_byte_timeout_ms, &mut problems) {
-        proxy.first_byte_timeout = Duration::from_millis(v);
-    }
-    if let Some(v) = positive("idle_timeout_s", p.idle_timeout_s, &mut problems) {
-        proxy.idle_timeout = Duration::from_secs(v);
-    }
-    if let Some(v) = p.drain_timeout_s {
-        proxy.drain_timeout = Duration::from_secs(v);
-    }
-    if let Some(v) = positive("max_connections", p.max_connections.map(|v| v as u64), &mut problems) {
-        proxy.max_connections = v as usize;
-    }
-    if let Some(v) = positive("recorder_capacity", p.recorder_capacity.map(|v| v as u64), &mut problems) {
-        proxy.recorder_capacity = v as usize;
-    }
-    if let Some(v) = positive("flush_interval_ms", p.flush_interval_ms, &mut problems) {
-        proxy.flush_interval = Duration::from_millis(v);
-    }
-    if let Some(v) = p.close_denied_on_enforce {
-        proxy.close_denied_on_enforce = v;
-    }
-    if let Some(v) = p.reuse_connections {
-        proxy.reuse_connections = v;
-    }
-    if let Some(v) = positive("threads", p.threads.map(|v| v as u64), &mut problems) {
-        proxy.threads = v as usize;
-    }
-
+    let tls = TlsSettings::validate(raw.tls, base, &mut problems);
+    let proxy = ProxySettings::validate(raw.proxy, &mut problems);
     let fleet = raw.fleet.and_then(|f| crate::store::FleetSettings::validate(f, base, &mut problems));
 
     let mut services = Vec::new();
@@ -435,7 +277,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
     }
 
     match (problems.is_empty(), trust_domain, tls) {
-        (true, Some(trust_domain), Some(tls)) => Ok(Config {
+        (true, Some(trust_domain), Some(TlsSettings { source: tls, issuer })) => Ok(Config {
             trust_domain,
             discovery_dir,
             policy,

@@ -254,7 +254,7 @@ impl Agent {
         if let Some(r) = &renewer {
             r.spawn(tls.clone(), admin_stop.clone());
         }
-        let locked: Vec<_> = config.services.iter().filter(|s| s.lockdown).cloned().collect();
+        let locked: Vec<_> = config.services.iter().filter_map(|s| s.guarded()).collect();
         if !locked.is_empty() {
             tokio::spawn(keep_lockdown(
                 locked,
@@ -424,7 +424,7 @@ fn reload(parts: &Parts) {
 /// Warns, once per service, when lockdown covers only the app's address while something listens
 /// on every address at its port (checked each time the rules are applied).
 async fn warn_uncovered(
-    services: &[self::config::ServiceConfig],
+    services: &[crate::lockdown::Guarded],
     warned: &mut std::collections::BTreeSet<ServiceName>,
 ) {
     let svcs = services.to_vec();
@@ -432,9 +432,9 @@ async fn warn_uncovered(
         return;
     };
     for s in uncovered {
-        if warned.insert(s.name.clone()) {
+        if warned.insert(s.service.clone()) {
             warn!(
-                service = %s.name,
+                service = %s.service,
                 app = %s.app,
                 "lockdown covers only the app's address, but a socket listens on every address at port {}: \
                  the other addresses stay open; set app = \"0.0.0.0:{}\" to lock the port on every address",
@@ -473,7 +473,7 @@ fn check_open_files(config: &Config) {
 /// Keeps the nftables lockdown rules in step with the policy's modes, and the counters fresh.
 /// Failures (no nft, no privilege) are logged; the data plane keeps working without lockdown.
 async fn keep_lockdown(
-    services: Vec<self::config::ServiceConfig>,
+    services: Vec<crate::lockdown::Guarded>,
     mut policy_rx: tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
     counters: Arc<std::sync::Mutex<Vec<crate::lockdown::ServiceCounter>>>,
     stop: tokio_util::sync::CancellationToken,
@@ -485,7 +485,7 @@ async fn keep_lockdown(
     let mut warned = std::collections::BTreeSet::new();
     loop {
         let policy = policy_rx.borrow_and_update().clone();
-        let states: Vec<_> = services.iter().map(|s| (s.clone(), policy.mode(s.name.as_str()))).collect();
+        let states: Vec<_> = services.iter().map(|s| (s.clone(), policy.mode(s.service.as_str()))).collect();
         let modes: Vec<_> = states.iter().map(|(_, mode)| *mode).collect();
         if applied.as_ref() != Some(&modes) {
             match tokio::task::spawn_blocking(move || crate::lockdown::apply(&states)).await {

@@ -35,7 +35,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let policy = Policy::load(&config.policy)?;
-    let states: Vec<_> = config.services.iter().map(|s| (s.clone(), policy.mode(s.name.as_str()))).collect();
+    let states: Vec<_> =
+        config.services.iter().filter_map(|s| Some((s.guarded()?, policy.mode(s.name.as_str())))).collect();
     // The agent also deletes the counters of services no longer locked down; reading them needs
     // nft and CAP_NET_ADMIN, which a review of the script may not have.
     let existing = match lockdown::existing_counters() {

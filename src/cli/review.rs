@@ -182,8 +182,9 @@ fn lockdown_lines(config: &Path, only: Option<&str>) -> anyhow::Result<String> {
     let config = crate::agent::config::Config::load(config)?;
     let services: Vec<_> = config
         .services
-        .into_iter()
-        .filter(|s| s.lockdown && only.is_none_or(|o| s.name.as_str() == o))
+        .iter()
+        .filter_map(|s| s.guarded())
+        .filter(|s| only.is_none_or(|o| s.service.as_str() == o))
         .collect();
     if services.is_empty() {
         return Ok("lockdown: no served service has lockdown = true\n".into());
@@ -192,16 +193,16 @@ fn lockdown_lines(config: &Path, only: Option<&str>) -> anyhow::Result<String> {
         Ok(counters) => services
             .iter()
             .map(|s| {
-                let c = counters.iter().find(|c| c.service == s.name.as_str());
+                let c = counters.iter().find(|c| c.service == s.service.as_str());
                 match c {
                     Some(c) => format!(
                         "{} lockdown: {} packets ({} bytes) reached the app's port {} directly, bypassing cordon\n",
-                        s.name,
+                        s.service,
                         c.packets,
                         c.bytes,
                         s.app.port()
                     ),
-                    None => format!("{} lockdown: no counter yet (is the agent running with lockdown?)\n", s.name),
+                    None => format!("{} lockdown: no counter yet (is the agent running with lockdown?)\n", s.service),
                 }
             })
             .collect(),

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 use super::world::{HOSTS, TRUST_DOMAIN, World};
-use crate::agent::config::TlsSource;
+use crate::pki::TlsSource;
 use crate::pki::{ServiceName, TlsStore, TrustDomain, server_name};
 
 /// Sends `request` to `to` (the inbound of `service`) from `identity`'s host, presenting

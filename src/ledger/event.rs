@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::policy::{Identified, Mode, Verdict};
+use crate::base::{Identified, Mode, Verdict};
 
 /// One edge of the graph as a connection saw it: the ledger aggregates events by this key and
 /// the hour they fall in.

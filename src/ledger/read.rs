@@ -10,7 +10,7 @@ use rusqlite::types::ValueRef;
 
 use super::schema::{self, classify};
 use super::{LedgerError, recorder::unix_ms};
-use crate::policy::{Identified, Mode, Outcome, Verdict};
+use crate::base::{Identified, Mode, Outcome, Verdict};
 
 /// A caller of one destination as the ledger recorded it, summed over the window asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

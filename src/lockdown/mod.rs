@@ -25,8 +25,7 @@ use std::process::{Command, Stdio};
 
 use serde::Deserialize;
 
-use crate::agent::config::ServiceConfig;
-use crate::policy::Mode;
+use crate::base::{Mode, ServiceName};
 
 /// nftables table (family inet) that holds every cordon rule.
 pub const TABLE: &str = "cordon";
@@ -53,6 +52,18 @@ pub enum LockdownError {
         /// What was wrong, with the line and column in nft's output.
         error: String,
     },
+}
+
+/// An app that lockdown guards (a served service with `lockdown = true`): TCP to `app` that does
+/// not arrive on loopback is counted, and dropped while `service` enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guarded {
+    /// The service the app serves; it names the rule's counter.
+    pub service: ServiceName,
+    /// cordon's inbound listener in front of the app.
+    pub listen: SocketAddr,
+    /// The app's address and port.
+    pub app: SocketAddr,
 }
 
 /// One service's direct-to-app traffic, as its nftables counter saw it.
@@ -90,14 +101,12 @@ fn app_match(app: SocketAddr) -> String {
     }
 }
 
-/// The nft script that makes cordon's table match `services` (those with `lockdown` set), each
-/// with its current mode. `existing` names the counters now in cordon's table (as
+/// The nft script that makes cordon's table guard exactly `services`, each with its current mode. `existing` names the counters now in cordon's table (as
 /// [`existing_counters`] lists them): those cordon created for services no longer locked down are
 /// deleted after the flush that drops the rules using them; the others keep their counts. Pure:
 /// `cordon lockdown --print` shows exactly this.
-pub fn ruleset(services: &[(ServiceConfig, Mode)], existing: &[String]) -> String {
-    let locked: Vec<_> = services.iter().filter(|(s, _)| s.lockdown).collect();
-    let wanted: BTreeSet<String> = locked.iter().map(|(s, _)| counter_name(s.name.as_str())).collect();
+pub fn ruleset(services: &[(Guarded, Mode)], existing: &[String]) -> String {
+    let wanted: BTreeSet<String> = services.iter().map(|(s, _)| counter_name(s.service.as_str())).collect();
     let stale: BTreeSet<&str> = existing
         .iter()
         .map(String::as_str)
@@ -116,8 +125,8 @@ pub fn ruleset(services: &[(ServiceConfig, Mode)], existing: &[String]) -> Strin
     for counter in stale {
         s += &format!("delete counter inet {TABLE} {counter}\n");
     }
-    for (svc, mode) in locked {
-        let counter = counter_name(svc.name.as_str());
+    for (svc, mode) in services {
+        let counter = counter_name(svc.service.as_str());
         let verdict = match mode {
             Mode::Enforce => " drop",
             Mode::Learn => "",
@@ -126,7 +135,7 @@ pub fn ruleset(services: &[(ServiceConfig, Mode)], existing: &[String]) -> Strin
             "add counter inet {TABLE} {counter}\n\
              add rule inet {TABLE} {CHAIN} iif != \"lo\" {matched} counter name \"{counter}\"{verdict} comment \"{name} {mode}\"\n",
             matched = app_match(svc.app),
-            name = svc.name,
+            name = svc.service,
             mode = mode.as_str(),
         );
     }
@@ -222,7 +231,7 @@ pub fn existing_counters() -> Result<Vec<ListedCounter>, LockdownError> {
 
 /// Applies the rules for `services` in one transaction, deleting the counters of services that
 /// are no longer locked down.
-pub fn apply(services: &[(ServiceConfig, Mode)]) -> Result<(), LockdownError> {
+pub fn apply(services: &[(Guarded, Mode)]) -> Result<(), LockdownError> {
     let existing: Vec<String> = existing_counters()?.into_iter().map(|c| c.name).collect();
     nft(&["-f", "-"], Some(&ruleset(services, &existing))).map(|_| ())
 }
@@ -257,17 +266,17 @@ fn wildcard_listen_ports(proc_net_tcp: &str) -> BTreeSet<u16> {
         .collect()
 }
 
-/// The locked-down services whose app has one address while a socket on this host (in this
+/// The guarded services whose app has one address while a socket on this host (in this
 /// network namespace) listens on every address at the app's port: their rule covers only the
 /// configured address, so the port stays open on the others. Empty when /proc cannot be read.
-pub fn uncovered(services: &[ServiceConfig]) -> Vec<ServiceConfig> {
+pub fn uncovered(services: &[Guarded]) -> Vec<Guarded> {
     let mut open = BTreeSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         open.extend(wildcard_listen_ports(&std::fs::read_to_string(file).unwrap_or_default()));
     }
     services
         .iter()
-        .filter(|s| s.lockdown && !s.app.ip().to_canonical().is_unspecified() && open.contains(&s.app.port()))
+        .filter(|s| !s.app.ip().to_canonical().is_unspecified() && open.contains(&s.app.port()))
         // cordon's own inbound on every address at that port is not the app.
         .filter(|s| !(s.listen.port() == s.app.port() && s.listen.ip().is_unspecified()))
         .cloned()
@@ -275,15 +284,14 @@ pub fn uncovered(services: &[ServiceConfig]) -> Vec<ServiceConfig> {
 }
 
 /// The direct-to-app counters of the services in `services` that have one.
-pub fn counters(services: &[ServiceConfig]) -> Result<Vec<ServiceCounter>, LockdownError> {
+pub fn counters(services: &[Guarded]) -> Result<Vec<ServiceCounter>, LockdownError> {
     let listed = existing_counters()?;
     Ok(services
         .iter()
-        .filter(|s| s.lockdown)
         .filter_map(|s| {
-            let name = counter_name(s.name.as_str());
+            let name = counter_name(s.service.as_str());
             listed.iter().find(|c| c.name == name).map(|c| ServiceCounter {
-                service: s.name.to_string(),
+                service: s.service.to_string(),
                 packets: c.packets,
                 bytes: c.bytes,
             })
@@ -294,10 +302,16 @@ pub fn counters(services: &[ServiceConfig]) -> Result<Vec<ServiceCounter>, Lockd
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::config::ServiceConfig;
+
+    /// What the agent hands lockdown: the services that set `lockdown`, with their modes.
+    fn locked(services: &[(ServiceConfig, Mode)]) -> Vec<(Guarded, Mode)> {
+        services.iter().filter_map(|(s, mode)| Some((s.guarded()?, *mode))).collect()
+    }
 
     fn svc(name: &str, app_port: u16, lockdown: bool) -> ServiceConfig {
         ServiceConfig {
-            name: crate::pki::ServiceName::new(name).unwrap(),
+            name: ServiceName::new(name).unwrap(),
             listen: "0.0.0.0:14000".parse().unwrap(),
             app: format!("0.0.0.0:{app_port}").parse().unwrap(),
             lockdown,
@@ -311,11 +325,11 @@ mod tests {
     #[test]
     fn learn_counts_enforce_drops_and_unlocked_services_are_left_alone() {
         let rules = ruleset(
-            &[
+            &locked(&[
                 (svc("db", 5432, true), Mode::Enforce),
                 (svc("search-v2", 9200, true), Mode::Learn),
                 (svc("cache", 6379, false), Mode::Enforce),
-            ],
+            ]),
             &[],
         );
         assert!(rules.contains("add table inet cordon\n"));
@@ -336,7 +350,7 @@ mod tests {
         let at = |app: &str| {
             let mut s = svc("db", 1, true);
             s.app = app.parse().unwrap();
-            ruleset(&[(s, Mode::Enforce)], &[])
+            ruleset(&locked(&[(s, Mode::Enforce)]), &[])
         };
         let cases = [
             ("10.0.0.5:5432", "iif != \"lo\" ip daddr 10.0.0.5 tcp dport 5432 counter"),
@@ -373,7 +387,7 @@ mod tests {
 
     #[test]
     fn nothing_locked_still_owns_an_empty_chain() {
-        let rules = ruleset(&[(svc("db", 5432, false), Mode::Enforce)], &[]);
+        let rules = ruleset(&locked(&[(svc("db", 5432, false), Mode::Enforce)]), &[]);
         assert!(rules.contains("flush chain"));
         assert!(!rules.contains("add rule"));
     }
@@ -382,7 +396,7 @@ mod tests {
     fn counters_of_services_no_longer_locked_are_deleted_after_the_flush() {
         // db stays locked; cache is now `lockdown = false`; old_api left the config.
         let rules = ruleset(
-            &[(svc("db", 5432, true), Mode::Enforce), (svc("cache", 6379, false), Mode::Learn)],
+            &locked(&[(svc("db", 5432, true), Mode::Enforce), (svc("cache", 6379, false), Mode::Learn)]),
             &names(&["direct_old_api", "direct_db", "direct_cache"]),
         );
         let deletes: Vec<&str> = rules.lines().filter(|l| l.starts_with("delete")).collect();
@@ -403,7 +417,8 @@ mod tests {
 
     #[test]
     fn nothing_is_deleted_when_nothing_is_stale() {
-        let services = [(svc("db", 5432, true), Mode::Learn), (svc("search-v2", 9200, true), Mode::Enforce)];
+        let services =
+            locked(&[(svc("db", 5432, true), Mode::Learn), (svc("search-v2", 9200, true), Mode::Enforce)]);
         for existing in [names(&[]), names(&["direct_db"]), names(&["direct_db", "direct_search_v2"])] {
             let rules = ruleset(&services, &existing);
             assert!(!rules.contains("delete"), "{existing:?}:\n{rules}");
@@ -414,7 +429,7 @@ mod tests {
     #[test]
     fn counters_cordon_did_not_name_are_left_alone() {
         let rules = ruleset(
-            &[(svc("db", 5432, true), Mode::Learn)],
+            &locked(&[(svc("db", 5432, true), Mode::Learn)]),
             &names(&["site_counter", "direct_", "direct_x; flush ruleset", "direct_gone"]),
         );
         let deletes: Vec<&str> = rules.lines().filter(|l| l.starts_with("delete")).collect();

@@ -6,6 +6,7 @@
 mod ca;
 pub(crate) mod files;
 pub mod issuer;
+mod settings;
 mod tickets;
 mod tls;
 mod verify;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 pub use crate::base::{IdError, ServiceId, ServiceName, TrustDomain};
 pub use ca::{Ca, Leaf};
+pub use settings::{RawTls, TlsSettings, TlsSource};
 pub use tls::{HOP_ALPN, ServerTls, TlsStore};
 pub use verify::{
     RejectReason, SpiffeClientVerifier, SpiffeError, SpiffeServerVerifier, peer_of, peer_service_id,

@@ -33,8 +33,7 @@ use super::ca::Ca;
 use super::files::{read, read_private_key};
 use super::tickets::{JarKey, TicketJars};
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, spiffe_id_of};
-use super::{PkiError, ServiceId, ServiceName, TrustDomain};
-use crate::agent::config::TlsSource;
+use super::{PkiError, ServiceId, ServiceName, TlsSource, TrustDomain};
 use crate::base::BundleId;
 
 /// The ALPN name of cordon's reusable hop: an mTLS connection between two cordon agents that

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Mode, PolicyError, Verdict};
-use crate::pki::ServiceName;
+use crate::base::ServiceName;
 
 /// The wildcard that matches any service (and, as a source, any caller).
 pub const ANY: &str = "*";

@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::hop::{self, HopStream};
-use super::{ConnCount, End, Lifecycle, accept_loop, relay};
-use crate::agent::config::ProxySettings;
+use super::{ConnCount, End, Lifecycle, ProxySettings, accept_loop, relay};
 use crate::base::{BundleId, Caller};
 use crate::ledger::{EdgeKey, Event, RecorderHandle};
 use crate::metrics::ListenerMetrics;

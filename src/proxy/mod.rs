@@ -10,12 +10,14 @@ pub mod hop;
 mod inbound;
 mod outbound;
 mod relay;
+mod settings;
 
 pub use balance::Balancer;
 pub use hop::HopPool;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use relay::{Carried, End, relay};
+pub use settings::{ProxySettings, RawProxy};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -18,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::hop::{self, Hop, HopPool, HopStream};
-use super::{Balancer, ConnCount, End, Lifecycle, accept_loop, relay};
-use crate::agent::config::ProxySettings;
+use super::{Balancer, ConnCount, End, Lifecycle, ProxySettings, accept_loop, relay};
 use crate::metrics::ListenerMetrics;
 use crate::pki::{HOP_ALPN, RejectReason, ServiceName, TlsStore, server_name};
 

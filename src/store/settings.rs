@@ -153,14 +153,9 @@ impl FleetSettings {
                 None
             }
         };
-        let resolve = |field: &str, p: PathBuf, problems: &mut Vec<String>| {
-            if p.as_os_str().is_empty() {
-                problems.push(format!("fleet.{field}: must not be empty"));
-            }
-            base.join(p)
-        };
-        let password_file = raw.password_file.map(|p| resolve("password_file", p, problems));
-        let ca = raw.ca.map(|p| resolve("ca", p, problems));
+        let password_file =
+            raw.password_file.map(|p| crate::base::config_path("fleet.password_file", p, base, problems));
+        let ca = raw.ca.map(|p| crate::base::config_path("fleet.ca", p, base, problems));
         let ship_interval = match raw.ship_interval_ms {
             Some(0) => {
                 problems.push("fleet.ship_interval_ms: must be greater than 0".into());
