@@ -302,20 +302,19 @@ pub fn counters(services: &[Guarded]) -> Result<Vec<ServiceCounter>, LockdownErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::config::ServiceConfig;
 
     /// What the agent hands lockdown: the services that set `lockdown`, with their modes.
-    fn locked(services: &[(ServiceConfig, Mode)]) -> Vec<(Guarded, Mode)> {
-        services.iter().filter_map(|(s, mode)| Some((s.guarded()?, *mode))).collect()
+    fn locked(services: &[(Option<Guarded>, Mode)]) -> Vec<(Guarded, Mode)> {
+        services.iter().filter_map(|(s, mode)| Some((s.clone()?, *mode))).collect()
     }
 
-    fn svc(name: &str, app_port: u16, lockdown: bool) -> ServiceConfig {
-        ServiceConfig {
-            name: ServiceName::new(name).unwrap(),
+    /// A served service on every address; `None` (not guarded) unless `lockdown`.
+    fn svc(name: &str, app_port: u16, lockdown: bool) -> Option<Guarded> {
+        lockdown.then(|| Guarded {
+            service: ServiceName::new(name).unwrap(),
             listen: "0.0.0.0:14000".parse().unwrap(),
             app: format!("0.0.0.0:{app_port}").parse().unwrap(),
-            lockdown,
-        }
+        })
     }
 
     fn names(names: &[&str]) -> Vec<String> {
@@ -349,7 +348,9 @@ mod tests {
     fn the_rule_matches_the_app_address_unless_the_app_is_on_every_address() {
         let at = |app: &str| {
             let mut s = svc("db", 1, true);
-            s.app = app.parse().unwrap();
+            if let Some(s) = s.as_mut() {
+                s.app = app.parse().unwrap();
+            }
             ruleset(&locked(&[(s, Mode::Enforce)]), &[])
         };
         let cases = [
