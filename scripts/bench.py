@@ -10,6 +10,9 @@ BULK_MIB = int(os.environ.get("BENCH_BULK_MIB", "512"))
 PROXY_EXTRA = os.environ.get("BENCH_PROXY", "").replace(";", "\n")
 # Paced latency: requests per second, in total over 16 connections.
 PACED = [int(r) for r in os.environ.get("BENCH_PACED", "2000,8000").split(",") if r]
+# BENCH_BASELINE=path/to/an/older/cordon: a second cordon pair from that binary, measured in the
+# same rounds as "cordon-baseline" (enforce), to show a change's cost or gain before and after.
+BASELINE = os.path.abspath(os.environ["BENCH_BASELINE"]) if os.environ.get("BENCH_BASELINE") else None
 TICK = os.sysconf("SC_CLK_TCK")
 work = tempfile.mkdtemp(prefix="cordon-bench-")
 procs = []
@@ -132,6 +135,18 @@ co_out = start([CORDON, "agent", "--config", "out.toml"], "cordon-out.log")
 co_out_tls = start([CORDON, "agent", "--config", "out-tls.toml"], "cordon-out-tls.log")
 for p, what in ((HA_IN, "haproxy"), (HA_TLS, "haproxy"), (CO_OUT, "cordon"), (CO_IN, "cordon"), (CO_OUT_TLS, "cordon")):
     wait_port(p, what)
+if BASELINE:
+    CO_OUT_B, CO_IN_B, ADM_OUT_B, ADM_IN_B = port(), port(), port(), port()
+    os.makedirs("discovery-base", exist_ok=True)
+    open("discovery-base/db.json", "w").write(
+        f'[{{"host": "127.0.0.1", "port": {APP}, "name": "db-1", "labels": {{"cordon_mtls_port": "{CO_IN_B}"}}}}]')
+    agent_cfg("in-base", ADM_IN_B, f'[[service]]\nname = "db"\nlisten = "127.0.0.1:{CO_IN_B}"\napp = "127.0.0.1:{APP}"\n')
+    agent_cfg("out-base", ADM_OUT_B, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT_B}"\nidentity = "web"\n')
+    text = open("out-base.toml").read().replace('discovery_dir = "discovery"', 'discovery_dir = "discovery-base"')
+    open("out-base.toml", "w").write(text)
+    co_in_b = start([BASELINE, "agent", "--config", "in-base.toml"], "cordon-in-base.log")
+    co_out_b = start([BASELINE, "agent", "--config", "out-base.toml"], "cordon-out-base.log")
+    wait_port(CO_OUT_B, "baseline cordon"); wait_port(CO_IN_B, "baseline cordon")
 
 def set_mode(mode):
     tmp = "policy.toml.tmp"
@@ -145,6 +160,8 @@ TOPOLOGIES = {
     "cordon-enforce": (CO_OUT, [co_out.pid, co_in.pid]),
     "cordon-no-reuse": (CO_OUT_TLS, [co_out_tls.pid, co_in.pid]),
 }
+if BASELINE:
+    TOPOLOGIES["cordon-baseline"] = (CO_OUT_B, [co_out_b.pid, co_in_b.pid])
 # Topologies measured by some tests only (the rest: every test).
 ONLY = {"cordon-no-reuse": {"connect"}}
 TESTS = {
@@ -172,7 +189,7 @@ for r in range(ROUNDS):
         for topo in rotated:
             if test not in ONLY.get(topo, {test}):
                 continue
-            want = "enforce" if topo in ("cordon-enforce", "cordon-no-reuse") else "learn"
+            want = "enforce" if topo in ("cordon-enforce", "cordon-no-reuse", "cordon-baseline") else "learn"
             if topo.startswith("cordon") and want != mode:
                 set_mode(want); mode = want
             p, pids = TOPOLOGIES[topo]
@@ -206,6 +223,12 @@ for test in TESTS:
 rss = {"haproxy": max(hwm_kib(ha_out.pid), hwm_kib(ha_in.pid)), "cordon": max(hwm_kib(co_out.pid), hwm_kib(co_in.pid), hwm_kib(co_out_tls.pid))}
 print(f"peak RSS per proxy: haproxy {rss['haproxy']/1024:.1f} MiB, cordon {rss['cordon']/1024:.1f} MiB")
 
+if BASELINE:
+    print(f"\n== this build against the baseline {BASELINE} (both enforce, same rounds)")
+    for test in TESTS:
+        b, c = med("cordon-baseline", test, "cpu_per_unit"), med("cordon-enforce", test, "cpu_per_unit")
+        print(f"{test:8} proxy CPU {b*1e6:8.1f} -> {c*1e6:8.1f} us per {PER[test]} ({c/b:5.2f}x)   "
+              f"rate {med('cordon-baseline', test):10.1f} -> {med('cordon-enforce', test):10.1f} {UNIT[test]}")
 if not all(t in TESTS for t in ("bulk", "rr", "connect")):
     sys.exit(0)
 print("\n== ratios (same run; cordon = cordon-enforce)")

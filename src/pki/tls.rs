@@ -41,9 +41,15 @@ use crate::base::BundleId;
 /// one app connection per mTLS connection, as any TLS client would.
 pub const HOP_ALPN: &[u8] = b"cordon-hop/1";
 
+// The data plane's crypto: ring, or aws-lc-rs with the `aws-lc-rs` feature.
+#[cfg(feature = "aws-lc-rs")]
+use rustls::crypto::aws_lc_rs as crypto;
+#[cfg(not(feature = "aws-lc-rs"))]
+use rustls::crypto::ring as crypto;
+
 /// The TLS 1.3 suites in order of preference (see the module doc).
 fn provider() -> CryptoProvider {
-    use rustls::crypto::ring::cipher_suite::{
+    use crypto::cipher_suite::{
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
     };
     CryptoProvider {
@@ -52,7 +58,7 @@ fn provider() -> CryptoProvider {
             TLS13_CHACHA20_POLY1305_SHA256,
             TLS13_AES_256_GCM_SHA384,
         ],
-        ..rustls::crypto::ring::default_provider()
+        ..crypto::default_provider()
     }
 }
 
@@ -127,7 +133,7 @@ fn bundle_id(certs: &[CertificateDer<'_>]) -> BundleId {
 }
 
 fn new_ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, PkiError> {
-    rustls::crypto::ring::Ticketer::new().map_err(|e| PkiError::Config(e.to_string()))
+    crypto::Ticketer::new().map_err(|e| PkiError::Config(e.to_string()))
 }
 
 impl std::fmt::Debug for TlsStore {
