@@ -197,7 +197,9 @@ fn quoted(s: &str) -> String {
 
 /// The graph for Graphviz (`dot -Tsvg`). Edge colour is the verdict (green allowed, orange
 /// would-deny, red denied); line style is the evidence (solid mTLS, dashed HAProxy log, dotted
-/// plaintext or unknown). Addresses are dashed ellipses.
+/// plaintext or unknown). Addresses are dashed ellipses. A seen edge its caller's declarations do
+/// not name says `undeclared` (`broad` when a broad declaration names it); a declared edge never
+/// seen is grey and dashed with a hollow arrowhead.
 pub fn graph_dot(observed: &Observed) -> String {
     let mut out = String::from(
         "digraph cordon {\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"sans-serif\"];\n  edge [fontname=\"sans-serif\", fontsize=10];\n",
@@ -218,12 +220,25 @@ pub fn graph_dot(observed: &Observed) -> String {
             Identified::HaproxyLog => "dashed",
             Identified::PlaintextIp | Identified::Unknown => "dotted",
         };
+        let declared = match declared_cell(observed, &e.source, &e.destination) {
+            "no" => ", undeclared",
+            "broad" => ", broad",
+            _ => "",
+        };
         let _ = writeln!(
             out,
             "  {} -> {} [label={}, color={color}, fontcolor={color}, style={style}];",
             quoted(&e.source),
             quoted(&e.destination),
-            quoted(&format!("{} conn, {}, {verdict}", e.connections, e.identified)),
+            quoted(&format!("{} conn, {}, {verdict}{declared}", e.connections, e.identified)),
+        );
+    }
+    for (d, service) in observed.declarations.never_seen(observed) {
+        let _ = writeln!(
+            out,
+            "  {} -> {} [label=\"declared, never seen\", color=gray50, fontcolor=gray50, style=dashed, arrowhead=empty];",
+            quoted(&d.identity),
+            quoted(service),
         );
     }
     out.push_str("}\n");

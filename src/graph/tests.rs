@@ -265,6 +265,22 @@ fn diff_shows_declared_undeclared_new_and_probe_only_callers() {
     assert!(text.contains("declared, never seen: quarterly (haproxy.cfg on q-1, would-deny)"), "{text}");
     assert!(text.contains("history: 20.0 days"), "{text}");
     assert!(text.contains("denied-on-purpose,rare,new,undeclared  stolen"), "{text}");
+
+    let dot = format::graph_dot(&o);
+    let line = |from: &str| dot.lines().find(|l| l.contains(&format!("\"{from}\" -> \"db\""))).unwrap();
+    assert!(
+        line("web").ends_with(
+            "label=\"50 conn, mtls, allowed\", color=forestgreen, fontcolor=forestgreen, style=solid];"
+        ),
+        "{dot}"
+    );
+    assert!(line("intruder").contains("allowed, undeclared\""), "{dot}");
+    assert!(line("monitor").contains(", allowed\""), "no declarations on record: nothing to say:\n{dot}");
+    assert!(
+        line("quarterly").contains("label=\"declared, never seen\"")
+            && line("quarterly").contains("arrowhead=empty"),
+        "{dot}"
+    );
 }
 
 #[test]
