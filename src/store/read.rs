@@ -1,6 +1,6 @@
 //! The review reads over the store, aggregated by the server: per-edge totals (`graph`,
-//! `propose`, `diff`, the report) and the callers of one destination (the `cordon mode`
-//! preflight). The answers are the ledger's types, equal to what [`crate::ledger`] computes from
+//! `propose`, `diff`, the report), the callers of one destination (the `cordon mode`
+//! preflight) and the declared upstreams. The answers are the ledger's types, equal to what [`crate::ledger`] computes from
 //! a merged ledger of the same rows.
 
 use std::time::SystemTime;
@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use tokio_postgres::{Client, Row};
 
 use super::StoreError;
-use crate::ledger::{EdgeTotals, ObservedCaller};
+use crate::ledger::{Declaration, DeclarationOrigin, EdgeTotals, ObservedCaller};
 use crate::policy::{Identified, Mode};
 
 /// Sums as bigint, saturating as the ledger's reader does.
@@ -88,6 +88,38 @@ pub async fn callers_into(
     }
     callers.sort_by(|a, b| (&a.source, a.identified).cmp(&(&b.source, b.identified)));
     Ok(callers)
+}
+
+/// Every declaration in the store, as [`crate::ledger::declarations`] returns them from a merged
+/// ledger: sorted by identity, host and origin, each with its services sorted.
+pub async fn declarations(client: &Client, url: &str) -> Result<Vec<Declaration>, StoreError> {
+    let rows = client
+        .query("SELECT host, identity, origin, declared_at, services FROM declarer", &[])
+        .await
+        .map_err(|source| StoreError::Sql { url: url.to_owned(), what: "read the declarations", source })?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let origin: String = r.get(2);
+        let origin = DeclarationOrigin::parse(&origin).ok_or_else(|| StoreError::BadRow {
+            url: url.to_owned(),
+            table: "declarer",
+            column: "origin",
+            value: origin.clone(),
+        })?;
+        let mut services: Vec<String> = r.get(4);
+        services.sort_unstable();
+        services.dedup();
+        out.push(Declaration {
+            host: r.get(0),
+            identity: r.get(1),
+            origin,
+            declared_at: crate::ledger::from_ms(r.get(3)),
+            services,
+        });
+    }
+    // Sorted here, not by the server: its collation need not order text as the ledger does.
+    out.sort_by(|a, b| (&a.identity, &a.host, a.origin).cmp(&(&b.identity, &b.host, b.origin)));
+    Ok(out)
 }
 
 fn edge(url: &str, r: &Row) -> Result<EdgeTotals, StoreError> {
