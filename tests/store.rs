@@ -112,6 +112,8 @@ fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
     record(&a, "host-a", t, 3, &[web_db(), batch_db()]);
     record(&a, "host-a", t + 30 * HOUR, 2, &[web_db()]);
     record(&b, "host-b", t + HOUR, 4, &[web_db(), plain_cache()]);
+    // One edge seen in both modes: batch is refused at db once db enforces.
+    record(&b, "host-b", t + 2 * HOUR, 4, &[EdgeKey { mode: Mode::Enforce, ..batch_db() }]);
     // What the callers declare (their haproxy.cfg): batch declares db and a queue it never dials.
     declare(&a, "host-a", "web", t, &["db"]);
     declare(&a, "host-a", "batch", t, &["db", "queue"]);
@@ -122,7 +124,7 @@ fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
     assert!(!shipped.contains("password_file"), "the URL is printed without its query: {shipped}");
     cordon_ok(&["ship", "--db", s(&b), "--to", &url, "--batch-rows", "1"]);
     let rows = pg.psql("fleet", "SELECT count(*), sum(connections) FROM edge_hour");
-    assert_eq!(rows, "5|16");
+    assert_eq!(rows, "6|20");
     // Shipped again (a retry, a restart, the same file twice): nothing changes.
     cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
     cordon_ok(&["ship", "--db", s(&b), "--to", &url]);
@@ -142,7 +144,7 @@ fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
     record(&a, "host-a", t + 30 * HOUR + 100, 5, &[web_db()]);
     declare(&a, "host-a", "batch", t + 60, &["db"]);
     cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
-    assert_eq!(pg.psql("fleet", "SELECT count(*), sum(connections) FROM edge_hour"), "5|21");
+    assert_eq!(pg.psql("fleet", "SELECT count(*), sum(connections) FROM edge_hour"), "6|25");
     let fleet = graph_json(&url);
     assert!(!fleet.contains("\"queue\""), "batch no longer declares the queue: {fleet}");
     assert_eq!(fleet, merged_graph(dir.path(), &[&a, &b]));

@@ -22,29 +22,44 @@ fn since_hour(since: Option<SystemTime>) -> i64 {
     since.map(|t| crate::ledger::unix_ms(t).div_euclid(3_600_000)).unwrap_or(i64::MIN)
 }
 
+/// Memory for the sorts and hashes of one review read: the default (4 MB) sends a fleet's
+/// aggregation to temporary files on disk.
+const REVIEW_WORK_MEM: &str = "SET work_mem = '64MB'";
+
 /// Every edge recorded since `since`, as [`crate::ledger::edge_totals`] returns it.
+///
+/// Aggregated in two steps, per edge and day, then per edge, so that no aggregate needs
+/// `DISTINCT` (which forces a sort of every row): the days seen are the rows of the first step,
+/// the modes two flags.
 pub async fn edge_totals(
     client: &Client,
     url: &str,
     since: Option<SystemTime>,
 ) -> Result<Vec<EdgeTotals>, StoreError> {
     let sql = format!(
-        "SELECT source, destination, identified, {conns}, {btd}, {bts}, min(first_seen), max(last_seen),
-                count(DISTINCT div(hour, 24))::bigint,
-                {allowed}, {would_deny}, {denied}, array_agg(DISTINCT mode)
-         FROM edge_hour WHERE hour >= $1 GROUP BY source, destination, identified",
-        conns = sum("connections"),
-        btd = sum("bytes_to_destination"),
-        bts = sum("bytes_to_source"),
-        allowed = sum("connections) FILTER (WHERE verdict = 'allow'"),
-        would_deny = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'learn'"),
-        denied = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce'"),
+        "SELECT source, destination, identified, {conns}, {btd}, {bts}, min(fs), max(ls), count(*)::bigint,
+                {allowed}, {would_deny}, {denied}, bool_or(learn), bool_or(enforce), bool_or(other)
+         FROM (SELECT source, destination, identified, sum(connections) AS c,
+                      sum(bytes_to_destination) AS btd, sum(bytes_to_source) AS bts,
+                      min(first_seen) AS fs, max(last_seen) AS ls,
+                      sum(connections) FILTER (WHERE verdict = 'allow') AS allowed,
+                      sum(connections) FILTER (WHERE verdict = 'deny' AND mode = 'learn') AS would_deny,
+                      sum(connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce') AS denied,
+                      bool_or(mode = 'learn') AS learn, bool_or(mode = 'enforce') AS enforce,
+                      bool_or(mode NOT IN ('learn', 'enforce')) AS other
+               FROM edge_hour WHERE hour >= $1
+               GROUP BY source, destination, identified, div(hour, 24)) AS per_day
+         GROUP BY source, destination, identified",
+        conns = sum("c"),
+        btd = sum("btd"),
+        bts = sum("bts"),
+        allowed = sum("allowed"),
+        would_deny = sum("would_deny"),
+        denied = sum("denied"),
     );
-    let rows = client.query(sql.as_str(), &[&since_hour(since)]).await.map_err(|source| StoreError::Sql {
-        url: url.to_owned(),
-        what: "read the fleet graph",
-        source,
-    })?;
+    let fail = |source| StoreError::Sql { url: url.to_owned(), what: "read the fleet graph", source };
+    client.batch_execute(REVIEW_WORK_MEM).await.map_err(fail)?;
+    let rows = client.query(sql.as_str(), &[&since_hour(since)]).await.map_err(fail)?;
     let mut edges = rows.iter().map(|r| edge(url, r)).collect::<Result<Vec<_>, _>>()?;
     edges.sort_by(|a, b| {
         (&a.destination, &a.source, a.identified).cmp(&(&b.destination, &b.source, b.identified))
@@ -123,18 +138,25 @@ pub async fn declarations(client: &Client, url: &str) -> Result<Vec<Declaration>
 }
 
 fn edge(url: &str, r: &Row) -> Result<EdgeTotals, StoreError> {
-    let modes: Vec<String> = r.get(12);
-    let mut modes = modes
-        .iter()
-        .map(|m| {
-            m.parse::<Mode>().map_err(|_| StoreError::BadRow {
-                url: url.to_owned(),
-                table: "edge_hour",
-                column: "mode",
-                value: m.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    if r.get::<_, Option<bool>>(14) == Some(true) {
+        return Err(StoreError::BadRow {
+            url: url.to_owned(),
+            table: "edge_hour",
+            column: "mode",
+            value: format!(
+                "not learn or enforce, for {} -> {}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1)
+            ),
+        });
+    }
+    let mut modes = Vec::new();
+    if r.get::<_, Option<bool>>(12) == Some(true) {
+        modes.push(Mode::Learn);
+    }
+    if r.get::<_, Option<bool>>(13) == Some(true) {
+        modes.push(Mode::Enforce);
+    }
     modes.sort();
     Ok(EdgeTotals {
         source: r.get(0),
