@@ -145,13 +145,19 @@ while True:
     if done: break
     time.sleep(0.1)
     s = status()
-print(f"{cpu():.2f} {time.monotonic() - t0:.2f}")
+thread = 0.0
+with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+    for line in r.read().decode().splitlines():
+        if line.startswith("cordon_store_shipper_cpu_seconds_total"):
+            thread = float(line.split()[-1])
+print(f"{cpu():.2f} {time.monotonic() - t0:.2f} {thread:.2f}")
 PY
     kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
 }
-read -r ship_cpu ship_wall < <(agent_cpu shipping 1 0)
-read -r idle_cpu idle_wall < <(agent_cpu idle 0 "$ship_wall")
+read -r ship_cpu ship_wall ship_thread < <(agent_cpu shipping 1 0)
+read -r idle_cpu idle_wall _ < <(agent_cpu idle 0 "$ship_wall")
 python3 -c "
 rows=$cpu_rows; d=$ship_cpu-$idle_cpu
 print(f'agent shipping {rows} rows: {$ship_cpu:.2f} s CPU in {$ship_wall:.1f} s; not shipping, same ledger: {$idle_cpu:.2f} s CPU in {$idle_wall:.1f} s')
-print(f'extra CPU per shipped row: {d / rows * 1e6:.1f} us ({rows / $ship_wall:,.0f} rows/s shipped by the agent)')"
+print(f'extra CPU per shipped row: {d / rows * 1e6:.1f} us ({rows / $ship_wall:,.0f} rows/s shipped by the agent)')
+print(f'the shipper thread alone (cordon_store_shipper_cpu_seconds_total): {$ship_thread:.2f} s, {$ship_thread / rows * 1e6:.1f} us per row')"

