@@ -63,7 +63,27 @@ db.commit()
 print(db.execute("SELECT count(*) FROM edge_hour").fetchone()[0], "rows")
 PY
 rows_of() { python3 -c "import sqlite3; print(sqlite3.connect('$1').execute('select count(*) from edge_hour').fetchone()[0])"; }
-t() { local s=$(date +%s.%N); "$@" >/dev/null; python3 -c "print(f'{$(date +%s.%N) - $s:.2f} s')"; }
+# t CMD...: wall time, and CPU time of the command plus PostgreSQL's (its postmaster's own and
+# reaped children's times, read from /proc), steadier than wall time on a shared machine.
+t() {
+    python3 - "$(head -1 "$work/data/postmaster.pid")" "$@" <<'PY'
+import os, resource, subprocess, sys, time
+pm, cmd = sys.argv[1], sys.argv[2:]
+tick = os.sysconf("SC_CLK_TCK")
+def pg():
+    with open(f"/proc/{pm}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in x[11:15]) / tick
+def me():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+p0, c0, w0 = pg(), me(), time.monotonic()
+subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+w, c = time.monotonic() - w0, me() - c0
+time.sleep(0.2)  # the server reaps the session's process
+print(f"{w:.2f} s wall; CPU {c:.2f} s cordon + {pg() - p0:.2f} s PostgreSQL")
+PY
+}
 ship() { # LEDGER DB WHAT
     local rows s e; rows=$(rows_of "$1")
     s=$(date +%s.%N); "$cordon" ship --db "$1" --to "$(url "$2")" >/dev/null; e=$(date +%s.%N)

@@ -35,7 +35,9 @@ const DAY: &str = "((hour + 2400000000) / 24)";
 ///
 /// Aggregated in two steps, per edge and day, then per edge, so that no aggregate needs
 /// `DISTINCT` (which forces a sort of every row): the days seen are the rows of the first step,
-/// the modes two flags.
+/// the modes two flags. Each step sums to a saturated bigint, so the second sums bigints (a
+/// running int128) rather than numerics; a day that saturates saturates the total, as the
+/// ledger's reader does.
 pub async fn edge_totals(
     client: &Client,
     url: &str,
@@ -44,12 +46,10 @@ pub async fn edge_totals(
     let sql = format!(
         "SELECT source, destination, identified, {conns}, {btd}, {bts}, min(fs), max(ls), count(*)::bigint,
                 {allowed}, {would_deny}, {denied}, bool_or(learn), bool_or(enforce), bool_or(other)
-         FROM (SELECT source, destination, identified, sum(connections) AS c,
-                      sum(bytes_to_destination) AS btd, sum(bytes_to_source) AS bts,
+         FROM (SELECT source, destination, identified, {day_conns} AS c,
+                      {day_btd} AS btd, {day_bts} AS bts,
                       min(first_seen) AS fs, max(last_seen) AS ls,
-                      sum(connections) FILTER (WHERE verdict = 'allow') AS allowed,
-                      sum(connections) FILTER (WHERE verdict = 'deny' AND mode = 'learn') AS would_deny,
-                      sum(connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce') AS denied,
+                      {day_allowed} AS allowed, {day_would_deny} AS would_deny, {day_denied} AS denied,
                       bool_or(mode = 'learn') AS learn, bool_or(mode = 'enforce') AS enforce,
                       bool_or(mode NOT IN ('learn', 'enforce')) AS other
                FROM edge_hour WHERE hour >= $1
@@ -62,6 +62,12 @@ pub async fn edge_totals(
         would_deny = sum("would_deny"),
         denied = sum("denied"),
         day = DAY,
+        day_conns = sum("connections"),
+        day_btd = sum("bytes_to_destination"),
+        day_bts = sum("bytes_to_source"),
+        day_allowed = sum("connections) FILTER (WHERE verdict = 'allow'"),
+        day_would_deny = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'learn'"),
+        day_denied = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce'"),
     );
     let fail = |source| StoreError::Sql { url: url.to_owned(), what: "read the fleet graph", source };
     client.batch_execute(REVIEW_WORK_MEM).await.map_err(fail)?;
