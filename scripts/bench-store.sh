@@ -10,7 +10,8 @@
 #      (/proc/PID/stat utime+stime), divided by the rows.
 #   scripts/bench-store.sh [HOSTS] [EDGES_PER_HOST] [HOURS] [SERVICES]
 # Defaults: 1000 hosts x 200 edges x 24 hourly buckets (4.8M rows) over 10,000 services;
-# REVIEW_HOSTS=1000 REVIEW_EDGES=42 (1M edge-hours), CPU_ROWS=200000. SKIP_SHIP=1 skips part 1.
+# REVIEW_HOSTS=1000 REVIEW_EDGES=42 (1M edge-hours), CPU_ROWS=200000. SKIP_SHIP=1 skips part 1,
+# SKIP_CPU=1 part 3. Part 2 fails unless the store's output equals the ledger's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hosts=${1:-1000} edges=${2:-200} hours=${3:-24} services=${4:-10000}
@@ -78,7 +79,8 @@ def me():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 p0, c0, w0 = pg(), me(), time.monotonic()
-subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+with open(os.environ.get("BENCH_OUT", os.devnull), "w") as out:
+    subprocess.run(cmd, stdout=out, check=True)
 w, c = time.monotonic() - w0, me() - c0
 time.sleep(0.2)  # the server reaps the session's process
 print(f"{w:.2f} s wall; CPU {c:.2f} s cordon + {pg() - p0:.2f} s PostgreSQL")
@@ -105,11 +107,15 @@ createdb review
 ship "$work/review.db" review "shipped"
 printf '[modes]\n"*" = "learn"\n' >"$work/policy.toml"
 for db in "$(url review)" "$work/review.db"; do
-    case $db in postgres://*) echo "over the store:";; *) echo "over the SQLite ledger:";; esac
-    printf '  propose: '; t "$cordon" propose --db "$db"
-    printf '  diff:    '; t "$cordon" diff --db "$db" --policy "$work/policy.toml"
+    case $db in postgres://*) where=store; echo "over the store:";; *) where=sqlite; echo "over the SQLite ledger:";; esac
+    printf '  propose: '; BENCH_OUT="$work/propose.$where" t "$cordon" propose --db "$db"
+    printf '  diff:    '; BENCH_OUT="$work/diff.$where" t "$cordon" diff --db "$db" --policy "$work/policy.toml"
 done
+# The same answer from both (propose's first line names its source).
+cmp -s <(tail -n +2 "$work/propose.store") <(tail -n +2 "$work/propose.sqlite") && cmp -s "$work/diff.store" "$work/diff.sqlite" \
+    && echo "the store's output is identical to the ledger's" || { echo "the store's output differs from the ledger's"; exit 1; }
 rm -f "$work/review.db"
+[ "${SKIP_CPU:-}" = 1 ] && exit 0
 
 echo "== 3. the agent's CPU per shipped row: a ledger of about $cpu_rows rows"
 per_host_rows=$((200 * 24 * 10))
