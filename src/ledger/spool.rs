@@ -145,7 +145,7 @@ pub const IMPORTED_PREFIX: Table = Table {
 };
 
 /// `declarer` with its declared services: one row per (host, identity, origin), the newer
-/// declaration replacing the older as [`super::declared`] and `cordon merge` do.
+/// declaration replacing the older as `ledger::declared` and `cordon merge` do.
 pub const DECLARER: Table = Table {
     name: "declarer",
     columns: &[
