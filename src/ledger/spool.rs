@@ -8,10 +8,10 @@
 //! What is unshipped is tracked per table in `ship_pending_<table>` (ledger schema version 5;
 //! version 6 adds `ship_pending_declarer`): one row per changed key with a generation, bumped by
 //! triggers on every insert and update of the table (and of the tables feeding it, such as
-//! `declared_upstream` for `declarer`). A shipped row's marker is removed only if its generation is still the one shipped,
-//! so a bucket that changed while it was being shipped is shipped again. The triggers exist only
-//! in ledgers of agents with a `[fleet]` store ([`Spool::open`] installs them and marks every row
-//! already there); a ledger that never ships pays nothing.
+//! `declared_upstream` for `declarer`). A shipped row's marker is removed only if its generation
+//! is still the one shipped, so a bucket that changed while it was being shipped is shipped
+//! again. The triggers exist only in ledgers of agents with a `[fleet]` store ([`Spool::open`]
+//! installs them and marks every row already there); a ledger that never ships pays nothing.
 //!
 //! Owns SQLite only; it never talks to the store.
 
