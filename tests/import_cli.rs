@@ -617,11 +617,12 @@ fn haproxy_log_migrates_a_ledger_of_the_previous_version() {
         "declarer",
         "edge_hour",
         "imported_prefix",
+        "ship_pending_declarer",
         "ship_pending_edge_hour",
         "ship_pending_imported_prefix",
     ]
     .map(String::from);
-    assert_eq!(schema_of(&db), (5, tables.to_vec()));
+    assert_eq!(schema_of(&db), (6, tables.to_vec()));
     std::fs::copy(fixture("tcplog.log"), dir.path().join("tcp.log")).unwrap();
     // The old rows are kept as cordon 0.1.0 wrote them: it recorded a remote client of the log
     // (ip:10.0.9.5 in tcplog.log) as haproxy-log evidence, where cordon now records it as evidence

@@ -277,7 +277,7 @@ fn a_version_1_ledger_is_migrated_to_the_current_version_keeping_its_rows() {
 
     let conn = rusqlite::Connection::open(&db).unwrap();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let declared: i64 = conn.query_row("SELECT count(*) FROM declarer", [], |r| r.get(0)).unwrap();
     assert_eq!(declared, 0, "the declarations tables are there, empty");
     let imported: i64 = conn.query_row("SELECT count(*) FROM imported_prefix", [], |r| r.get(0)).unwrap();
@@ -347,7 +347,7 @@ fn a_current_ledger_missing_a_table_is_refused() {
     let db = dir.path().join("ledger.db");
     Recorder::start(&db, "h", 16, Duration::from_secs(1)).unwrap().0.shutdown();
     rusqlite::Connection::open(&db).unwrap().execute_batch("DROP TABLE imported_prefix").unwrap();
-    assert_refused(&db, "user_version 5 without table imported_prefix");
+    assert_refused(&db, "user_version 6 without table imported_prefix");
 }
 
 fn imported(len: u64) -> ledger::ImportedPrefix {
@@ -448,4 +448,53 @@ fn the_spool_tracks_every_change_until_it_is_shipped() {
     assert!(handle.flush_wait());
     assert_eq!(spool.waiting().unwrap(), 2);
     recorder.shutdown();
+}
+
+#[test]
+fn the_spool_ships_a_declaration_with_its_services_and_every_change_to_them() {
+    use cordon::ledger::spool::{Spool, Values};
+    use cordon::ledger::{Declaration, DeclarationOrigin};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let declare = |at_s: u64, services: &[&str]| {
+        let decl = Declaration {
+            host: "host-a".into(),
+            identity: "web".into(),
+            origin: DeclarationOrigin::HaproxyCfg,
+            declared_at: at(at_s),
+            services: services.iter().map(|s| s.to_string()).collect(),
+        };
+        ledger::record_declaration(&db, &decl).unwrap();
+    };
+    declare(T0, &["db", "cache"]);
+    let mut spool = Spool::open(&db, "host-a").unwrap();
+    let services = |spool: &Spool| -> Vec<String> {
+        let batches = spool.pending(100).unwrap();
+        let declarer: Vec<_> = batches.iter().filter(|b| b.table.name == "declarer").collect();
+        assert_eq!(declarer.len(), 1, "one declarer batch: {batches:?}");
+        match declarer[0].columns.last() {
+            Some(Values::Text(v)) => v.clone(),
+            other => panic!("services: {other:?}"),
+        }
+    };
+    assert_eq!(services(&spool), ["cache\ndb"], "a declaration already there ships, its services sorted");
+    let ship_all = |spool: &mut Spool| {
+        for b in &spool.pending(100).unwrap() {
+            spool.mark_shipped(b).unwrap();
+        }
+        assert_eq!(spool.waiting().unwrap(), 0);
+    };
+    ship_all(&mut spool);
+    // The same declaration again ships the same; one of the same time adds to it; a newer one
+    // replaces it, down to no services at all.
+    declare(T0, &["db", "cache"]);
+    assert_eq!(services(&spool), ["cache\ndb"]);
+    declare(T0, &["queue"]);
+    assert_eq!(services(&spool), ["cache\ndb\nqueue"]);
+    ship_all(&mut spool);
+    declare(T0 + 60, &[]);
+    assert_eq!(services(&spool), [""]);
+    ship_all(&mut spool);
+    declare(T0 + 30, &["old"]);
+    assert_eq!(spool.waiting().unwrap(), 0, "an older declaration is ignored");
 }

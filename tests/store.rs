@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cordon::ledger::{EdgeKey, Event, Recorder};
+use cordon::ledger::{Declaration, DeclarationOrigin, EdgeKey, Event, Recorder};
 use cordon::policy::{Identified, Mode, Verdict};
 use cordon::store::{self, FleetSettings, StoreUrl};
 use support::postgres::Postgres;
@@ -45,6 +45,18 @@ fn record(db: &Path, host: &str, t: u64, n: u64, edges: &[EdgeKey]) {
         }
     }
     recorder.shutdown();
+}
+
+/// Records that `identity` on `host` declared `services` at `t` (from a haproxy.cfg).
+fn declare(db: &Path, host: &str, identity: &str, t: u64, services: &[&str]) {
+    let decl = Declaration {
+        host: host.into(),
+        identity: identity.into(),
+        origin: DeclarationOrigin::HaproxyCfg,
+        declared_at: at(t),
+        services: services.iter().map(|s| s.to_string()).collect(),
+    };
+    cordon::ledger::record_declaration(db, &decl).unwrap();
 }
 
 fn web_db() -> EdgeKey {
@@ -100,13 +112,19 @@ fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
     record(&a, "host-a", t, 3, &[web_db(), batch_db()]);
     record(&a, "host-a", t + 30 * HOUR, 2, &[web_db()]);
     record(&b, "host-b", t + HOUR, 4, &[web_db(), plain_cache()]);
+    // One edge seen in both modes: batch is refused at db once db enforces.
+    record(&b, "host-b", t + 2 * HOUR, 4, &[EdgeKey { mode: Mode::Enforce, ..batch_db() }]);
+    // What the callers declare (their haproxy.cfg): batch declares db and a queue it never dials.
+    declare(&a, "host-a", "web", t, &["db"]);
+    declare(&a, "host-a", "batch", t, &["db", "queue"]);
+    declare(&b, "host-b", "web", t, &["cache", "db"]);
 
     let shipped = cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
-    assert!(shipped.contains("shipped 3 rows"), "{shipped}");
+    assert!(shipped.contains("shipped 5 rows"), "3 buckets and 2 declarations: {shipped}");
     assert!(!shipped.contains("password_file"), "the URL is printed without its query: {shipped}");
     cordon_ok(&["ship", "--db", s(&b), "--to", &url, "--batch-rows", "1"]);
     let rows = pg.psql("fleet", "SELECT count(*), sum(connections) FROM edge_hour");
-    assert_eq!(rows, "5|16");
+    assert_eq!(rows, "6|20");
     // Shipped again (a retry, a restart, the same file twice): nothing changes.
     cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
     cordon_ok(&["ship", "--db", s(&b), "--to", &url]);
@@ -114,17 +132,23 @@ fn the_fleet_store_equals_merge_and_shipping_again_changes_nothing() {
 
     let fleet = graph_json(&url);
     assert!(fleet.contains("\"batch\"") && fleet.contains("ip:10.0.0.7"), "{fleet}");
+    assert!(fleet.contains("\"queue\""), "the declarations are in the store: {fleet}");
     assert_eq!(
         fleet,
         merged_graph(dir.path(), &[&a, &b]),
         "the store must read as `cordon merge` of the ledgers"
     );
 
-    // A bucket that grows after it was shipped is shipped at its new totals, not added to.
+    // A bucket that grows after it was shipped is shipped at its new totals, not added to; a
+    // newer declaration replaces the host's older one.
     record(&a, "host-a", t + 30 * HOUR + 100, 5, &[web_db()]);
+    declare(&a, "host-a", "batch", t + 60, &["db"]);
     cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
-    assert_eq!(pg.psql("fleet", "SELECT count(*), sum(connections) FROM edge_hour"), "5|21");
-    assert_eq!(graph_json(&url), merged_graph(dir.path(), &[&a, &b]));
+    assert_eq!(pg.psql("fleet", "SELECT count(*), sum(connections) FROM edge_hour"), "6|25");
+    let fleet = graph_json(&url);
+    assert!(!fleet.contains("\"queue\""), "batch no longer declares the queue: {fleet}");
+    assert_eq!(fleet, merged_graph(dir.path(), &[&a, &b]));
+    assert_eq!(pg.psql("fleet", "SELECT count(*) FROM declarer"), "3", "one row per host and identity");
 
     // The other review commands read the store the same way.
     let policy = dir.path().join("policy.toml");
@@ -197,6 +221,26 @@ fn a_store_from_a_newer_cordon_is_refused_and_left_alone() {
         assert!(err.contains("store schema version 99 is newer than this cordon understands"), "{err}");
     }
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM edge_hour"), "1", "nothing was written");
+}
+
+#[test]
+fn a_store_of_version_1_gains_the_declarations_when_a_newer_cordon_ships() {
+    let Some(pg) = Postgres::start("a_store_of_version_1_gains_the_declarations_when_a_newer_cordon_ships")
+    else {
+        return;
+    };
+    let url = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    record(&a, "host-a", now_hour(), 1, &[web_db()]);
+    cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
+    // The store as the previous cordon left it: traffic only, schema version 1.
+    pg.psql("postgres", "DROP TABLE declarer; UPDATE cordon_schema SET version = 1");
+    declare(&a, "host-a", "web", now_hour(), &["db"]);
+    cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
+    assert_eq!(pg.psql("postgres", "SELECT version FROM cordon_schema"), "2");
+    assert_eq!(pg.psql("postgres", "SELECT identity, services FROM declarer"), "web|{db}");
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM edge_hour"), "1", "the traffic is kept");
 }
 
 #[test]
@@ -306,23 +350,12 @@ async fn status(agent: &cordon::agent::Agent) -> serde_json::Value {
     agent.status()["fleet_store"].clone()
 }
 
-// The agent's declarations (its upstreams) are in its ledger but do not ship to the store yet:
-// these two compare the traffic, which does.
 async fn store_graph(url: String) -> String {
-    tokio::task::spawn_blocking(move || traffic_only(&graph_json(&url))).await.unwrap()
+    tokio::task::spawn_blocking(move || graph_json(&url)).await.unwrap()
 }
 
 async fn ledger_graph(db: PathBuf) -> String {
-    tokio::task::spawn_blocking(move || traffic_only(&graph_json(s(&db)))).await.unwrap()
-}
-
-fn traffic_only(graph: &str) -> String {
-    let mut v: serde_json::Value = serde_json::from_str(graph).unwrap();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("declarations");
-        o.remove("declared_never_seen");
-    }
-    serde_json::to_string_pretty(&v).unwrap()
+    tokio::task::spawn_blocking(move || graph_json(s(&db))).await.unwrap()
 }
 
 #[tokio::test]

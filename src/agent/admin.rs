@@ -174,6 +174,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
             "events_dropped": rs.dropped.load(Ordering::Relaxed),
             "write_errors": rs.write_errors.load(Ordering::Relaxed),
             "ledgers_set_aside": rs.ledgers_set_aside.load(Ordering::Relaxed),
+            "last_write_error": rs.last_write_error(),
         },
         "fleet_store": parts.shipper.as_ref().map(|(store, st)| json!({
             "store": store.to_string(),

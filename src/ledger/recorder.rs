@@ -56,6 +56,19 @@ pub struct RecorderStats {
     pub batches: AtomicU64,
     /// Damaged ledgers moved aside for a fresh one.
     pub ledgers_set_aside: AtomicU64,
+    /// Why the last batch write failed (`database or disk is full`); `None` once one succeeds.
+    pub last_write_error: std::sync::Mutex<Option<String>>,
+}
+
+impl RecorderStats {
+    /// Why writes are failing, while they are.
+    pub fn last_write_error(&self) -> Option<String> {
+        self.last_write_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_last_write_error(&self, e: Option<String>) {
+        *self.last_write_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
 }
 
 /// Counters a clean stop could not write to the ledger, and where they were kept instead.
@@ -541,6 +554,7 @@ impl Writer {
             Ok(()) => self.written(),
             Err(e) => {
                 self.last_error = Some(e.to_string());
+                self.stats.set_last_write_error(Some(e.to_string()));
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.failing = true;
                 self.delay = (self.delay * 2).min(MAX_RETRY_DELAY.max(self.interval));
@@ -563,6 +577,10 @@ impl Writer {
         self.pending_events = 0;
         self.pending_imports.clear();
         self.pending_declarations.clear();
+        if self.failing {
+            tracing::info!(ledger = %self.path.display(), "ledger writes succeed again");
+            self.stats.set_last_write_error(None);
+        }
         self.failing = false;
         self.delay = self.interval;
         true

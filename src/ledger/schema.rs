@@ -1,6 +1,6 @@
 //! The `ledger.db` schema, its version in `PRAGMA user_version`, and the migrations.
 //!
-//! Version 4 (current) keeps one row per host, hour and edge:
+//! The schema (version 6, current) keeps one row per host, hour and edge:
 //!
 //! ```sql
 //! CREATE TABLE edge_hour (
@@ -35,7 +35,10 @@
 //! (`ship_pending_edge_hour`, `ship_pending_imported_prefix`: the table's key and a generation;
 //! see [`super::spool`]).
 //!
-//! Version 4 is version 5 without the shipping tables; version 3 is version 4 without the
+//! Version 6 adds `ship_pending_declarer`: the declarations ship to the store too.
+//!
+//! Version 5 is version 6 without `ship_pending_declarer`; version 4 is version 5 without the
+//! shipping tables; version 3 is version 4 without the
 //! declarations; version 2 is version 3 without `imported_prefix`; version 1 also had no `host` in
 //! `edge_hour`. Opening an older ledger for writing migrates it in one transaction, naming a
 //! version-1 ledger's rows after the recording host. Readers accept versions 1 and 2 as they are
@@ -51,7 +54,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::LedgerError;
 
 /// The schema version this cordon writes.
-pub const CURRENT_VERSION: i64 = 5;
+pub const CURRENT_VERSION: i64 = 6;
 /// The table of every version.
 const TABLE: &str = "edge_hour";
 /// The import bookkeeping, since version 3.
@@ -126,6 +129,14 @@ fn tables_of(version: i64) -> &'static [&'static str] {
         1 | 2 => &[TABLE],
         3 => &[TABLE, IMPORTED_TABLE],
         4 => &[TABLE, IMPORTED_TABLE, DECLARER_TABLE, DECLARED_TABLE],
+        5 => &[
+            TABLE,
+            IMPORTED_TABLE,
+            DECLARER_TABLE,
+            DECLARED_TABLE,
+            "ship_pending_edge_hour",
+            "ship_pending_imported_prefix",
+        ],
         _ => &[
             TABLE,
             IMPORTED_TABLE,
@@ -133,6 +144,7 @@ fn tables_of(version: i64) -> &'static [&'static str] {
             DECLARED_TABLE,
             "ship_pending_edge_hour",
             "ship_pending_imported_prefix",
+            "ship_pending_declarer",
         ],
     }
 }
@@ -253,7 +265,8 @@ fn user_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 
 /// Brings the ledger from the version it has to [`CURRENT_VERSION`] in one transaction: a new
 /// file gets every table; version 1 -> 2 adds `host` to every row and to the key (naming the rows
-/// after `host`); version 2 -> 3 adds `imported_prefix`; version 3 -> 4 adds the declarations. The version is read again under the
+/// after `host`); version 2 -> 3 adds `imported_prefix`; version 3 -> 4 adds the declarations; 4 -> 5 the
+/// shipping tables, 5 -> 6 the declarations' one. The version is read again under the
 /// write lock, so two cordons opening one old ledger at once migrate it once.
 fn migrate(conn: &Connection, host: &str) -> rusqlite::Result<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -277,7 +290,8 @@ fn migrate(conn: &Connection, host: &str) -> rusqlite::Result<()> {
         if version < 4 {
             conn.execute_batch(CREATE_DECLARED)?;
         }
-        if version < 5 {
+        if version < 6 {
+            // Version 5 has all but `ship_pending_declarer`; the statements skip what exists.
             conn.execute_batch(&super::spool::create_pending_sql())?;
         }
         conn.pragma_update(None, "user_version", CURRENT_VERSION)

@@ -5,12 +5,13 @@
 //! columns, which of them are the key, and how two copies of a row combine), so shipping another
 //! table is one more entry here. The store builds its SQL from the same descriptions.
 //!
-//! What is unshipped is tracked per table in `ship_pending_<table>` (ledger schema version 5):
-//! one row per changed key with a generation, bumped by triggers on every insert and update of
-//! the table. A shipped row's marker is removed only if its generation is still the one shipped,
-//! so a bucket that changed while it was being shipped is shipped again. The triggers exist only
-//! in ledgers of agents with a `[fleet]` store ([`Spool::open`] installs them and marks every row
-//! already there); a ledger that never ships pays nothing.
+//! What is unshipped is tracked per table in `ship_pending_<table>` (ledger schema version 5;
+//! version 6 adds `ship_pending_declarer`): one row per changed key with a generation, bumped by
+//! triggers on every insert and update of the table (and of the tables feeding it, such as
+//! `declared_upstream` for `declarer`). A shipped row's marker is removed only if its generation
+//! is still the one shipped, so a bucket that changed while it was being shipped is shipped
+//! again. The triggers exist only in ledgers of agents with a `[fleet]` store ([`Spool::open`]
+//! installs them and marks every row already there); a ledger that never ships pays nothing.
 //!
 //! Owns SQLite only; it never talks to the store.
 
@@ -28,6 +29,9 @@ pub enum Kind {
     Text,
     Int,
     Bytes,
+    /// A set of texts: one text of newline-separated, sorted items on the ledger side (and in a
+    /// [`Batch`]), `text[]` in the store.
+    TextSet,
 }
 
 /// How the store combines a shipped value with the one it holds for the same key.
@@ -41,6 +45,9 @@ pub enum Combine {
     Min,
     /// The value from the copy whose named column is smaller (ties: the smaller value).
     FromMin(&'static str),
+    /// The value from the copy whose named column is larger; on a tie, the union of both (a
+    /// [`Kind::TextSet`]). A host's newer declaration replaces its older one this way.
+    Newest(&'static str),
 }
 
 /// One column of a shipped table.
@@ -49,6 +56,10 @@ pub struct Column {
     pub name: &'static str,
     pub kind: Kind,
     pub combine: Combine,
+    /// How the ledger computes the column when it is not one of the table's own: an SQLite
+    /// expression over the table's row as `t` (a declarer's services come from
+    /// `declared_upstream`).
+    pub ledger: Option<&'static str>,
 }
 
 /// A ledger table that ships to the store.
@@ -62,6 +73,11 @@ pub struct Table {
     pub since_version: i64,
     /// What a ledger older than `host`'s introduction puts in a column (only `edge_hour.host`).
     pub v1_defaults: &'static [(&'static str, &'static str)],
+    /// Other ledger tables whose rows carry this table's key and feed its computed columns:
+    /// their inserts and deletes mark the row they belong to as unshipped.
+    pub fed_by: &'static [&'static str],
+    /// The first store schema version with this table.
+    pub store_version: i32,
 }
 
 impl Table {
@@ -73,10 +89,18 @@ impl Table {
     fn pending(&self) -> String {
         format!("ship_pending_{}", self.name)
     }
+
+    /// The SQLite select list reading the table's columns from its row `t`.
+    fn ledger_columns(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .map(|c| c.ledger.map(str::to_owned).unwrap_or_else(|| format!("t.{}", c.name)))
+            .collect()
+    }
 }
 
 const fn col(name: &'static str, kind: Kind, combine: Combine) -> Column {
-    Column { name, kind, combine }
+    Column { name, kind, combine, ledger: None }
 }
 
 /// `edge_hour`: keyed by host, hour and edge, so each host's buckets are its own.
@@ -99,6 +123,8 @@ pub const EDGE_HOUR: Table = Table {
     hour_column: Some("hour"),
     since_version: 1,
     v1_defaults: &[("host", "''")],
+    fed_by: &[],
+    store_version: 1,
 };
 
 /// `imported_prefix`: what `cordon import haproxy-log` has put in, as `cordon merge` keeps it.
@@ -114,12 +140,41 @@ pub const IMPORTED_PREFIX: Table = Table {
     hour_column: None,
     since_version: 3,
     v1_defaults: &[],
+    fed_by: &[],
+    store_version: 1,
+};
+
+/// `declarer` with its declared services: one row per (host, identity, origin), the newer
+/// declaration replacing the older as `ledger::declared` and `cordon merge` do.
+pub const DECLARER: Table = Table {
+    name: "declarer",
+    columns: &[
+        col("host", Kind::Text, Combine::Key),
+        col("identity", Kind::Text, Combine::Key),
+        col("origin", Kind::Text, Combine::Key),
+        col("declared_at", Kind::Int, Combine::Max),
+        Column {
+            name: "services",
+            kind: Kind::TextSet,
+            combine: Combine::Newest("declared_at"),
+            ledger: Some(
+                "coalesce((SELECT group_concat(u.service, char(10)) FROM declared_upstream u
+                   WHERE u.host = t.host AND u.identity = t.identity AND u.origin = t.origin), '')",
+            ),
+        },
+    ],
+    hour_column: None,
+    since_version: 4,
+    v1_defaults: &[],
+    fed_by: &["declared_upstream"],
+    store_version: 2,
 };
 
 /// Every table that ships, in the order they are shipped.
-pub const SHIPPED: &[&Table] = &[&EDGE_HOUR, &IMPORTED_PREFIX];
+pub const SHIPPED: &[&Table] = &[&EDGE_HOUR, &IMPORTED_PREFIX, &DECLARER];
 
-/// The `ship_pending_*` tables of ledger schema version 5.
+/// The `ship_pending_*` tables of ledger schema version 6 (version 5 had all but
+/// `ship_pending_declarer`).
 pub(crate) fn create_pending_sql() -> String {
     SHIPPED
         .iter()
@@ -139,7 +194,7 @@ pub(crate) fn create_pending_sql() -> String {
 
 fn sql_type(kind: Kind) -> &'static str {
     match kind {
-        Kind::Text => "TEXT",
+        Kind::Text | Kind::TextSet => "TEXT",
         Kind::Int => "INTEGER",
         Kind::Bytes => "BLOB",
     }
@@ -168,7 +223,7 @@ impl Batch {
             .columns
             .iter()
             .map(|c| match c.kind {
-                Kind::Text => Values::Text(Vec::new()),
+                Kind::Text | Kind::TextSet => Values::Text(Vec::new()),
                 Kind::Int => Values::Int(Vec::new()),
                 Kind::Bytes => Values::Bytes(Vec::new()),
             })
@@ -203,7 +258,8 @@ impl Batch {
             };
             match (values, value) {
                 (Values::Text(v), ValueRef::Text(t)) => {
-                    v.push(std::str::from_utf8(t).map_err(|_| bad())?.to_owned());
+                    let text = std::str::from_utf8(t).map_err(|_| bad())?;
+                    v.push(if column.kind == Kind::TextSet { sorted_set(text) } else { text.to_owned() });
                 }
                 (Values::Int(v), ValueRef::Integer(n)) => v.push(n),
                 (Values::Bytes(v), ValueRef::Blob(b)) => v.push(b.to_vec()),
@@ -229,6 +285,15 @@ impl Batch {
     }
 }
 
+/// The newline-separated items of `text`, sorted and without duplicates, so that a set ships
+/// the same however SQLite happened to list it.
+fn sorted_set(text: &str) -> String {
+    let mut items: Vec<&str> = text.split('\n').filter(|s| !s.is_empty()).collect();
+    items.sort_unstable();
+    items.dedup();
+    items.join("\n")
+}
+
 /// Opens the ledger `db` read-only and validates it (a missing, foreign or too new file is an
 /// error naming it).
 pub fn check(db: &Path) -> Result<(), LedgerError> {
@@ -250,15 +315,16 @@ pub fn read_all<E: From<LedgerError>>(
         let columns: Vec<String> = table
             .columns
             .iter()
-            .map(|c| match table.v1_defaults.iter().find(|(n, _)| *n == c.name) {
+            .zip(table.ledger_columns())
+            .map(|(c, select)| match table.v1_defaults.iter().find(|(n, _)| *n == c.name) {
                 Some((_, default)) if opened.version == 1 => (*default).to_owned(),
-                _ => c.name.to_owned(),
+                _ => select,
             })
             .collect();
         let err = |e| classify(db, "read the ledger", e);
         let mut stmt = opened
             .conn
-            .prepare(&format!("SELECT {} FROM {}", columns.join(", "), table.name))
+            .prepare(&format!("SELECT {} FROM {} t", columns.join(", "), table.name))
             .map_err(err)?;
         let mut rows = stmt.query([]).map_err(err)?;
         let mut batch = Batch::new(table);
@@ -301,13 +367,16 @@ impl Spool {
                     continue;
                 }
                 let keys: Vec<&str> = table.key().map(|c| c.name).collect();
-                let new: Vec<String> = keys.iter().map(|k| format!("NEW.{k}")).collect();
                 let pending = table.pending();
-                let bump = format!(
-                    "INSERT INTO {pending} ({keys}, gen) VALUES ({new}, 1) ON CONFLICT DO UPDATE SET gen = gen + 1;",
-                    keys = keys.join(", "),
-                    new = new.join(", ")
-                );
+                let bump_of = |row: &str| {
+                    let values: Vec<String> = keys.iter().map(|k| format!("{row}.{k}")).collect();
+                    format!(
+                        "INSERT INTO {pending} ({keys}, gen) VALUES ({values}, 1) ON CONFLICT DO UPDATE SET gen = gen + 1;",
+                        keys = keys.join(", "),
+                        values = values.join(", ")
+                    )
+                };
+                let bump = bump_of("NEW");
                 conn.execute_batch(&format!(
                     "CREATE TRIGGER {trigger} AFTER INSERT ON {t} BEGIN {bump} END;
                      CREATE TRIGGER ship_track_{t}_update AFTER UPDATE ON {t} BEGIN {bump} END;
@@ -315,6 +384,14 @@ impl Spool {
                     t = table.name,
                     keys = keys.join(", "),
                 ))?;
+                for feeder in table.fed_by {
+                    let bump_old = bump_of("OLD");
+                    conn.execute_batch(&format!(
+                        "CREATE TRIGGER ship_track_{t}_from_{feeder}_insert AFTER INSERT ON {feeder} BEGIN {bump} END;
+                         CREATE TRIGGER ship_track_{t}_from_{feeder}_delete AFTER DELETE ON {feeder} BEGIN {bump_old} END;",
+                        t = table.name,
+                    ))?;
+                }
             }
             Ok(())
         })();
@@ -338,7 +415,7 @@ impl Spool {
         let err = |e| classify(&self.path, "read the unshipped rows", e);
         let mut batches = Vec::new();
         for &table in SHIPPED {
-            let columns: Vec<String> = table.columns.iter().map(|c| format!("t.{}", c.name)).collect();
+            let columns = table.ledger_columns();
             let on: Vec<String> = table.key().map(|c| format!("t.{0} = p.{0}", c.name)).collect();
             let mut stmt = self
                 .conn

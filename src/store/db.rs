@@ -55,12 +55,16 @@ impl Db {
         }
     }
 
-    /// The callers' declared upstreams. The fleet store does not hold them yet: from a store this
-    /// is empty, and the review judges callers by their traffic alone.
+    /// The callers' declared upstreams, sorted as [`ledger::declarations`] sorts them.
     pub fn declarations(&self) -> Result<Vec<ledger::Declaration>, StoreError> {
         match self {
             Db::Ledger(path) => Ok(ledger::declarations(path)?),
-            Db::Store(_) => Ok(Vec::new()),
+            Db::Store(url) => block_on(async {
+                let name = url.to_string();
+                let mut c = client::connect(url).await?;
+                schema::ensure(&mut c, &name).await?;
+                read::declarations(&c, &name).await
+            })?,
         }
     }
 

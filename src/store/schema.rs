@@ -14,6 +14,16 @@
 //!     imported_at bigint, PRIMARY KEY (len, sha256));
 //! ```
 //!
+//! Version 2 adds the declared upstreams, one row per (host, identity, origin) with its services
+//! (the ledger's `declarer` and `declared_upstream` in one):
+//!
+//! ```sql
+//! CREATE TABLE declarer (host text, identity text, origin text, declared_at bigint,
+//!     services text[], PRIMARY KEY (host, identity, origin));
+//! ```
+//!
+//! The tables are made from their descriptions in [`crate::ledger::spool::SHIPPED`]; a table
+//! appears in the version its `store_version` names.
 //! Every cordon that connects checks the version; the first one to find an older (or no)
 //! schema migrates it while holding a transaction-scoped advisory lock, so hundreds of agents
 //! starting at once migrate it once and the others wait, then find it current. A version newer
@@ -29,7 +39,7 @@ use super::StoreError;
 use crate::ledger::spool::{Column, Kind, SHIPPED, Table};
 
 /// The store schema version this cordon writes.
-pub const CURRENT_VERSION: i32 = 1;
+pub const CURRENT_VERSION: i32 = 2;
 /// Advisory lock key held while migrating ("cordon-m").
 const MIGRATE_LOCK: i64 = 0x636f_7264_6f6e_2d6d;
 /// Advisory lock key held while creating partitions ("cordon-p").
@@ -64,10 +74,8 @@ pub async fn ensure(client: &mut Client, url: &str) -> Result<(), StoreError> {
         .map(|r| r.get(0));
     let found = found.unwrap_or(0);
     check_version(found, url)?;
-    if found < 1 {
-        for table in SHIPPED {
-            tx.batch_execute(&create_sql(table)).await.map_err(sql("create the tables"))?;
-        }
+    for table in SHIPPED.iter().filter(|t| found < t.store_version) {
+        tx.batch_execute(&create_sql(table)).await.map_err(sql("create the tables"))?;
     }
     tx.execute(
         "INSERT INTO cordon_schema (version) VALUES ($1) ON CONFLICT (one) DO UPDATE SET version = EXCLUDED.version",
@@ -108,6 +116,7 @@ fn pg_type(kind: Kind) -> &'static str {
         Kind::Text => "text",
         Kind::Int => "bigint",
         Kind::Bytes => "bytea",
+        Kind::TextSet => "text[]",
     }
 }
 

@@ -161,7 +161,10 @@ impl Worker {
                         warn!(store = %self.settings.store, error = %e, failures, "shipping to the fleet store failed; rows stay in the ledger and are retried");
                     }
                     self.failed(&e);
-                    self.conn = None;
+                    // A ledger error (its disk full) says nothing about the store's connection.
+                    if !matches!(e, StoreError::Ledger(_)) {
+                        self.conn = None;
+                    }
                     backoff(self.settings.ship_interval, failures)
                 }
             };

@@ -1,6 +1,6 @@
 //! Writing shipped rows: one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE` per batch,
 //! built from the table's description, combining each column as `cordon merge` does (counters
-//! keep the larger value, first seen the earlier). Shipping the same rows again, or an older copy
+//! keep the larger value, first seen the earlier, a declaration the newer). Shipping the same rows again, or an older copy
 //! of them, changes nothing; a bucket shipped while open and again once closed ends at its final
 //! totals.
 
@@ -11,7 +11,8 @@ use super::StoreError;
 use super::schema::Partitions;
 use crate::ledger::spool::{Batch, Combine, Kind, Table, Values};
 
-/// The upsert statement for `table`; its parameters are one array per column.
+/// The upsert statement for `table`; its parameters are one array per column (a
+/// [`Kind::TextSet`] as newline-separated texts, split into the `text[]` it is stored as).
 pub fn upsert_sql(table: &Table) -> String {
     let names: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
     let arrays: Vec<String> = table
@@ -20,11 +21,19 @@ pub fn upsert_sql(table: &Table) -> String {
         .enumerate()
         .map(|(i, c)| {
             let ty = match c.kind {
-                Kind::Text => "text",
+                Kind::Text | Kind::TextSet => "text",
                 Kind::Int => "bigint",
                 Kind::Bytes => "bytea",
             };
             format!("${}::{ty}[]", i + 1)
+        })
+        .collect();
+    let select: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| match c.kind {
+            Kind::TextSet => format!("string_to_array(u.{}, E'\\n')", c.name),
+            _ => format!("u.{}", c.name),
         })
         .collect();
     let key: Vec<&str> = table.key().map(|c| c.name).collect();
@@ -40,6 +49,18 @@ pub fn upsert_sql(table: &Table) -> String {
                 "CASE WHEN EXCLUDED.{by} < t.{by} OR (EXCLUDED.{by} = t.{by} AND EXCLUDED.{n} < t.{n}) \
                  THEN EXCLUDED.{n} ELSE t.{n} END"
             ),
+            Combine::Newest(by) => {
+                let tie = match c.kind {
+                    Kind::TextSet => format!(
+                        "ARRAY(SELECT s FROM unnest(t.{n} || EXCLUDED.{n}) AS s GROUP BY s ORDER BY s COLLATE \"C\")"
+                    ),
+                    _ => format!("GREATEST(t.{n}, EXCLUDED.{n})"),
+                };
+                format!(
+                    "CASE WHEN EXCLUDED.{by} > t.{by} THEN EXCLUDED.{n} WHEN EXCLUDED.{by} < t.{by} THEN t.{n} \
+                     ELSE {tie} END"
+                )
+            }
         };
         targets.push(format!("t.{n}"));
         values.push(value);
@@ -52,11 +73,12 @@ pub fn upsert_sql(table: &Table) -> String {
         .map(|(c, v)| format!("{} = {v}", c.name))
         .collect();
     format!(
-        "INSERT INTO {t} AS t ({names}) SELECT * FROM unnest({arrays})
+        "INSERT INTO {t} AS t ({names}) SELECT {select} FROM unnest({arrays}) AS u({names})
          ON CONFLICT ({key}) DO UPDATE SET {set}
          WHERE ROW({targets}) IS DISTINCT FROM ROW({values})",
         t = table.name,
         names = names.join(", "),
+        select = select.join(", "),
         arrays = arrays.join(", "),
         key = key.join(", "),
         set = set.join(", "),
@@ -100,7 +122,7 @@ pub async fn ship(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::spool::{EDGE_HOUR, IMPORTED_PREFIX};
+    use crate::ledger::spool::{DECLARER, EDGE_HOUR, IMPORTED_PREFIX};
 
     #[test]
     fn the_upsert_combines_columns_as_merge_does() {
@@ -114,5 +136,12 @@ mod tests {
         assert!(sql.contains("$12::bigint[]"), "{sql}");
         let sql = upsert_sql(&IMPORTED_PREFIX);
         assert!(sql.contains("$2::bytea[]") && sql.contains("EXCLUDED.imported_at < t.imported_at"), "{sql}");
+        let sql = upsert_sql(&DECLARER);
+        assert!(sql.contains("ON CONFLICT (host, identity, origin)"), "{sql}");
+        assert!(sql.contains("string_to_array(u.services, E'\\n')"), "{sql}");
+        assert!(
+            sql.contains("services = CASE WHEN EXCLUDED.declared_at > t.declared_at THEN EXCLUDED.services"),
+            "{sql}"
+        );
     }
 }

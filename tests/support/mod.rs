@@ -283,3 +283,4 @@ pub async fn caller_host(world: &World, identity: &str) -> Agent {
     Agent::start(world.config(&format!("{identity}-host"), &[], &[("db", identity)])).await.unwrap()
 }
 pub mod postgres;
+pub mod tmpfs;
