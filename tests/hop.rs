@@ -1,16 +1,21 @@
 //! The reusable hop between two cordon agents, end to end on loopback: app connections ride one
 //! mTLS connection one after another, each still decided, recorded and counted; a hop the server
-//! closed is not used again; with reuse off, each app connection makes (and resumes) its own.
+//! closed is not used again, and one it closes at the instant it is reused loses no byte; an
+//! outbound that knows only `cordon-hop/1` still gets the hop; with reuse off, each app
+//! connection makes (and resumes) its own.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cordon::agent::Agent;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -142,4 +147,124 @@ async fn without_reuse_each_app_connection_has_its_own_mtls_connection_and_resum
     assert_eq!(metric(&m, "cordon_tls_handshakes_total", &[]), 4.0, "{m}");
     assert_eq!(metric(&m, "cordon_tls_handshakes_total", &[("kind", "resumed")]), 3.0, "{m}");
     assert_eq!(inbound(&db, "cordon_connections_opened_total"), 4.0);
+}
+
+/// A TCP forwarder between an outbound and an inbound that can hold back what the inbound sends:
+/// with it, a test makes the outbound reuse a hop the inbound has already closed, every time.
+struct Gate {
+    addr: SocketAddr,
+    /// Where new connections are forwarded.
+    target: Arc<Mutex<SocketAddr>>,
+    /// True while bytes and ends from the inbound are held.
+    hold: watch::Sender<bool>,
+    /// Bytes from the outbound, all connections.
+    up: Arc<AtomicU64>,
+    /// Connections whose inbound side has ended (held back or passed on).
+    ended: Arc<AtomicU64>,
+}
+
+impl Gate {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate = Self {
+            addr,
+            target: Arc::new(Mutex::new(target)),
+            hold: watch::channel(false).0,
+            up: Arc::default(),
+            ended: Arc::default(),
+        };
+        let (target, hold, up, ended) =
+            (gate.target.clone(), gate.hold.clone(), gate.up.clone(), gate.ended.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let to = *target.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to).await else { continue };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = up.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        up.fetch_add(n as u64, Ordering::SeqCst);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                });
+                // What the inbound sends is read at once and queued; it is written on only
+                // while the gate is open, and its end (EOF or reset) passed on as a FIN.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+                let ended = ended.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        let _ = tx.send(buf[..n].to_vec());
+                    }
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+                let mut hold = hold.subscribe();
+                tokio::spawn(async move {
+                    while let Some(chunk) = rx.recv().await {
+                        if hold.wait_for(|held| !held).await.is_err() || cw.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    if hold.wait_for(|held| !held).await.is_ok() {
+                        let _ = cw.shutdown().await;
+                    }
+                });
+            }
+        });
+        gate
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_the_inbound_closes_as_the_outbound_reuses_it_loses_no_byte() {
+    let world = World::new();
+    let app = EchoApp::start().await;
+    world.issue("db");
+    let old = Agent::start(world.config("db-host", &[("db", app.addr)], &[])).await.unwrap();
+    let gate = Gate::start(old.bound().service("db").unwrap()).await;
+    world.write_discovery("db", &[(localhost(), app.addr.port(), Some(gate.addr.port()))]);
+    let web = caller_host(&world, "web").await;
+    let upstream = web.bound().upstream("db").unwrap();
+    assert_eq!(round_trip(upstream, b"one").await.unwrap(), b"one");
+    eventually("the hop is back in web's pool", 3 * SECOND, || async {
+        metric(&web.metrics_text(), "cordon_connections_open", &[]) == 0.0
+    })
+    .await;
+
+    // The inbound closes the idle hop (its agent restarts); web does not hear of it yet.
+    gate.hold.send_replace(true);
+    let stopping = tokio::spawn(old.shutdown());
+    eventually("the inbound has closed the hop", 5 * SECOND, || async {
+        gate.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let new = Agent::start(world.config("db-host-2", &[("db", app.addr)], &[])).await.unwrap();
+    *gate.target.lock().unwrap() = new.bound().service("db").unwrap();
+
+    // An app connection now rides the closed hop: its first bytes reach the closed inbound.
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let before = gate.up.load(Ordering::SeqCst);
+    let sent = payload.clone();
+    let echo = tokio::spawn(async move { round_trip(upstream, &sent).await });
+    eventually("web has started the connection on the closed hop", 5 * SECOND, || async {
+        gate.up.load(Ordering::SeqCst) > before
+    })
+    .await;
+    gate.hold.send_replace(false);
+
+    let reply = echo.await.unwrap().expect("the app connection is not reset");
+    assert_eq!(reply.len(), payload.len(), "every byte comes back");
+    assert!(reply == payload, "every byte comes back in order");
+    let m = web.metrics_text();
+    assert_eq!(metric(&m, "cordon_hop_retried_total", &[]), 1.0, "it went out again: {m}");
+    assert_eq!(metric(&m, "cordon_hop_reused_total", &[]), 0.0, "on a fresh hop: {m}");
+    web.shutdown().await;
+    stopping.await.unwrap();
+    new.shutdown().await;
 }
