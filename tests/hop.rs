@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cordon::agent::Agent;
+use cordon::pki::{HOP_ALPN_V1, HOP_ALPN_V2, ServiceName, TlsSource, TlsStore, TrustDomain, server_name};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -267,4 +268,87 @@ async fn a_hop_the_inbound_closes_as_the_outbound_reuses_it_loses_no_byte() {
     web.shutdown().await;
     stopping.await.unwrap();
     new.shutdown().await;
+}
+
+/// A raw hop client with our web identity, offering only `alpn`, as an agent of that version does.
+async fn raw_hop(world: &World, to: SocketAddr, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    world.issue("web");
+    let source = TlsSource::Files { ca: world.ca().join("ca.pem"), dir: world.path("tls") };
+    let web = ServiceName::new("web").unwrap();
+    let db = ServiceName::new("db").unwrap();
+    let store = TlsStore::load(&source, &TrustDomain::new(TRUST_DOMAIN).unwrap(), std::slice::from_ref(&web))
+        .unwrap();
+    let mut config = (*store.client_config(&web, &db, to, true).unwrap()).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name(&db), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "the inbound agrees to the version offered");
+    tls
+}
+
+/// The next frame's kind and payload.
+async fn frame(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 4];
+    tokio::time::timeout(5 * SECOND, tls.read_exact(&mut h))
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let mut payload = vec![0u8; u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize];
+    tls.read_exact(&mut payload).await?;
+    Ok((h[0], payload))
+}
+
+/// One app connection on a raw hop: OPEN, DATA, FIN; returns the frames up to the server's FIN.
+async fn raw_stream(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, msg: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = vec![1, 0, 0, 0, 2, 0, 0, msg.len() as u8];
+    out.extend_from_slice(msg);
+    out.extend_from_slice(&[3, 0, 0, 0]);
+    tls.write_all(&out).await.unwrap();
+    let mut frames = Vec::new();
+    loop {
+        let f = frame(tls).await.unwrap();
+        let fin = f.0 == 3;
+        frames.push(f);
+        if fin {
+            return frames;
+        }
+    }
+}
+
+fn data_of(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    frames.iter().filter(|(k, _)| *k == 2).flat_map(|(_, d)| d.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hop_version_gets_its_own_frames_and_only_v2_hears_goaway() {
+    let world = World::new();
+    let (db, _app) = db_host(&world).await;
+    let addr = db.bound().service("db").unwrap();
+
+    // cordon-hop/1, as an older agent speaks it: DATA and FIN only, and a silent close.
+    let mut v1 = raw_hop(&world, addr, HOP_ALPN_V1).await;
+    for msg in [&b"one"[..], b"two"] {
+        let frames = raw_stream(&mut v1, msg).await;
+        assert!(frames.iter().all(|(k, _)| *k == 2 || *k == 3), "v1 frames only: {frames:?}");
+        assert_eq!(data_of(&frames), msg);
+    }
+    // cordon-hop/2: ACK first on every stream.
+    let mut v2 = raw_hop(&world, addr, HOP_ALPN_V2).await;
+    for msg in [&b"three"[..], b"four"] {
+        let frames = raw_stream(&mut v2, msg).await;
+        assert_eq!(frames[0], (5, vec![]), "ACK first: {frames:?}");
+        assert_eq!(data_of(&frames), msg);
+    }
+
+    // The inbound stops with both hops idle: GOAWAY on v2, nothing but the close on v1.
+    let stopping = tokio::spawn(db.shutdown());
+    assert_eq!(frame(&mut v2).await.unwrap(), (4, vec![]), "GOAWAY");
+    assert!(frame(&mut v2).await.is_err(), "then the end of the hop");
+    let end = frame(&mut v1).await;
+    assert!(
+        end.as_ref().is_err_and(|e| e.kind() != std::io::ErrorKind::TimedOut),
+        "v1 closes silently: {end:?}"
+    );
+    drop((v1, v2));
+    stopping.await.unwrap();
 }

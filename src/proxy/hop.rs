@@ -530,4 +530,25 @@ mod tests {
         srv.shutdown().await.unwrap();
         assert!(srv.write(b"late").await.is_err());
     }
+
+    #[tokio::test]
+    async fn goaway_answers_an_open_the_server_never_read_and_ack_one_it_did() {
+        let (mut client, mut server) = duplex(1024);
+        let closing = tokio::spawn(async move { go_away(&mut server).await });
+        open(&mut client, b"first bytes").await.unwrap();
+        assert_eq!(answer(&mut client).await.unwrap(), Answer::GoneAway);
+        drop(client);
+        // The server drops what came after GOAWAY, and stops lingering when the client closes.
+        tokio::time::timeout(LINGER / 2, closing).await.unwrap().unwrap();
+
+        let (mut client, mut server) = duplex(1024);
+        open(&mut client, b"").await.unwrap();
+        assert!(next_stream(&mut server).await.unwrap());
+        ack(&mut server).await.unwrap();
+        assert_eq!(answer(&mut client).await.unwrap(), Answer::Accepted);
+        // A close without GOAWAY is an error: the server may have taken the connection.
+        open(&mut client, b"").await.unwrap();
+        drop(server);
+        assert!(answer(&mut client).await.is_err());
+    }
 }
