@@ -4,7 +4,7 @@
 #      client certificate (`server ... ssl crt ... ca-file ... verify required`) and is identified
 #      as its service;
 #  (b) cordon's outbound reaches a backend that HAProxy terminates with `verify required`, one
-#      mTLS connection per app connection (HAProxy does not take ALPN cordon-hop/1);
+#      mTLS connection per app connection (HAProxy takes neither ALPN cordon-hop/2 nor /1);
 #  (c) openssl s_client with a cordon certificate gets through; without one it is refused, and
 #      the refusal is counted by reason; curl reads the admin endpoint;
 #  (d) a Synapse-shaped HAProxy (`option tcplog` and `option httplog`, one service with a
@@ -152,7 +152,7 @@ check "a second connection from HAProxy (no ALPN) -> cordon inbound" "hello-a2" 
 
 echo "== (b) cordon outbound -> HAProxy terminating TLS with verify required"
 check "echo through cordon outbound -> HAProxy -> app" "hello-b" "$(send "$WEB_OUT" hello-b)"
-# cordon offers ALPN cordon-hop/1; HAProxy does not take it, so each app connection gets its own
+# cordon offers ALPN cordon-hop/2 and /1; HAProxy takes neither, so each app connection gets its own
 # mTLS connection, and none rides a reused one.
 check "a second connection through cordon outbound -> HAProxy" "hello-b2" "$(send "$WEB_OUT" hello-b2)"
 reused=$(curl -fsS "http://127.0.0.1:$WEB_ADMIN/metrics" | grep '^cordon_hop_reused_total{' | awk '{s+=$2} END {print s+0}')

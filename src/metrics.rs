@@ -80,6 +80,7 @@ pub struct Metrics {
     policy_closed: Family<ServiceLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     hop_reused: Family<ServiceLabels, Counter>,
+    hop_retried: Family<ServiceLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,6 +113,7 @@ impl Metrics {
             policy_closed: Family::default(),
             handshakes: Family::default(),
             hop_reused: Family::default(),
+            hop_retried: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections_opened", "Connections accepted", m.opened.clone());
@@ -158,6 +160,11 @@ impl Metrics {
             "Connections carried on an mTLS connection between two agents that had already carried one",
             m.hop_reused.clone(),
         );
+        registry.register(
+            "hop_retried",
+            "Connections sent again on another mTLS connection because the backend's agent closed the first before reading them",
+            m.hop_retried.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -194,6 +201,7 @@ impl Metrics {
         let full_handshakes = self.handshakes.get_or_create(&handshake("full")).clone();
         let resumed_handshakes = self.handshakes.get_or_create(&handshake("resumed")).clone();
         let hop_reused = self.hop_reused.get_or_create(&labels).clone();
+        let hop_retried = self.hop_retried.get_or_create(&labels).clone();
         ListenerMetrics {
             opened,
             closed,
@@ -207,6 +215,7 @@ impl Metrics {
             full_handshakes,
             resumed_handshakes,
             hop_reused,
+            hop_retried,
             metrics: self.clone(),
             direction,
             service: service.to_string(),
@@ -229,6 +238,7 @@ pub struct ListenerMetrics {
     pub full_handshakes: Counter,
     pub resumed_handshakes: Counter,
     pub hop_reused: Counter,
+    pub hop_retried: Counter,
     metrics: Arc<Metrics>,
     direction: Direction,
     service: String,

@@ -1,16 +1,22 @@
 //! The reusable hop between two cordon agents, end to end on loopback: app connections ride one
 //! mTLS connection one after another, each still decided, recorded and counted; a hop the server
-//! closed is not used again; with reuse off, each app connection makes (and resumes) its own.
+//! closed is not used again, and one it closes at the instant it is reused loses no byte; an
+//! outbound that knows only `cordon-hop/1` still gets the hop; with reuse off, each app
+//! connection makes (and resumes) its own.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cordon::agent::Agent;
+use cordon::pki::{HOP_ALPN_V1, HOP_ALPN_V2, ServiceName, TlsSource, TlsStore, TrustDomain, server_name};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -142,4 +148,207 @@ async fn without_reuse_each_app_connection_has_its_own_mtls_connection_and_resum
     assert_eq!(metric(&m, "cordon_tls_handshakes_total", &[]), 4.0, "{m}");
     assert_eq!(metric(&m, "cordon_tls_handshakes_total", &[("kind", "resumed")]), 3.0, "{m}");
     assert_eq!(inbound(&db, "cordon_connections_opened_total"), 4.0);
+}
+
+/// A TCP forwarder between an outbound and an inbound that can hold back what the inbound sends:
+/// with it, a test makes the outbound reuse a hop the inbound has already closed, every time.
+struct Gate {
+    addr: SocketAddr,
+    /// Where new connections are forwarded.
+    target: Arc<Mutex<SocketAddr>>,
+    /// True while bytes and ends from the inbound are held.
+    hold: watch::Sender<bool>,
+    /// Bytes from the outbound, all connections.
+    up: Arc<AtomicU64>,
+    /// Connections whose inbound side has ended (held back or passed on).
+    ended: Arc<AtomicU64>,
+}
+
+impl Gate {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate = Self {
+            addr,
+            target: Arc::new(Mutex::new(target)),
+            hold: watch::channel(false).0,
+            up: Arc::default(),
+            ended: Arc::default(),
+        };
+        let (target, hold, up, ended) =
+            (gate.target.clone(), gate.hold.clone(), gate.up.clone(), gate.ended.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let to = *target.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to).await else { continue };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = up.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        up.fetch_add(n as u64, Ordering::SeqCst);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                });
+                // What the inbound sends is read at once and queued; it is written on only
+                // while the gate is open, and its end (EOF or reset) passed on as a FIN.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+                let ended = ended.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        let _ = tx.send(buf[..n].to_vec());
+                    }
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+                let mut hold = hold.subscribe();
+                tokio::spawn(async move {
+                    while let Some(chunk) = rx.recv().await {
+                        if hold.wait_for(|held| !held).await.is_err() || cw.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    if hold.wait_for(|held| !held).await.is_ok() {
+                        let _ = cw.shutdown().await;
+                    }
+                });
+            }
+        });
+        gate
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_the_inbound_closes_as_the_outbound_reuses_it_loses_no_byte() {
+    let world = World::new();
+    let app = EchoApp::start().await;
+    world.issue("db");
+    let old = Agent::start(world.config("db-host", &[("db", app.addr)], &[])).await.unwrap();
+    let gate = Gate::start(old.bound().service("db").unwrap()).await;
+    world.write_discovery("db", &[(localhost(), app.addr.port(), Some(gate.addr.port()))]);
+    let web = caller_host(&world, "web").await;
+    let upstream = web.bound().upstream("db").unwrap();
+    assert_eq!(round_trip(upstream, b"one").await.unwrap(), b"one");
+    eventually("the hop is back in web's pool", 3 * SECOND, || async {
+        metric(&web.metrics_text(), "cordon_connections_open", &[]) == 0.0
+    })
+    .await;
+
+    // The inbound closes the idle hop (its agent restarts); web does not hear of it yet.
+    gate.hold.send_replace(true);
+    let stopping = tokio::spawn(old.shutdown());
+    eventually("the inbound has closed the hop", 5 * SECOND, || async {
+        gate.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let new = Agent::start(world.config("db-host-2", &[("db", app.addr)], &[])).await.unwrap();
+    *gate.target.lock().unwrap() = new.bound().service("db").unwrap();
+
+    // An app connection now rides the closed hop: its first bytes reach the closed inbound.
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let before = gate.up.load(Ordering::SeqCst);
+    let sent = payload.clone();
+    let echo = tokio::spawn(async move { round_trip(upstream, &sent).await });
+    eventually("web has started the connection on the closed hop", 5 * SECOND, || async {
+        gate.up.load(Ordering::SeqCst) > before
+    })
+    .await;
+    gate.hold.send_replace(false);
+
+    let reply = echo.await.unwrap().expect("the app connection is not reset");
+    assert_eq!(reply.len(), payload.len(), "every byte comes back");
+    assert!(reply == payload, "every byte comes back in order");
+    let m = web.metrics_text();
+    assert_eq!(metric(&m, "cordon_hop_retried_total", &[]), 1.0, "it went out again: {m}");
+    assert_eq!(metric(&m, "cordon_hop_reused_total", &[]), 0.0, "on a fresh hop: {m}");
+    web.shutdown().await;
+    stopping.await.unwrap();
+    new.shutdown().await;
+}
+
+/// A raw hop client with our web identity, offering only `alpn`, as an agent of that version does.
+async fn raw_hop(world: &World, to: SocketAddr, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    world.issue("web");
+    let source = TlsSource::Files { ca: world.ca().join("ca.pem"), dir: world.path("tls") };
+    let web = ServiceName::new("web").unwrap();
+    let db = ServiceName::new("db").unwrap();
+    let store = TlsStore::load(&source, &TrustDomain::new(TRUST_DOMAIN).unwrap(), std::slice::from_ref(&web))
+        .unwrap();
+    let mut config = (*store.client_config(&web, &db, to, true).unwrap()).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name(&db), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "the inbound agrees to the version offered");
+    tls
+}
+
+/// The next frame's kind and payload.
+async fn frame(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 4];
+    tokio::time::timeout(5 * SECOND, tls.read_exact(&mut h))
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let mut payload = vec![0u8; u32::from_be_bytes([0, h[1], h[2], h[3]]) as usize];
+    tls.read_exact(&mut payload).await?;
+    Ok((h[0], payload))
+}
+
+/// One app connection on a raw hop: OPEN, DATA, FIN; returns the frames up to the server's FIN.
+async fn raw_stream(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, msg: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = vec![1, 0, 0, 0, 2, 0, 0, msg.len() as u8];
+    out.extend_from_slice(msg);
+    out.extend_from_slice(&[3, 0, 0, 0]);
+    tls.write_all(&out).await.unwrap();
+    let mut frames = Vec::new();
+    loop {
+        let f = frame(tls).await.unwrap();
+        let fin = f.0 == 3;
+        frames.push(f);
+        if fin {
+            return frames;
+        }
+    }
+}
+
+fn data_of(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    frames.iter().filter(|(k, _)| *k == 2).flat_map(|(_, d)| d.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hop_version_gets_its_own_frames_and_only_v2_hears_goaway() {
+    let world = World::new();
+    let (db, _app) = db_host(&world).await;
+    let addr = db.bound().service("db").unwrap();
+
+    // cordon-hop/1, as an older agent speaks it: DATA and FIN only, and a silent close.
+    let mut v1 = raw_hop(&world, addr, HOP_ALPN_V1).await;
+    for msg in [&b"one"[..], b"two"] {
+        let frames = raw_stream(&mut v1, msg).await;
+        assert!(frames.iter().all(|(k, _)| *k == 2 || *k == 3), "v1 frames only: {frames:?}");
+        assert_eq!(data_of(&frames), msg);
+    }
+    // cordon-hop/2: ACK first on every stream.
+    let mut v2 = raw_hop(&world, addr, HOP_ALPN_V2).await;
+    for msg in [&b"three"[..], b"four"] {
+        let frames = raw_stream(&mut v2, msg).await;
+        assert_eq!(frames[0], (5, vec![]), "ACK first: {frames:?}");
+        assert_eq!(data_of(&frames), msg);
+    }
+
+    // The inbound stops with both hops idle: GOAWAY on v2, nothing but the close on v1.
+    let stopping = tokio::spawn(db.shutdown());
+    assert_eq!(frame(&mut v2).await.unwrap(), (4, vec![]), "GOAWAY");
+    assert!(frame(&mut v2).await.is_err(), "then the end of the hop");
+    let end = frame(&mut v1).await;
+    assert!(
+        end.as_ref().is_err_and(|e| e.kind() != std::io::ErrorKind::TimedOut),
+        "v1 closes silently: {end:?}"
+    );
+    drop((v1, v2));
+    stopping.await.unwrap();
 }

@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use cordon::agent::config::TlsSource;
-use cordon::pki::{Ca, HOP_ALPN, ServiceName, TlsStore, TrustDomain};
+use cordon::pki::{Ca, HOP_ALPNS, ServiceName, TlsStore, TrustDomain};
 use libfuzzer_sys::fuzz_target;
 
 /// The first byte of a TLS handshake record, as the inbound sniffs it.
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         }
     };
-    let hop = accepted.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| p == HOP_ALPN));
+    let hop = accepted.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| HOP_ALPNS.contains(&p)));
     let Some(server) = store.server_config(name, hop) else { return };
     let Ok(mut conn) = accepted.into_connection(server.config) else { return };
     for _ in 0..64 {

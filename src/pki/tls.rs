@@ -36,10 +36,22 @@ use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier, spiffe_id_of};
 use super::{PkiError, ServiceId, ServiceName, TlsSource, TrustDomain};
 use crate::base::BundleId;
 
-/// The ALPN name of cordon's reusable hop: an mTLS connection between two cordon agents that
-/// carries app connections one after another (see `proxy::hop`). Peers that do not offer it get
-/// one app connection per mTLS connection, as any TLS client would.
-pub const HOP_ALPN: &[u8] = b"cordon-hop/1";
+/// The ALPN name of cordon's reusable hop, first version: an mTLS connection between two cordon
+/// agents that carries app connections one after another (see `proxy::hop`).
+pub const HOP_ALPN_V1: &[u8] = b"cordon-hop/1";
+
+/// The reusable hop with `ACK` and `GOAWAY`, so an app connection on a hop the server is closing
+/// is sent again instead of lost (see `proxy::hop`).
+pub const HOP_ALPN_V2: &[u8] = b"cordon-hop/2";
+
+/// The hop versions both sides offer, preferred first; the server picks the first the client
+/// offers too. Peers that offer none get one app connection per mTLS connection, as any TLS
+/// client would.
+pub const HOP_ALPNS: [&[u8]; 2] = [HOP_ALPN_V2, HOP_ALPN_V1];
+
+fn hop_alpns() -> Vec<Vec<u8>> {
+    HOP_ALPNS.iter().map(|p| p.to_vec()).collect()
+}
 
 // The data plane's crypto: ring, or aws-lc-rs with the `aws-lc-rs` feature.
 #[cfg(feature = "aws-lc-rs")]
@@ -71,7 +83,7 @@ const CLIENT_CONFIGS: usize = 1024;
 struct Identity {
     key: Arc<CertifiedKey>,
     server: Arc<ServerConfig>,
-    /// The same, also agreeing to cordon's reusable hop (ALPN [`HOP_ALPN`]).
+    /// The same, also agreeing to cordon's reusable hop (ALPN [`HOP_ALPNS`]).
     server_hop: Arc<ServerConfig>,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -267,7 +279,7 @@ impl TlsStore {
             .with_client_cert_resolver(Arc::new(Presents(id.key.clone())));
         config.resumption = Resumption::store(self.tickets.get(&key.0));
         if hop {
-            config.alpn_protocols = vec![HOP_ALPN.to_vec()];
+            config.alpn_protocols = hop_alpns();
         }
         let config = Arc::new(config);
         if clients.len() >= CLIENT_CONFIGS {
@@ -391,7 +403,7 @@ impl TlsStore {
             let built = loaded.and_then(|(key, not_before, not_after)| {
                 let server = self.server_config_for(&roots, &ticketer, key.clone())?;
                 let mut hop = (*server).clone();
-                hop.alpn_protocols = vec![HOP_ALPN.to_vec()];
+                hop.alpn_protocols = hop_alpns();
                 Ok(Identity { key, server, server_hop: Arc::new(hop), not_before, not_after })
             });
             match built {
@@ -406,7 +418,7 @@ impl TlsStore {
                         match self.server_config_for(&roots, &ticketer, prev.key.clone()) {
                             Ok(server) => {
                                 let mut hop = (*server).clone();
-                                hop.alpn_protocols = vec![HOP_ALPN.to_vec()];
+                                hop.alpn_protocols = hop_alpns();
                                 identities.insert(
                                     name.clone(),
                                     Identity { server, server_hop: Arc::new(hop), ..prev.clone() },

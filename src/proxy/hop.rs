@@ -1,19 +1,34 @@
 //! cordon's reusable hop: one mTLS connection between two cordon agents carries app connections one
 //! after another, so a new app connection costs no TCP or TLS handshake between the agents.
 //!
-//! Agreed by ALPN ([`crate::pki::HOP_ALPN`]); a peer that does not offer it (HAProxy, an older
-//! cordon, openssl) gets one app connection per mTLS connection, as before. Inside the TLS
-//! stream every frame has a 4-byte header, a kind and a 24-bit big-endian length:
+//! Agreed by ALPN ([`crate::pki::HOP_ALPNS`]: `cordon-hop/2`, else `cordon-hop/1`); a peer that
+//! offers neither (HAProxy, an older cordon, openssl) gets one app connection per mTLS connection,
+//! as before. Inside the TLS stream every frame has a 4-byte header, a kind and a 24-bit
+//! big-endian length:
 //!
 //! - `OPEN` (client to server, empty): an app connection begins; the server decides and dials
 //!   its app at once, so server-first protocols work.
 //! - `DATA`: bytes of the app connection.
 //! - `FIN` (empty): no more bytes this way (the app half-closed).
 //!
+//! `cordon-hop/2` adds two frames, server to client, that close the race between an inbound
+//! closing an idle hop and an outbound reusing it at that instant:
+//!
+//! - `ACK` (empty): the first frame of every stream, written as soon as the server reads `OPEN`:
+//!   from here on the server has the app connection (it serves it or closes the hop on error).
+//!   Until it arrives, the client leaves the app's first bytes in the app's socket (it only
+//!   peeks at them), and sends nothing more.
+//! - `GOAWAY` (empty): written between streams instead of closing silently (idle limit, age,
+//!   shutdown, a re-check): no `OPEN` after it is processed. The server then ends its TLS stream
+//!   and reads and drops what still comes for [`LINGER`], so nothing in flight turns into a reset.
+//!   A client that reads `GOAWAY` where it waits for `ACK` knows that the server never saw its
+//!   app connection, and opens it again, with the same first bytes, on another hop.
+//!
 //! A stream ends when both sides have sent `FIN`; the connection may then carry the next. Anything
-//! else (an error on either side, a refusal, a policy change, the idle limit) closes the whole mTLS
-//! connection, and the peer closes its app connection: the same as without reuse. One stream at a
-//! time per connection keeps TCP's own flow control per app connection.
+//! else (an error on either side, a refusal, a policy change) closes the whole mTLS connection,
+//! and the peer closes its app connection: the same as without reuse. A close without `GOAWAY`
+//! (or on `cordon-hop/1`) is never taken as "not seen": the server may have dialled its app. One
+//! stream at a time per connection keeps TCP's own flow control per app connection.
 //!
 //! The caller's identity is the TLS peer's, proven once per mTLS connection; the policy is still
 //! decided per app connection, and a hop is reused for at most [`MAX_AGE`] so that a rotated or
@@ -33,7 +48,34 @@ use tokio::net::TcpStream;
 const OPEN: u8 = 1;
 const DATA: u8 = 2;
 const FIN: u8 = 3;
+const GOAWAY: u8 = 4;
+const ACK: u8 = 5;
 const HEADER: usize = 4;
+
+/// Which hop protocol a connection agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `cordon-hop/1`: `OPEN`, `DATA`, `FIN`.
+    V1,
+    /// `cordon-hop/2`: also `ACK` and `GOAWAY`.
+    V2,
+}
+
+impl Version {
+    /// The version an agreed ALPN protocol names, if it is a hop.
+    pub fn from_alpn(protocol: Option<&[u8]>) -> Option<Self> {
+        match protocol? {
+            p if p == crate::pki::HOP_ALPN_V2 => Some(Self::V2),
+            p if p == crate::pki::HOP_ALPN_V1 => Some(Self::V1),
+            _ => None,
+        }
+    }
+}
+
+/// How long a server that said `GOAWAY` keeps reading (and dropping) what the client still sends,
+/// so that an `OPEN` already in flight does not make the kernel reset the connection before the
+/// client has read `GOAWAY`. It ends sooner when the client closes, as it does on reading it.
+pub const LINGER: Duration = Duration::from_millis(500);
 
 /// The largest DATA frame written (the relay's buffer); any length up to 2^24-1 is read.
 const MAX_FRAME: usize = 64 * 1024;
@@ -78,6 +120,54 @@ pub fn peek_now(client: &TcpStream, buf: &mut [u8]) -> usize {
         Poll::Ready(Ok(n)) => n,
         _ => 0,
     }
+}
+
+/// The server's answer to an `OPEN` on `cordon-hop/2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `ACK`: the server has the app connection.
+    Accepted,
+    /// `GOAWAY`: the server never processed this `OPEN`; it may be sent again elsewhere.
+    GoneAway,
+}
+
+/// Reads the server's answer to the `OPEN` just sent (client side, `cordon-hop/2`). A close or
+/// anything else is an error: the server may have processed the `OPEN`.
+pub async fn answer<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<Answer> {
+    let mut h = [0u8; HEADER];
+    io.read_exact(&mut h).await?;
+    match h {
+        [ACK, 0, 0, 0] => Ok(Answer::Accepted),
+        [GOAWAY, 0, 0, 0] => Ok(Answer::GoneAway),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected a hop ACK or GOAWAY frame, got {h:?}"),
+        )),
+    }
+}
+
+/// Tells the client that its `OPEN` was read (server side, `cordon-hop/2`).
+pub async fn ack<S: AsyncWrite + Unpin>(io: &mut S) -> io::Result<()> {
+    io.write_all(&header(ACK, 0)).await?;
+    io.flush().await
+}
+
+/// Closes a hop between streams (server side, `cordon-hop/2`): `GOAWAY`, the end of our TLS
+/// stream, then whatever the client still sends is read and dropped until it closes or
+/// [`LINGER`] passes.
+pub async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
+    let said = async {
+        io.write_all(&header(GOAWAY, 0)).await?;
+        io.shutdown().await
+    };
+    if tokio::time::timeout(LINGER, said).await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while let Ok(1..) = io.read(&mut sink).await {}
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Waits for the next stream on `io` (server side): true when it opens, false when the client
@@ -284,6 +374,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HopStream<'_, S> {
 /// expires).
 pub struct Hop {
     pub conn: Box<tokio_rustls::client::TlsStream<TcpStream>>,
+    pub version: Version,
     pub born: Instant,
     pub generation: u64,
 }
@@ -438,5 +529,26 @@ mod tests {
         // Writing after our own FIN is refused.
         srv.shutdown().await.unwrap();
         assert!(srv.write(b"late").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn goaway_answers_an_open_the_server_never_read_and_ack_one_it_did() {
+        let (mut client, mut server) = duplex(1024);
+        let closing = tokio::spawn(async move { go_away(&mut server).await });
+        open(&mut client, b"first bytes").await.unwrap();
+        assert_eq!(answer(&mut client).await.unwrap(), Answer::GoneAway);
+        drop(client);
+        // The server drops what came after GOAWAY, and stops lingering when the client closes.
+        tokio::time::timeout(LINGER / 2, closing).await.unwrap().unwrap();
+
+        let (mut client, mut server) = duplex(1024);
+        open(&mut client, b"").await.unwrap();
+        assert!(next_stream(&mut server).await.unwrap());
+        ack(&mut server).await.unwrap();
+        assert_eq!(answer(&mut client).await.unwrap(), Answer::Accepted);
+        // A close without GOAWAY is an error: the server may have taken the connection.
+        open(&mut client, b"").await.unwrap();
+        drop(server);
+        assert!(answer(&mut client).await.is_err());
     }
 }

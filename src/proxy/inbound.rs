@@ -6,7 +6,9 @@
 //! connections are decided again whenever the policy changes.
 //!
 //! Another cordon may offer the reusable hop (`proxy::hop`): then one mTLS connection carries its
-//! app connections one after another, each decided, recorded and counted on its own.
+//! app connections one after another, each decided, recorded and counted on its own. On
+//! `cordon-hop/2` an idle hop is never closed silently: `GOAWAY` tells the outbound that a
+//! connection it has just started there was not seen, so it starts it again elsewhere.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,12 +24,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::hop::{self, HopStream};
+use super::hop::{self, HopStream, Version};
 use super::{ConnCount, End, Lifecycle, ProxySettings, accept_loop, relay};
 use crate::base::{BundleId, Caller};
 use crate::ledger::{EdgeKey, Event, RecorderHandle};
 use crate::metrics::ListenerMetrics;
-use crate::pki::{HOP_ALPN, RejectReason, ServiceName, TlsStore, peer_of};
+use crate::pki::{HOP_ALPNS, RejectReason, ServiceName, TlsStore, peer_of};
 use crate::policy::{
     Decision, DecisionContext, DecisionLog, DecisionRecord, Outcome, Policy, Reason, Subject, decide,
 };
@@ -143,6 +145,14 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// Closes a hop between streams: with `GOAWAY` on `cordon-hop/2`, so a connection the client
+/// has just started on it is started again elsewhere; silently on `cordon-hop/1`.
+async fn close_idle(tls: &mut tokio_rustls::server::TlsStream<TcpStream>, version: Version) {
+    if version == Version::V2 {
+        hop::go_away(tls).await;
+    }
+}
+
 impl Inbound {
     /// Serves `listener` until the lifecycle stops accepting, and decides the open connections
     /// again whenever the policy or the trust bundle changes, until the last one has ended.
@@ -254,8 +264,8 @@ impl Inbound {
                 chain: Some(chain),
                 cancel,
             });
-            if hop {
-                self.serve_hop(tls, peer, &conn.conn, counted, stop).await;
+            if let Some(version) = hop {
+                self.serve_hop(tls, version, peer, &conn.conn, counted, stop).await;
             } else if self.serve(&mut tls, peer, &conn.conn, started).await.is_none() {
                 let _ = tls.shutdown().await;
             }
@@ -278,21 +288,26 @@ impl Inbound {
 
     /// The TLS handshake, with the server config chosen after reading the client's hello: the
     /// reusable hop is agreed only with a client that offers it (a client offering some other
-    /// protocol must not be refused for it). True when the hop was agreed.
+    /// protocol must not be refused for it). With the hop version when one was agreed.
     async fn handshake(
         &self,
         stream: TcpStream,
         deadline: tokio::time::Instant,
-    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, bool, BundleId)> {
+    ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Option<Version>, BundleId)> {
         let handshake = async {
             let acceptor = rustls::server::Acceptor::default();
             let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
             let hop = self.settings.reuse_connections
-                && start.client_hello().alpn().is_some_and(|mut offered| offered.any(|p| p == HOP_ALPN));
+                && start
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut offered| offered.any(|p| HOP_ALPNS.contains(&p)));
             let Some(server) = self.tls.server_config(&self.service, hop) else {
                 return Ok(None);
             };
-            start.into_stream(server.config).await.map(|tls| Some((tls, hop, server.bundle)))
+            let tls = start.into_stream(server.config).await?;
+            let version = if hop { Version::from_alpn(tls.get_ref().1.alpn_protocol()) } else { None };
+            Ok(Some((tls, version, server.bundle)))
         };
         match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(Some(done))) => Some(done),
@@ -316,10 +331,13 @@ impl Inbound {
 
     /// Serves app connections one after another on a hop, until the client closes it, one ends
     /// other than cleanly, it idles past [`hop::SERVER_IDLE`], the re-check closes it, or the
-    /// agent stops. Every app connection on it is decided on its own.
+    /// agent stops. Every app connection on it is decided on its own. On `cordon-hop/2` every
+    /// `OPEN` is answered with `ACK` before anything else, and a hop closed between streams says
+    /// `GOAWAY` first.
     async fn serve_hop(
         &self,
         mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+        version: Version,
         peer: SocketAddr,
         conn: &OpenConn,
         first: ConnCount<'_>,
@@ -328,18 +346,26 @@ impl Inbound {
         let born = Instant::now();
         let mut first = Some(first);
         loop {
+            // None: the idle limit, a re-check or the agent stopping closes the hop between streams.
             let opened = tokio::select! {
-                r = tokio::time::timeout(hop::SERVER_IDLE, hop::next_stream(&mut tls)) => r,
-                _ = stop.cancelled() => return,
-                _ = conn.cancel.cancelled() => return,
+                r = tokio::time::timeout(hop::SERVER_IDLE, hop::next_stream(&mut tls)) => r.ok(),
+                _ = stop.cancelled() => None,
+                _ = conn.cancel.cancelled() => None,
             };
             match opened {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) | Err(_) => return,
-                Ok(Err(e)) => {
+                Some(Ok(true)) => {}
+                Some(Ok(false)) => return,
+                None => return close_idle(&mut tls, version).await,
+                Some(Err(e)) => {
                     warn!(error = %e, "closing a hop that broke cordon's framing");
                     return;
                 }
+            }
+            if version == Version::V2
+                && let Err(e) = hop::ack(&mut tls).await
+            {
+                debug!(error = %e, "the hop closed as it opened a connection");
+                return;
             }
             // The connection's own count covers its first app connection; each later one counts.
             let _counted = match first.take() {
@@ -358,8 +384,11 @@ impl Inbound {
             );
             let end = self.serve(&mut stream, peer, conn, Instant::now()).instrument(span).await;
             let reusable = end == Some(End::Done) && stream.is_finished();
-            if !reusable || born.elapsed() > 2 * hop::MAX_AGE || stop.is_cancelled() {
+            if !reusable {
                 return;
+            }
+            if born.elapsed() > 2 * hop::MAX_AGE || stop.is_cancelled() {
+                return close_idle(&mut tls, version).await;
             }
         }
     }

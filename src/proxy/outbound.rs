@@ -4,7 +4,9 @@
 //! `cordon_mtls_port` in discovery) are dialled in plaintext on their own port.
 //!
 //! When the backend's cordon agrees to the reusable hop (`proxy::hop`), the mTLS connection goes
-//! back to a pool after the app connection and carries the next one to that backend.
+//! back to a pool after the app connection and carries the next one to that backend. On
+//! `cordon-hop/2`, an app connection whose hop the inbound closed before reading it (`GOAWAY`
+//! where `ACK` was awaited) goes out again on another hop with the same first bytes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +19,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::hop::{self, Hop, HopPool, HopStream};
+use super::hop::{self, Answer, Hop, HopPool, HopStream, Version};
 use super::{Balancer, ConnCount, End, Lifecycle, ProxySettings, accept_loop, relay};
 use crate::metrics::ListenerMetrics;
-use crate::pki::{HOP_ALPN, RejectReason, ServiceName, TlsStore, server_name};
+use crate::pki::{RejectReason, ServiceName, TlsStore, server_name};
 
 /// One outbound listener's shared state.
 pub struct Outbound {
@@ -118,6 +120,11 @@ impl Outbound {
                     }
                     return Some(upstream);
                 }
+                Err(e @ DialError::Lost(..)) => {
+                    // The backend may have the app connection: sending it elsewhere could run it twice.
+                    warn!(backend = %backend.host, error = %e, "closing the local connection");
+                    return None;
+                }
                 Err(e) => {
                     self.metrics.connect_failures.inc();
                     warn!(backend = %backend.host, port = backend.mtls_port.unwrap_or(backend.port), error = %e, "backend failed, trying the next");
@@ -139,10 +146,17 @@ impl Outbound {
                     // Made under another bundle or with our old certificate: close it, dial afresh.
                     continue;
                 }
-                // The server may have closed it this very moment: then open on a fresh one.
-                if self.open(&mut hop, client).await.is_ok() {
-                    self.metrics.hop_reused.inc();
-                    return Ok(Upstream::Hop { hop, backend: addr });
+                // The server may have closed it this very moment: then open on another one.
+                match self.open(&mut hop, client).await {
+                    Ok(()) => {
+                        self.metrics.hop_reused.inc();
+                        return Ok(Upstream::Hop { hop, backend: addr });
+                    }
+                    Err(OpenError::Unseen(e)) => {
+                        self.metrics.hop_retried.inc();
+                        debug!(error = %e, "the hop closed before carrying this connection; opening it elsewhere");
+                    }
+                    Err(OpenError::Lost(e)) => return Err(DialError::Lost(addr, e)),
                 }
             }
         }
@@ -173,25 +187,54 @@ impl Outbound {
             }
         };
         self.metrics.handshake(tls.get_ref().1.handshake_kind());
-        if tls.get_ref().1.alpn_protocol() != Some(HOP_ALPN) {
+        let Some(version) = Version::from_alpn(tls.get_ref().1.alpn_protocol()) else {
             return Ok(Upstream::Tls(Box::new(tls)));
+        };
+        let mut hop = Hop { conn: Box::new(tls), version, born: std::time::Instant::now(), generation };
+        match self.open(&mut hop, client).await {
+            Ok(()) => Ok(Upstream::Hop { hop, backend: addr }),
+            Err(OpenError::Unseen(e)) => {
+                // A server that went away at once (it is stopping): the next backend gets it.
+                self.metrics.hop_retried.inc();
+                Err(DialError::Open(addr, e))
+            }
+            Err(OpenError::Lost(e)) => Err(DialError::Lost(addr, e)),
         }
-        let mut hop = Hop { conn: Box::new(tls), born: std::time::Instant::now(), generation };
-        self.open(&mut hop, client).await.map_err(|e| DialError::Open(addr, e))?;
-        Ok(Upstream::Hop { hop, backend: addr })
     }
 
     /// Starts an app connection on `hop`, with the app's first bytes in the same TLS record when
-    /// they are already here. They are only taken from the app's socket once sent, so a hop that
-    /// turns out dead loses nothing.
-    async fn open(&self, hop: &mut Hop, client: &mut TcpStream) -> std::io::Result<()> {
+    /// they are already here. They are only taken from the app's socket once the server has them
+    /// (on `cordon-hop/2`, once it says `ACK`), so a hop closed under them loses nothing: they
+    /// are still there for the next hop.
+    async fn open(&self, hop: &mut Hop, client: &mut TcpStream) -> Result<(), OpenError> {
         // On the heap for the moment it is needed, not in the connection's task for its life.
         let mut first = vec![0u8; 4096];
         let n = hop::peek_now(client, &mut first);
-        hop::open(&mut *hop.conn, &first[..n]).await?;
-        client.read_exact(&mut first[..n]).await?;
+        hop::open(&mut *hop.conn, &first[..n]).await.map_err(OpenError::Unseen)?;
+        if hop.version == Version::V2 {
+            // The server answers as soon as it reads OPEN, before it dials its app.
+            let answer = tokio::time::timeout(self.settings.handshake_timeout, hop::answer(&mut *hop.conn))
+                .await
+                .map_err(|_| OpenError::Lost(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(OpenError::Lost)?;
+            if answer == Answer::GoneAway {
+                return Err(OpenError::Unseen(std::io::Error::other(
+                    "the backend's agent closed the hop before reading this connection (GOAWAY)",
+                )));
+            }
+        }
+        client.read_exact(&mut first[..n]).await.map_err(OpenError::Lost)?;
         Ok(())
     }
+}
+
+/// Why an app connection could not start on a hop.
+enum OpenError {
+    /// The server cannot have seen it (our write failed, or it said `GOAWAY` first): the app's
+    /// bytes are still in its socket, for another hop.
+    Unseen(std::io::Error),
+    /// The server may have it (the hop broke after `OPEN`, with no `GOAWAY`).
+    Lost(std::io::Error),
 }
 
 /// Why one backend could not be used.
@@ -213,6 +256,8 @@ enum DialError {
     HandshakeTimeout(SocketAddr),
     #[error("starting a connection on the hop to {0}: {1}")]
     Open(SocketAddr, std::io::Error),
+    #[error("the hop to {0} broke after the connection started on it: {1}")]
+    Lost(SocketAddr, std::io::Error),
 }
 
 /// An IP literal at once; a host name through the system resolver, bounded by `timeout`.
