@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::tmpfs::Tmpfs;
 use support::*;
 
 /// A `cordon agent` child, its stderr lines on a channel.
@@ -89,57 +90,6 @@ impl AgentProcess {
     }
 }
 
-/// A small tmpfs mounted for the test's life (root only): `None`, with a message, elsewhere.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.path().to_str().unwrap()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the disk-full test did not run");
-            return None;
-        }
-        Some(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fills the file system until a write fails; returns the filler's path.
-    fn fill(&self) -> PathBuf {
-        let filler = self.path().join("filler");
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0x5a; 64 * 1024];
-        for _ in 0..100_000 {
-            if f.write_all(&block).is_err() {
-                break;
-            }
-        }
-        // Fill the last partial block too.
-        for _ in 0..100_000 {
-            if f.write_all(&[0x5a; 512]).and_then(|_| f.flush()).is_err() {
-                break;
-            }
-        }
-        let _ = f.sync_all();
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 /// An agent config in `world` whose state dir (the ledger) is `state`.
 fn config_in(world: &World, app: SocketAddr, state: &Path, proxy: &str) -> PathBuf {
     world.config_with("db-host", &[("db", app)], &[], proxy);
@@ -203,7 +153,7 @@ async fn a_damaged_ledger_file_is_named_once_in_the_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_ledger_disk_full_says_how_many_records_and_where_and_exits_2() {
-    let Some(disk) = Tmpfs::mount("1m") else { return };
+    let Some(disk) = Tmpfs::mount(module_path!(), "1m") else { return };
     let world = World::new();
     let app = EchoApp::start().await;
     world.issue("db");
@@ -233,7 +183,7 @@ async fn sigterm_with_the_ledger_disk_full_says_how_many_records_and_where_and_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_ledger_disk_freed_again_loses_nothing() {
-    let Some(disk) = Tmpfs::mount("1m") else { return };
+    let Some(disk) = Tmpfs::mount(module_path!(), "1m") else { return };
     let world = World::new();
     let app = EchoApp::start().await;
     world.issue("db");
