@@ -34,16 +34,16 @@
 //! decided per app connection, and a hop is reused for at most [`MAX_AGE`] so that a rotated or
 //! expiring certificate stops carrying new connections.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+mod pool;
+pub use pool::{Hop, HopPool};
 
 const OPEN: u8 = 1;
 const DATA: u8 = 2;
@@ -89,9 +89,6 @@ pub const SERVER_IDLE: Duration = Duration::from_secs(60);
 
 /// A hop carries new app connections for this long after its handshake, then is closed when idle.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
-
-/// Idle hops kept per backend; a burst beyond it closes the surplus when the burst ends.
-const MAX_IDLE_PER_BACKEND: usize = 64;
 
 fn header(kind: u8, len: usize) -> [u8; HEADER] {
     let len = len as u32;
@@ -365,84 +362,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HopStream<'_, S> {
             this.fin = Fin::Sent;
         }
         Pin::new(&mut *this.io).poll_flush(cx)
-    }
-}
-
-/// A hop a client holds: the mTLS connection, when it was made, and the TLS store's client
-/// generation it was made in (a hop from before a bundle change or a renewal of our certificate
-/// is not used again: the server would refuse its next app connection once that certificate
-/// expires).
-pub struct Hop {
-    pub conn: Box<tokio_rustls::client::TlsStream<TcpStream>>,
-    pub version: Version,
-    pub born: Instant,
-    pub generation: u64,
-}
-
-impl Hop {
-    /// False when the server has closed it or said anything while idle (it never should): a hop
-    /// taken from the pool is checked before it carries a connection.
-    fn looks_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(Waker::noop());
-        matches!(self.conn.get_ref().0.poll_peek(&mut cx, &mut buf), Poll::Pending)
-    }
-}
-
-struct Idle {
-    hop: Hop,
-    since: Instant,
-}
-
-/// An outbound's idle hops, per backend address.
-#[derive(Default)]
-pub struct HopPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-}
-
-impl HopPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The most recently used live hop to `backend`, if any.
-    pub fn take(&self, backend: SocketAddr) -> Option<Hop> {
-        loop {
-            let idle = self.lock().get_mut(&backend)?.pop()?;
-            if idle.since.elapsed() < CLIENT_IDLE
-                && idle.hop.born.elapsed() < MAX_AGE
-                && idle.hop.looks_alive()
-            {
-                return Some(idle.hop);
-            }
-        }
-    }
-
-    /// Keeps `hop` for the next connection to `backend`, unless it is too old or enough are kept.
-    pub fn put(&self, backend: SocketAddr, hop: Hop) {
-        if hop.born.elapsed() >= MAX_AGE {
-            return;
-        }
-        let mut idle = self.lock();
-        let list = idle.entry(backend).or_default();
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle { hop, since: Instant::now() });
-        }
-    }
-
-    /// Closes the hops idle for too long (and forgets backends with none left).
-    pub fn sweep(&self) {
-        let mut idle = self.lock();
-        for list in idle.values_mut() {
-            list.retain(|i| i.since.elapsed() < CLIENT_IDLE && i.hop.born.elapsed() < MAX_AGE);
-        }
-        idle.retain(|_, list| !list.is_empty());
-    }
-
-    /// How many hops are idle (for `/status` and tests).
-    pub fn idle(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
     }
 }
 
