@@ -127,25 +127,17 @@ cache = \"learn\"\n\n\
 fn ledger_with_callers(path: &Path, callers: &[(&str, Identified, usize)]) {
     let (rec, handle) = Recorder::start(path, "db-1", 1024, Duration::from_millis(50)).unwrap();
     for (source, identified, n) in callers {
+        let edge = EdgeKey {
+            source: source.to_string(),
+            destination: "db".into(),
+            identified: *identified,
+            mode: Mode::Learn,
+            verdict: Verdict::Deny,
+        };
         for _ in 0..*n {
-            handle.record_wait(Event::Opened {
-                edge: EdgeKey {
-                    source: source.to_string(),
-                    destination: "db".into(),
-                    identified: *identified,
-                    mode: Mode::Learn,
-                    verdict: Verdict::Deny,
-                },
-                at: SystemTime::now(),
-            });
+            handle.record_wait(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
             handle.record_wait(Event::Closed {
-                edge: EdgeKey {
-                    source: source.to_string(),
-                    destination: "db".into(),
-                    identified: *identified,
-                    mode: Mode::Learn,
-                    verdict: Verdict::Deny,
-                },
+                edge: edge.clone(),
                 at: SystemTime::now(),
                 bytes_to_destination: 10,
                 bytes_to_source: 100,

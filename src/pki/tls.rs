@@ -401,10 +401,8 @@ impl TlsStore {
                 (TlsSource::LocalCa { .. }, None) => continue,
             };
             let built = loaded.and_then(|(key, not_before, not_after)| {
-                let server = self.server_config_for(&roots, &ticketer, key.clone())?;
-                let mut hop = (*server).clone();
-                hop.alpn_protocols = hop_alpns();
-                Ok(Identity { key, server, server_hop: Arc::new(hop), not_before, not_after })
+                let (server, server_hop) = self.server_configs_for(&roots, &ticketer, key.clone())?;
+                Ok(Identity { key, server, server_hop, not_before, not_after })
             });
             match built {
                 Ok(identity) => {
@@ -415,14 +413,10 @@ impl TlsStore {
                     if let Some(prev) = old.and_then(|o| o.identities.get(name)) {
                         // Keep serving the old certificate, under the new bundle's verifier and
                         // ticket keys (its old configs would still trust the old bundle).
-                        match self.server_config_for(&roots, &ticketer, prev.key.clone()) {
-                            Ok(server) => {
-                                let mut hop = (*server).clone();
-                                hop.alpn_protocols = hop_alpns();
-                                identities.insert(
-                                    name.clone(),
-                                    Identity { server, server_hop: Arc::new(hop), ..prev.clone() },
-                                );
+                        match self.server_configs_for(&roots, &ticketer, prev.key.clone()) {
+                            Ok((server, server_hop)) => {
+                                identities
+                                    .insert(name.clone(), Identity { server, server_hop, ..prev.clone() });
                             }
                             Err(e) => problems.push(e),
                         }
@@ -539,12 +533,13 @@ impl TlsStore {
         Ok((Arc::new(certified), not_before, not_after))
     }
 
-    fn server_config_for(
+    /// The server configs presenting `key`: plain, and agreeing to the reusable hop.
+    fn server_configs_for(
         &self,
         roots: &Arc<RootCertStore>,
         ticketer: &Arc<dyn rustls::server::ProducesTickets>,
         key: Arc<CertifiedKey>,
-    ) -> Result<Arc<ServerConfig>, PkiError> {
+    ) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), PkiError> {
         let verifier =
             SpiffeClientVerifier::new(roots.clone(), self.trust_domain.clone(), self.provider.clone())
                 .map_err(|e| PkiError::Config(e.to_string()))?;
@@ -555,7 +550,9 @@ impl TlsStore {
             .with_cert_resolver(Arc::new(Presents(key)));
         config.ticketer = ticketer.clone();
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        Ok(Arc::new(config))
+        let mut hop = config.clone();
+        hop.alpn_protocols = hop_alpns();
+        Ok((Arc::new(config), Arc::new(hop)))
     }
 
     /// The files a reload reads (for the watcher).
