@@ -109,9 +109,9 @@ POLICY = {
     "enforce": '[modes]\n"*" = "enforce"\n[[intention]]\nsource = "web"\ndestination = "db"\naction = "allow"\n',
 }
 open("policy.toml", "w").write(POLICY["learn"])
-def agent_cfg(name, admin, body, proxy=""):
+def agent_cfg(name, admin, body, proxy="", discovery="discovery"):
     open(f"{name}.toml", "w").write(f"""trust_domain = "{TD}"
-discovery_dir = "discovery"
+discovery_dir = "{discovery}"
 policy = "policy.toml"
 state_dir = "state-{name}"
 decision_log = "decisions-{name}.jsonl"
@@ -141,9 +141,8 @@ if BASELINE:
     open("discovery-base/db.json", "w").write(
         f'[{{"host": "127.0.0.1", "port": {APP}, "name": "db-1", "labels": {{"cordon_mtls_port": "{CO_IN_B}"}}}}]')
     agent_cfg("in-base", ADM_IN_B, f'[[service]]\nname = "db"\nlisten = "127.0.0.1:{CO_IN_B}"\napp = "127.0.0.1:{APP}"\n')
-    agent_cfg("out-base", ADM_OUT_B, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT_B}"\nidentity = "web"\n')
-    text = open("out-base.toml").read().replace('discovery_dir = "discovery"', 'discovery_dir = "discovery-base"')
-    open("out-base.toml", "w").write(text)
+    agent_cfg("out-base", ADM_OUT_B, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT_B}"\nidentity = "web"\n',
+              discovery="discovery-base")
     co_in_b = start([BASELINE, "agent", "--config", "in-base.toml"], "cordon-in-base.log")
     co_out_b = start([BASELINE, "agent", "--config", "out-base.toml"], "cordon-out-base.log")
     wait_port(CO_OUT_B, "baseline cordon"); wait_port(CO_IN_B, "baseline cordon")
