@@ -33,7 +33,9 @@ fn main() {
                 } else {
                     shared.clone()
                 };
-                let config = client.client_config(&web, &db, backend, false).expect("client config");
+                let config = client
+                    .client_config(&web, &db, backend, cordon::pki::HopOffer::None)
+                    .expect("client config");
                 let (a, b) = tokio::io::duplex(64 * 1024);
                 let acceptor = tokio_rustls::TlsAcceptor::from(
                     server.server_config(&db, false).expect("server config").config,

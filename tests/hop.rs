@@ -7,16 +7,18 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cordon::agent::Agent;
-use cordon::pki::{HOP_ALPN_V1, HOP_ALPN_V2, ServiceName, TlsSource, TlsStore, TrustDomain, server_name};
+use cordon::pki::{
+    HOP_ALPN_V1, HOP_ALPN_V2, HopOffer, ServiceName, TlsSource, TlsStore, TrustDomain, server_name,
+};
+use support::gate::Gate;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -150,78 +152,6 @@ async fn without_reuse_each_app_connection_has_its_own_mtls_connection_and_resum
     assert_eq!(inbound(&db, "cordon_connections_opened_total"), 4.0);
 }
 
-/// A TCP forwarder between an outbound and an inbound that can hold back what the inbound sends:
-/// with it, a test makes the outbound reuse a hop the inbound has already closed, every time.
-struct Gate {
-    addr: SocketAddr,
-    /// Where new connections are forwarded.
-    target: Arc<Mutex<SocketAddr>>,
-    /// True while bytes and ends from the inbound are held.
-    hold: watch::Sender<bool>,
-    /// Bytes from the outbound, all connections.
-    up: Arc<AtomicU64>,
-    /// Connections whose inbound side has ended (held back or passed on).
-    ended: Arc<AtomicU64>,
-}
-
-impl Gate {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let gate = Self {
-            addr,
-            target: Arc::new(Mutex::new(target)),
-            hold: watch::channel(false).0,
-            up: Arc::default(),
-            ended: Arc::default(),
-        };
-        let (target, hold, up, ended) =
-            (gate.target.clone(), gate.hold.clone(), gate.up.clone(), gate.ended.clone());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let to = *target.lock().unwrap();
-                let Ok(server) = TcpStream::connect(to).await else { continue };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = up.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
-                        up.fetch_add(n as u64, Ordering::SeqCst);
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = sw.shutdown().await;
-                });
-                // What the inbound sends is read at once and queued; it is written on only
-                // while the gate is open, and its end (EOF or reset) passed on as a FIN.
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-                let ended = ended.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
-                        let _ = tx.send(buf[..n].to_vec());
-                    }
-                    ended.fetch_add(1, Ordering::SeqCst);
-                });
-                let mut hold = hold.subscribe();
-                tokio::spawn(async move {
-                    while let Some(chunk) = rx.recv().await {
-                        if hold.wait_for(|held| !held).await.is_err() || cw.write_all(&chunk).await.is_err() {
-                            return;
-                        }
-                    }
-                    if hold.wait_for(|held| !held).await.is_ok() {
-                        let _ = cw.shutdown().await;
-                    }
-                });
-            }
-        });
-        gate
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hop_the_inbound_closes_as_the_outbound_reuses_it_loses_no_byte() {
     let world = World::new();
@@ -278,7 +208,7 @@ async fn raw_hop(world: &World, to: SocketAddr, alpn: &[u8]) -> tokio_rustls::cl
     let db = ServiceName::new("db").unwrap();
     let store = TlsStore::load(&source, &TrustDomain::new(TRUST_DOMAIN).unwrap(), std::slice::from_ref(&web))
         .unwrap();
-    let mut config = (*store.client_config(&web, &db, to, true).unwrap()).clone();
+    let mut config = (*store.client_config(&web, &db, to, HopOffer::Framed).unwrap()).clone();
     config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(to).await.unwrap();
     let tls =

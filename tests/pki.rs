@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cordon::pki::TlsSource;
 use cordon::pki::{
     Ca, RejectReason, ServiceId, ServiceName, SpiffeServerVerifier, TlsStore, TrustDomain, peer_service_id,
     server_name,
 };
+use cordon::pki::{HopOffer, TlsSource};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyUsagePurpose, SanType};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -144,7 +144,7 @@ async fn a_good_pair_connects_and_each_side_sees_the_other() {
     pki.issue("db");
     pki.issue("web");
     let (addr, mut seen) = server(pki.store(&["db"]), "db").await;
-    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
+    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, HopOffer::None).unwrap();
     let tls = dial(addr, client, "db").await.unwrap();
     assert_eq!(peer_service_id(tls.get_ref().1).unwrap().to_string(), format!("spiffe://{TD}/service/db"));
     assert_eq!(seen.recv().await.unwrap().unwrap().to_string(), format!("spiffe://{TD}/service/web"));
@@ -187,7 +187,8 @@ async fn each_rejection_reason_is_produced_by_a_certificate_built_for_it() {
     pki.issue("api");
     pki.issue("web");
     let (api_addr, _) = server(pki.store(&["api"]), "api").await;
-    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), api_addr, false).unwrap();
+    let client =
+        pki.store(&["web"]).client_config(&name("web"), &name("db"), api_addr, HopOffer::None).unwrap();
     let err = dial(api_addr, client, "db").await.unwrap_err();
     assert_eq!(RejectReason::classify(&err), RejectReason::UnexpectedService, "{err}");
 }
@@ -198,7 +199,7 @@ async fn reconnects_resume_the_session_and_keep_the_identity() {
     pki.issue("db");
     pki.issue("web");
     let (addr, mut seen) = server(pki.store(&["db"]), "db").await;
-    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
+    let client = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, HopOffer::None).unwrap();
     let first = dial(addr, client.clone(), "db").await.unwrap();
     assert_eq!(first.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
     drop(first);
@@ -222,7 +223,7 @@ async fn each_backend_resumes_with_its_own_tickets() {
     let mut kinds = Vec::new();
     for round in 0..3 {
         for addr in [a, b] {
-            let client = web.client_config(&name("web"), &name("db"), addr, false).unwrap();
+            let client = web.client_config(&name("web"), &name("db"), addr, HopOffer::None).unwrap();
             let tls = dial(addr, client, "db").await.unwrap();
             kinds.push((round, tls.get_ref().1.handshake_kind()));
         }
@@ -243,7 +244,7 @@ async fn rotation_keeps_open_connections_and_a_corrupt_file_keeps_the_old_certif
     let db = pki.store(&["db"]);
     let (addr, _seen) = server(db.clone(), "db").await;
     let web = pki.store(&["web"]);
-    let client = || web.client_config(&name("web"), &name("db"), addr, false).unwrap();
+    let client = || web.client_config(&name("web"), &name("db"), addr, HopOffer::None).unwrap();
     let mut open = dial(addr, client(), "db").await.unwrap();
     let before = leaf_serial(&open);
 
@@ -255,7 +256,7 @@ async fn rotation_keeps_open_connections_and_a_corrupt_file_keeps_the_old_certif
     open.read_exact(&mut one).await.unwrap();
     assert_eq!(&one, b"y", "the open connection survived the rotation");
     // A fresh client (no session to resume) sees the new certificate.
-    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
+    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, HopOffer::None).unwrap();
     let after = dial(addr, fresh, "db").await.unwrap();
     assert_ne!(leaf_serial(&after), before, "new connections use the new certificate");
 
@@ -263,7 +264,7 @@ async fn rotation_keeps_open_connections_and_a_corrupt_file_keeps_the_old_certif
     std::fs::write(pki.tls_dir().join("db/cert.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
     let err = db.reload().unwrap_err().to_string();
     assert!(err.contains("db/cert.pem"), "{err}");
-    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, false).unwrap();
+    let fresh = pki.store(&["web"]).client_config(&name("web"), &name("db"), addr, HopOffer::None).unwrap();
     let still = dial(addr, fresh, "db").await.unwrap();
     assert_eq!(leaf_serial(&still), leaf_serial(&after), "still the last good certificate");
     assert_eq!(db.expiries().len(), 1);

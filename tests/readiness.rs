@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cordon::agent::Agent;
 use cordon::ledger::{Declaration, DeclarationOrigin};
-use cordon::pki::TlsSource;
+use cordon::pki::{HopOffer, TlsSource};
 use cordon::pki::{ServiceName, TlsStore, TrustDomain, server_name};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -161,7 +161,7 @@ async fn stolen(world: &World, identity: &str, service: &str, to: SocketAddr, ms
     let source = TlsSource::Files { ca: world.ca().join("ca.pem"), dir: world.path("tls") };
     let tls =
         TlsStore::load(&source, &TrustDomain::new(TRUST_DOMAIN).unwrap(), std::slice::from_ref(&id)).unwrap();
-    let config = tls.client_config(&id, &server, to, false).unwrap();
+    let config = tls.client_config(&id, &server, to, HopOffer::None).unwrap();
     let talk = async {
         let tcp = tokio::net::TcpStream::connect(to).await?;
         let mut s = tokio_rustls::TlsConnector::from(config).connect(server_name(&server), tcp).await?;

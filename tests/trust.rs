@@ -68,21 +68,24 @@ async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
 
 /// The caller is cut off within 2 s of a bundle change that drops its CA, on every path: an open
 /// connection, an idle reusable hop, a resumed session, a fresh handshake.
-async fn bundle_change_cuts_off(reuse: bool) {
+/// `proxy` is web's and db's `[proxy]`: reuse off, the framed hop, or the HTTP/2 hop.
+async fn bundle_change_cuts_off(proxy: &str) {
     let world = World::new();
     let bundle = world.path("db-bundle.pem");
     std::fs::copy(world.ca().join("ca.pem"), &bundle).unwrap();
-    let proxy = format!("reuse_connections = {reuse}\n");
-    let (db, app) = db_host_trusting(&world, &bundle, &proxy).await;
+    let reuse = !proxy.contains("reuse_connections = false");
+    let (db, app) = db_host_trusting(&world, &bundle, proxy).await;
     world.issue("web");
-    let web = Agent::start(world.config_with("web-host", &[], &[("db", "web")], &proxy)).await.unwrap();
+    let web = Agent::start(world.config_with("web-host", &[], &[("db", "web")], proxy)).await.unwrap();
     let upstream = web.bound().upstream("db").unwrap();
 
     // Three connections: with reuse they share one hop, without it the later ones resume.
     for _ in 0..3 {
         assert_eq!(round_trip(upstream, b"before").await.unwrap(), b"before");
     }
-    if !reuse {
+    if reuse {
+        assert_eq!(inbound(&db, "cordon_hop_reused_total", &[]), 2.0, "they share one hop");
+    } else {
         assert!(
             inbound(&db, "cordon_tls_handshakes_total", &[("kind", "resumed")]) >= 1.0,
             "sessions resume before the change"
@@ -117,12 +120,17 @@ async fn bundle_change_cuts_off(reuse: bool) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_bundle_change_reaches_reused_hops() {
-    bundle_change_cuts_off(true).await;
+    bundle_change_cuts_off("").await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_bundle_change_reaches_http2_hops() {
+    bundle_change_cuts_off("hop_protocol = \"h2\"\n").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_bundle_change_reaches_resumed_sessions() {
-    bundle_change_cuts_off(false).await;
+    bundle_change_cuts_off("reuse_connections = false\n").await;
 }
 
 /// A bundle that keeps the caller's CA (a rotation adds the new one beside it) cuts nothing.

@@ -23,7 +23,7 @@ use crate::metrics::{Direction, Metrics};
 use crate::pki::issuer::Renewer;
 use crate::pki::{ServiceName, TlsStore};
 use crate::policy::{DecisionLog, PolicyWatcher};
-use crate::proxy::{Balancer, HopPool, Inbound, Lifecycle, Outbound};
+use crate::proxy::{Balancer, HopPool, Inbound, Lifecycle, MuxPool, Outbound};
 
 /// How long discovery waits for a burst of file changes to settle.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -243,6 +243,7 @@ impl Agent {
                 settings: config.proxy.clone(),
                 balancer: Balancer::default(),
                 pool: HopPool::default(),
+                mux: MuxPool::default(),
             });
             info!(service = %u.service, listen = %addr, identity = %u.identity, "outbound listening");
             tokio::spawn(proxy.run(listener, life.clone()));

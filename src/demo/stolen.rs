@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 use super::world::{HOSTS, TRUST_DOMAIN, World};
-use crate::pki::TlsSource;
+use crate::pki::{HopOffer, TlsSource};
 use crate::pki::{ServiceName, TlsStore, TrustDomain, server_name};
 
 /// Sends `request` to `to` (the inbound of `service`) from `identity`'s host, presenting
@@ -24,8 +24,9 @@ pub async fn dial(
     let server = ServiceName::new(service)?;
     let source = TlsSource::Files { ca: world.path("ca/ca.pem"), dir: world.path("tls") };
     let tls = TlsStore::load(&source, &TrustDomain::new(TRUST_DOMAIN)?, std::slice::from_ref(&id))?;
-    let config =
-        tls.client_config(&id, &server, to, false).context("no client config for the stolen identity")?;
+    let config = tls
+        .client_config(&id, &server, to, HopOffer::None)
+        .context("no client config for the stolen identity")?;
     let host = HOSTS.iter().find(|h| h.name == identity).context("no such demo host")?;
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(host.ip.into(), 0))?;

@@ -44,13 +44,39 @@ pub const HOP_ALPN_V1: &[u8] = b"cordon-hop/1";
 /// is sent again instead of lost (see `proxy::hop`).
 pub const HOP_ALPN_V2: &[u8] = b"cordon-hop/2";
 
-/// The hop versions both sides offer, preferred first; the server picks the first the client
-/// offers too. Peers that offer none get one app connection per mTLS connection, as any TLS
-/// client would.
-pub const HOP_ALPNS: [&[u8]; 2] = [HOP_ALPN_V2, HOP_ALPN_V1];
+/// The hop as HTTP/2: each app connection is a CONNECT stream, many at once on one mTLS
+/// connection, with HTTP/2's flow control per stream (see `proxy::hop::mux`).
+pub const HOP_ALPN_H2: &[u8] = b"cordon-h2/1";
 
-fn hop_alpns() -> Vec<Vec<u8>> {
-    HOP_ALPNS.iter().map(|p| p.to_vec()).collect()
+/// The hop versions a server agrees to, preferred first; it picks the first the client offers
+/// too. Peers that offer none get one app connection per mTLS connection, as any TLS client
+/// would.
+pub const HOP_ALPNS: [&[u8]; 3] = [HOP_ALPN_H2, HOP_ALPN_V2, HOP_ALPN_V1];
+
+/// Which hops a client offers, by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HopOffer {
+    /// None: one app connection per mTLS connection.
+    None,
+    /// The framed hop: `cordon-hop/2`, else `cordon-hop/1`.
+    Framed,
+    /// The HTTP/2 hop, else the framed one (with an agent that has no HTTP/2 hop).
+    H2,
+}
+
+impl HopOffer {
+    /// The ALPN protocols offered, preferred first.
+    pub fn protocols(self) -> &'static [&'static [u8]] {
+        match self {
+            HopOffer::None => &[],
+            HopOffer::Framed => &HOP_ALPNS[1..],
+            HopOffer::H2 => &HOP_ALPNS,
+        }
+    }
+}
+
+fn alpns(protocols: &[&[u8]]) -> Vec<Vec<u8>> {
+    protocols.iter().map(|p| p.to_vec()).collect()
 }
 
 // The data plane's crypto: ring, or aws-lc-rs with the `aws-lc-rs` feature.
@@ -99,8 +125,8 @@ struct Material {
     verifier: Option<Arc<SpiffeClientVerifier>>,
     identities: HashMap<ServiceName, Identity>,
     /// Client configs by (our identity, the service we expect, the backend) and whether they
-    /// offer the reusable hop, built on first use.
-    clients: Mutex<HashMap<(JarKey, bool), Arc<ClientConfig>>>,
+    /// the hops they offer, built on first use.
+    clients: Mutex<HashMap<(JarKey, HopOffer), Arc<ClientConfig>>>,
 }
 
 /// Every identity's certificate, key and CA bundle, as rustls configs that can be swapped.
@@ -253,14 +279,14 @@ impl TlsStore {
     }
 
     /// The current client config presenting `identity` to `backend`, which must prove to be
-    /// `expected_server`. With `hop`, it offers cordon's reusable hop. Each backend resumes with
-    /// its own tickets.
+    /// `expected_server`, offering the hops `hop` names. Each backend resumes with its own
+    /// tickets.
     pub fn client_config(
         &self,
         identity: &ServiceName,
         expected_server: &ServiceName,
         backend: SocketAddr,
-        hop: bool,
+        hop: HopOffer,
     ) -> Option<Arc<ClientConfig>> {
         let material = self.material();
         let key = ((identity.clone(), expected_server.clone(), backend), hop);
@@ -278,9 +304,7 @@ impl TlsStore {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(Presents(id.key.clone())));
         config.resumption = Resumption::store(self.tickets.get(&key.0));
-        if hop {
-            config.alpn_protocols = hop_alpns();
-        }
+        config.alpn_protocols = alpns(hop.protocols());
         let config = Arc::new(config);
         if clients.len() >= CLIENT_CONFIGS {
             clients.clear();
@@ -551,7 +575,7 @@ impl TlsStore {
         config.ticketer = ticketer.clone();
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         let mut hop = config.clone();
-        hop.alpn_protocols = hop_alpns();
+        hop.alpn_protocols = alpns(&HOP_ALPNS);
         Ok((Arc::new(config), Arc::new(hop)))
     }
 

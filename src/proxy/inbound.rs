@@ -6,9 +6,10 @@
 //! connections are decided again whenever the policy changes.
 //!
 //! Another cordon may offer the reusable hop (`proxy::hop`): then one mTLS connection carries its
-//! app connections one after another, each decided, recorded and counted on its own. On
-//! `cordon-hop/2` an idle hop is never closed silently: `GOAWAY` tells the outbound that a
-//! connection it has just started there was not seen, so it starts it again elsewhere.
+//! app connections one after another (or, over HTTP/2, many at once), each decided, recorded and
+//! counted on its own. On `cordon-hop/2` and HTTP/2 an idle hop is never closed silently:
+//! `GOAWAY` tells the outbound that a connection it has just started there was not seen, so it
+//! starts it again elsewhere.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use cordon_discovery::Snapshot;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -24,7 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::hop::{self, HopStream, Version};
+use super::hop::{self, HopStream, MuxStream, Version};
 use super::{ConnCount, End, Lifecycle, ProxySettings, accept_loop, relay};
 use crate::base::{BundleId, Caller};
 use crate::ledger::{EdgeKey, Event, RecorderHandle};
@@ -142,6 +146,19 @@ struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.conns.lock().remove(&self.id);
+    }
+}
+
+/// Says `GOAWAY` on an HTTP/2 hop: at once when no stream is open (nothing to cut short, and the
+/// last stream id it names is final), else gracefully.
+fn go_away<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    h2: &mut h2::server::Connection<T, Bytes>,
+    idle: bool,
+) {
+    if idle {
+        h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+    } else {
+        h2.graceful_shutdown();
     }
 }
 
@@ -264,7 +281,9 @@ impl Inbound {
                 chain: Some(chain),
                 cancel,
             });
-            if let Some(version) = hop {
+            if hop == Some(Version::H2) {
+                self.serve_mux(tls, peer, &conn.conn, counted, stop).await;
+            } else if let Some(version) = hop {
                 self.serve_hop(tls, version, peer, &conn.conn, counted, stop).await;
             } else if self.serve(&mut tls, peer, &conn.conn, started).await.is_none() {
                 let _ = tls.shutdown().await;
@@ -450,6 +469,14 @@ impl Inbound {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let edge = self.admit(peer, conn)?;
+        let app = self.dial_app().await?;
+        Some(self.relay_app(client, app, conn, edge, started).await)
+    }
+
+    /// Decides one app connection of `conn` with the policy in force, counts, logs and records
+    /// it. The edge when it may pass, None when it is refused.
+    fn admit(&self, peer: SocketAddr, conn: &OpenConn) -> Option<EdgeKey> {
         let policy = self.policy.borrow().clone();
         let (caller, decision) = self.decide_now(&policy, conn);
         let edge = EdgeKey {
@@ -465,25 +492,39 @@ impl Inbound {
         span.record("outcome", decision.outcome.as_str());
         self.note_decision(&caller, peer, &edge, &decision);
         self.recorder.record(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
-        if !decision.outcome.passes() {
-            return None;
+        decision.outcome.passes().then_some(edge)
+    }
+
+    /// Dials the app, bounded by the connect timeout.
+    async fn dial_app(&self) -> Option<TcpStream> {
+        match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.app)).await {
+            Ok(Ok(app)) => {
+                let _ = app.set_nodelay(true);
+                Some(app)
+            }
+            Ok(Err(e)) => {
+                warn!(app = %self.app, error = %e, "app refused the connection");
+                None
+            }
+            Err(_) => {
+                warn!(app = %self.app, "app did not accept in time");
+                None
+            }
         }
+    }
 
-        let app =
-            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.app)).await {
-                Ok(Ok(app)) => app,
-                Ok(Err(e)) => {
-                    warn!(app = %self.app, error = %e, "app refused the connection");
-                    return None;
-                }
-                Err(_) => {
-                    warn!(app = %self.app, "app did not accept in time");
-                    return None;
-                }
-            };
-        let _ = app.set_nodelay(true);
-        let mut app = app;
-
+    /// Relays an admitted app connection to the app until either ends, then records its close.
+    async fn relay_app<S>(
+        &self,
+        client: &mut S,
+        mut app: TcpStream,
+        conn: &OpenConn,
+        edge: EdgeKey,
+        started: Instant,
+    ) -> End
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         debug!("relaying");
         // The listener's re-check task cancels `conn` when a new policy or bundle refuses it.
         let carried = relay(client, &mut app, self.settings.idle_timeout, &conn.cancel).await;
@@ -497,6 +538,126 @@ impl Inbound {
             bytes_to_source: carried.back,
             duration: started.elapsed(),
         });
-        Some(carried.end)
+        carried.end
+    }
+
+    /// Serves the HTTP/2 hop (`hop::mux`): each stream is an app connection, decided, recorded
+    /// and relayed on its own, many at once. It ends when the client closes the connection, it
+    /// errs, or the re-check refuses the caller (every stream then closes). Idle past
+    /// [`hop::SERVER_IDLE`], older than twice [`hop::MAX_AGE`], or when the agent stops, it says
+    /// `GOAWAY`: with no stream open, at once, naming the last stream taken (so any stream the
+    /// client sends after it is known unseen, and sent again elsewhere); with streams open,
+    /// gracefully (after a ping round trip), and serves every stream taken to its end.
+    async fn serve_mux(
+        &self,
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SocketAddr,
+        conn: &OpenConn,
+        first: ConnCount<'_>,
+        stop: CancellationToken,
+    ) {
+        let handshake = hop::mux::server_builder().handshake::<_, Bytes>(hop::mux::Lingering::new(tls));
+        let mut h2 = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(e)) => {
+                warn!(error = %e, "closing an HTTP/2 hop that did not start");
+                return;
+            }
+            Err(_) => {
+                warn!("closing an HTTP/2 hop whose client sent no preface in time");
+                return;
+            }
+        };
+        let old = tokio::time::Instant::now() + 2 * hop::MAX_AGE;
+        let mut idle_since = tokio::time::Instant::now();
+        let mut first = Some(first);
+        let mut streams = FuturesUnordered::new();
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                next = h2.accept() => match next {
+                    Some(Ok((req, respond))) => {
+                        // The connection's own count covers its first app connection.
+                        let counted = match first.take() {
+                            Some(c) => c,
+                            None => {
+                                self.metrics.hop_reused.inc();
+                                ConnCount::new(&self.metrics)
+                            }
+                        };
+                        let span = info_span!(
+                            "stream",
+                            source = tracing::field::Empty,
+                            mode = tracing::field::Empty,
+                            outcome = tracing::field::Empty
+                        );
+                        streams.push(self.serve_stream(req, respond, peer, conn, counted).instrument(span));
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "the HTTP/2 hop ended with an error");
+                        break;
+                    }
+                    None => break,
+                },
+                Some(()) = streams.next(), if !streams.is_empty() => {
+                    if streams.is_empty() {
+                        idle_since = tokio::time::Instant::now();
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_since + hop::SERVER_IDLE), if streams.is_empty() && !closing => {
+                    closing = true;
+                    go_away(&mut h2, true);
+                }
+                _ = tokio::time::sleep_until(old), if !closing => {
+                    closing = true;
+                    go_away(&mut h2, streams.is_empty());
+                }
+                _ = stop.cancelled(), if !closing => {
+                    closing = true;
+                    go_away(&mut h2, streams.is_empty());
+                }
+                // Refused now: every stream's relay sees the same token and ends.
+                _ = conn.cancel.cancelled() => break,
+            }
+        }
+        while streams.next().await.is_some() {}
+    }
+
+    /// One stream of an HTTP/2 hop: `CONNECT` to this service, decided, then `200` and relayed
+    /// once the app is dialled; `403` when refused, `502` when the app cannot be reached.
+    async fn serve_stream(
+        &self,
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        peer: SocketAddr,
+        conn: &OpenConn,
+        _counted: ConnCount<'_>,
+    ) {
+        let answer = |respond: &mut h2::server::SendResponse<Bytes>, status: http::StatusCode| {
+            let mut response = http::Response::new(());
+            *response.status_mut() = status;
+            respond.send_response(response, true).map(drop)
+        };
+        let authority = req.uri().authority().map(|a| a.as_str());
+        if req.method() != http::Method::CONNECT || authority != Some(self.service.as_str()) {
+            warn!(method = %req.method(), authority = ?authority, "refusing an HTTP/2 hop stream that is not a CONNECT to this service");
+            let _ = answer(&mut respond, http::StatusCode::MISDIRECTED_REQUEST);
+            return;
+        }
+        let started = Instant::now();
+        let Some(edge) = self.admit(peer, conn) else {
+            let _ = answer(&mut respond, http::StatusCode::FORBIDDEN);
+            return;
+        };
+        let Some(app) = self.dial_app().await else {
+            let _ = answer(&mut respond, http::StatusCode::BAD_GATEWAY);
+            return;
+        };
+        let Ok(out) = respond.send_response(http::Response::new(()), false) else {
+            debug!("the stream was reset before it was answered");
+            return;
+        };
+        let mut stream = MuxStream::new(out, req.into_body(), None);
+        self.relay_app(&mut stream, app, conn, edge, started).await;
     }
 }

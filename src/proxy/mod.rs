@@ -13,11 +13,11 @@ mod relay;
 mod settings;
 
 pub use balance::Balancer;
-pub use hop::HopPool;
+pub use hop::{HopPool, MuxPool};
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use relay::{Carried, End, relay};
-pub use settings::{ProxySettings, RawProxy};
+pub use settings::{HopProtocol, ProxySettings, RawProxy};
 
 use std::future::Future;
 use std::net::SocketAddr;

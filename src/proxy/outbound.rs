@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::hop::mux::{self, MuxPool, MuxStream, Taken};
 use super::hop::{self, Answer, Hop, HopPool, HopStream, Version};
 use super::{Balancer, ConnCount, End, Lifecycle, ProxySettings, accept_loop, relay};
 use crate::metrics::ListenerMetrics;
-use crate::pki::{RejectReason, ServiceName, TlsStore, server_name};
+use crate::pki::{HopOffer, RejectReason, ServiceName, TlsStore, server_name};
 
 /// One outbound listener's shared state.
 pub struct Outbound {
@@ -35,14 +36,17 @@ pub struct Outbound {
     pub metrics: ListenerMetrics,
     pub settings: ProxySettings,
     pub balancer: Balancer,
-    /// Idle hops to backends that agreed to reuse.
+    /// Idle framed hops to backends that agreed to reuse.
     pub pool: HopPool,
+    /// HTTP/2 hops to backends that agreed to them, shared by the app connections on them.
+    pub mux: MuxPool,
 }
 
 /// A connection to a backend: a reusable hop, one mTLS connection for this app connection only,
 /// or plaintext to a backend not yet migrated.
 enum Upstream {
     Hop { hop: Hop, backend: SocketAddr },
+    Mux(MuxStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Plain(TcpStream),
 }
@@ -59,7 +63,10 @@ impl Outbound {
                 let mut tick = tokio::time::interval(hop::CLIENT_IDLE / 3);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => this.pool.sweep(),
+                        _ = tick.tick() => {
+                            this.pool.sweep();
+                            this.mux.sweep();
+                        }
                         _ = stop.cancelled() => return,
                     }
                 }
@@ -92,6 +99,7 @@ impl Outbound {
                 }
                 carried
             }
+            Upstream::Mux(mut stream) => relay(&mut client, &mut stream, idle, &cancel).await,
             Upstream::Tls(mut tls) => relay(&mut client, tls.as_mut(), idle, &cancel).await,
             Upstream::Plain(mut tcp) => relay(&mut client, &mut tcp, idle, &cancel).await,
         };
@@ -120,7 +128,7 @@ impl Outbound {
                     }
                     return Some(upstream);
                 }
-                Err(e @ DialError::Lost(..)) => {
+                Err(e @ (DialError::Lost(..) | DialError::Refused(..))) => {
                     // The backend may have the app connection: sending it elsewhere could run it twice.
                     warn!(backend = %backend.host, error = %e, "closing the local connection");
                     return None;
@@ -140,7 +148,27 @@ impl Outbound {
         let port = backend.mtls_port.unwrap_or(backend.port);
         let addr = resolve(&backend.host, port, self.settings.connect_timeout).await?;
         let generation = self.tls.client_generation();
-        if backend.mtls_port.is_some() && self.settings.reuse_connections {
+        let offer = self.settings.hop_offer();
+        if backend.mtls_port.is_some() && offer == HopOffer::H2 {
+            while let Some(taken) = self.mux.take(addr, generation) {
+                let busy = taken.busy.clone();
+                match self.open_mux(taken, client).await {
+                    Ok(stream) => {
+                        self.metrics.hop_reused.inc();
+                        return Ok(Upstream::Mux(stream));
+                    }
+                    Err(OpenError::Unseen(e)) => {
+                        // Going away (GOAWAY) or refusing streams: the next one, or a new one.
+                        self.mux.forget(addr, &busy);
+                        self.metrics.hop_retried.inc();
+                        debug!(error = %e, "the HTTP/2 hop did not take this connection; opening it elsewhere");
+                    }
+                    Err(OpenError::Lost(e)) => return Err(DialError::Lost(addr, e)),
+                    Err(OpenError::Refused(status)) => return Err(DialError::Refused(addr, status)),
+                }
+            }
+        }
+        if backend.mtls_port.is_some() && offer != HopOffer::None {
             while let Some(mut hop) = self.pool.take(addr) {
                 if hop.generation != generation {
                     // Made under another bundle or with our old certificate: close it, dial afresh.
@@ -157,6 +185,7 @@ impl Outbound {
                         debug!(error = %e, "the hop closed before carrying this connection; opening it elsewhere");
                     }
                     Err(OpenError::Lost(e)) => return Err(DialError::Lost(addr, e)),
+                    Err(OpenError::Refused(status)) => return Err(DialError::Refused(addr, status)),
                 }
             }
         }
@@ -170,7 +199,7 @@ impl Outbound {
         }
         let config = self
             .tls
-            .client_config(&self.identity, &self.service, addr, self.settings.reuse_connections)
+            .client_config(&self.identity, &self.service, addr, offer)
             .ok_or(DialError::NoIdentity)?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let handshake = connector.connect(server_name(&self.service), tcp);
@@ -190,16 +219,87 @@ impl Outbound {
         let Some(version) = Version::from_alpn(tls.get_ref().1.alpn_protocol()) else {
             return Ok(Upstream::Tls(Box::new(tls)));
         };
-        let mut hop = Hop { conn: Box::new(tls), version, born: std::time::Instant::now(), generation };
-        match self.open(&mut hop, client).await {
-            Ok(()) => Ok(Upstream::Hop { hop, backend: addr }),
+        let opened = if version == Version::H2 {
+            let taken = self.start_mux(tls, addr, generation).await?;
+            self.open_mux(taken, client).await.map(Upstream::Mux)
+        } else {
+            let mut hop = Hop { conn: Box::new(tls), version, born: std::time::Instant::now(), generation };
+            self.open(&mut hop, client).await.map(|()| Upstream::Hop { hop, backend: addr })
+        };
+        match opened {
+            Ok(upstream) => Ok(upstream),
             Err(OpenError::Unseen(e)) => {
                 // A server that went away at once (it is stopping): the next backend gets it.
                 self.metrics.hop_retried.inc();
                 Err(DialError::Open(addr, e))
             }
             Err(OpenError::Lost(e)) => Err(DialError::Lost(addr, e)),
+            Err(OpenError::Refused(status)) => Err(DialError::Refused(addr, status)),
         }
+    }
+
+    /// Starts HTTP/2 on a new mTLS connection to `addr`: its task runs on its own (until no
+    /// stream and no pool entry is left), and it joins the pool, taken for the connection that
+    /// made it.
+    async fn start_mux(
+        &self,
+        tls: tokio_rustls::client::TlsStream<TcpStream>,
+        addr: SocketAddr,
+        generation: u64,
+    ) -> Result<Taken, DialError> {
+        let handshake = mux::client_builder().handshake::<_, bytes::Bytes>(tls);
+        let (send, connection) = tokio::time::timeout(self.settings.handshake_timeout, handshake)
+            .await
+            .map_err(|_| DialError::HandshakeTimeout(addr))?
+            .map_err(|e| DialError::Open(addr, mux::io_error(e)))?;
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = closed.clone();
+        let span = info_span!("hop", destination = %self.service, backend = %addr);
+        tokio::spawn(
+            async move {
+                if let Err(e) = connection.await {
+                    debug!(error = %e, "the HTTP/2 hop ended with an error");
+                }
+                ended.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            .instrument(span),
+        );
+        Ok(self.mux.add(addr, send, generation, closed))
+    }
+
+    /// Starts an app connection as a stream of an HTTP/2 hop, the app's first bytes (when they
+    /// are already here) right behind its `CONNECT`. As on the framed hop, they are only taken
+    /// from the app's socket once the server answered `200`.
+    async fn open_mux(&self, taken: Taken, client: &mut TcpStream) -> Result<MuxStream, OpenError> {
+        let limit = self.settings.handshake_timeout;
+        let Taken { send, busy } = taken;
+        let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let mut send = match tokio::time::timeout(limit, send.ready()).await {
+            Ok(Ok(send)) => send,
+            Ok(Err(e)) => return Err(OpenError::Unseen(mux::io_error(e))),
+            Err(_) => return Err(OpenError::Unseen(timed_out())),
+        };
+        let request = mux::connect_request(self.service.as_str())
+            .map_err(|e| OpenError::Unseen(std::io::Error::other(e)))?;
+        let (response, mut out) =
+            send.send_request(request, false).map_err(|e| OpenError::Unseen(mux::io_error(e)))?;
+        let mut first = vec![0u8; 4096];
+        let n = hop::peek_now(client, &mut first);
+        if n > 0 {
+            // A failure here shows in the answer.
+            let _ = out.send_data(bytes::Bytes::copy_from_slice(&first[..n]), false);
+        }
+        let response = match tokio::time::timeout(limit, response).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) if mux::never_seen(&e) => return Err(OpenError::Unseen(mux::io_error(e))),
+            Ok(Err(e)) => return Err(OpenError::Lost(mux::io_error(e))),
+            Err(_) => return Err(OpenError::Lost(timed_out())),
+        };
+        if response.status() != http::StatusCode::OK {
+            return Err(OpenError::Refused(response.status()));
+        }
+        client.read_exact(&mut first[..n]).await.map_err(OpenError::Lost)?;
+        Ok(MuxStream::new(out, response.into_body(), Some(busy)))
     }
 
     /// Starts an app connection on `hop`, with the app's first bytes in the same TLS record when
@@ -235,6 +335,9 @@ enum OpenError {
     Unseen(std::io::Error),
     /// The server may have it (the hop broke after `OPEN`, with no `GOAWAY`).
     Lost(std::io::Error),
+    /// The server answered it with a refusal (an HTTP/2 hop: the policy refused it, `403`, or
+    /// the app could not be reached, `502`).
+    Refused(http::StatusCode),
 }
 
 /// Why one backend could not be used.
@@ -258,6 +361,8 @@ enum DialError {
     Open(SocketAddr, std::io::Error),
     #[error("the hop to {0} broke after the connection started on it: {1}")]
     Lost(SocketAddr, std::io::Error),
+    #[error("the agent at {0} refused the connection ({1})")]
+    Refused(SocketAddr, http::StatusCode),
 }
 
 /// An IP literal at once; a host name through the system resolver, bounded by `timeout`.

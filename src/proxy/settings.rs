@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pki::HopOffer;
+
 /// The `[proxy]` section as written; every field is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +19,7 @@ pub struct RawProxy {
     max_connections: Option<usize>,
     close_denied_on_enforce: Option<bool>,
     reuse_connections: Option<bool>,
+    hop_protocol: Option<String>,
     threads: Option<usize>,
     recorder_capacity: Option<usize>,
     flush_interval_ms: Option<u64>,
@@ -44,6 +47,8 @@ pub struct ProxySettings {
     /// Carry app connections one after another over each mTLS connection between two cordon
     /// agents (`proxy::hop`), instead of a TCP and TLS handshake between them for each one.
     pub reuse_connections: bool,
+    /// Which reusable hop the outbound offers (an inbound agrees to either).
+    pub hop_protocol: HopProtocol,
     /// Threads that run the data plane. One (the default) is a single-threaded runtime: the
     /// lowest latency and CPU per connection, for the usual host whose proxy needs less than a
     /// core. More lets one agent use several cores for bulk traffic.
@@ -65,6 +70,7 @@ impl Default for ProxySettings {
             max_connections: 10_000,
             close_denied_on_enforce: true,
             reuse_connections: true,
+            hop_protocol: HopProtocol::Framed,
             threads: 1,
             recorder_capacity: 16_384,
             flush_interval: Duration::from_millis(1000),
@@ -120,8 +126,34 @@ impl ProxySettings {
         if let Some(v) = raw.reuse_connections {
             proxy.reuse_connections = v;
         }
+        match raw.hop_protocol.as_deref() {
+            None => {}
+            Some("cordon-hop") => proxy.hop_protocol = HopProtocol::Framed,
+            Some("h2") => proxy.hop_protocol = HopProtocol::H2,
+            Some(other) => problems.push(format!(
+                "proxy.hop_protocol: {other:?} is not a hop protocol (\"cordon-hop\" or \"h2\")"
+            )),
+        }
         proxy
     }
+
+    /// The hops the outbound offers a backend's agent.
+    pub fn hop_offer(&self) -> HopOffer {
+        match (self.reuse_connections, self.hop_protocol) {
+            (false, _) => HopOffer::None,
+            (true, HopProtocol::Framed) => HopOffer::Framed,
+            (true, HopProtocol::H2) => HopOffer::H2,
+        }
+    }
+}
+
+/// `[proxy] hop_protocol`: how app connections ride a reusable mTLS connection between agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopProtocol {
+    /// `"cordon-hop"`: one app connection at a time per mTLS connection (`proxy::hop`).
+    Framed,
+    /// `"h2"`: many at once, as HTTP/2 CONNECT streams (`proxy::hop::mux`).
+    H2,
 }
 
 #[cfg(test)]
@@ -159,5 +191,20 @@ mod tests {
             ]
         );
         assert_eq!(p, ProxySettings::default(), "a refused value keeps its default");
+    }
+
+    #[test]
+    fn the_hop_protocol_is_one_of_two_and_reuse_off_offers_none() {
+        let (p, problems) = parse("hop_protocol = \"h2\"");
+        assert_eq!((p.hop_offer(), problems.len()), (HopOffer::H2, 0));
+        assert_eq!(ProxySettings::default().hop_offer(), HopOffer::Framed);
+        let (p, _) = parse("hop_protocol = \"h2\"\nreuse_connections = false");
+        assert_eq!(p.hop_offer(), HopOffer::None);
+        let (p, problems) = parse("hop_protocol = \"quic\"");
+        assert_eq!(
+            problems,
+            ["proxy.hop_protocol: \"quic\" is not a hop protocol (\"cordon-hop\" or \"h2\")"]
+        );
+        assert_eq!(p.hop_protocol, HopProtocol::Framed, "a refused value keeps its default");
     }
 }

@@ -282,5 +282,6 @@ pub async fn caller_host(world: &World, identity: &str) -> Agent {
     world.issue(identity);
     Agent::start(world.config(&format!("{identity}-host"), &[], &[("db", identity)])).await.unwrap()
 }
+pub mod gate;
 pub mod postgres;
 pub mod tmpfs;

@@ -1,10 +1,11 @@
 //! cordon's reusable hop: one mTLS connection between two cordon agents carries app connections one
 //! after another, so a new app connection costs no TCP or TLS handshake between the agents.
 //!
-//! Agreed by ALPN ([`crate::pki::HOP_ALPNS`]: `cordon-hop/2`, else `cordon-hop/1`); a peer that
-//! offers neither (HAProxy, an older cordon, openssl) gets one app connection per mTLS connection,
-//! as before. Inside the TLS stream every frame has a 4-byte header, a kind and a 24-bit
-//! big-endian length:
+//! Agreed by ALPN ([`crate::pki::HOP_ALPNS`]): `cordon-h2/1` is the hop as HTTP/2 streams, many at
+//! once ([`mux`]); `cordon-hop/2` and `cordon-hop/1` are the framed hop described here, one app
+//! connection at a time. A peer that offers none (HAProxy, an older cordon, openssl) gets one app
+//! connection per mTLS connection, as before. Inside the TLS stream of the framed hop every frame
+//! has a 4-byte header, a kind and a 24-bit big-endian length:
 //!
 //! - `OPEN` (client to server, empty): an app connection begins; the server decides and dials
 //!   its app at once, so server-first protocols work.
@@ -42,7 +43,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+pub mod mux;
 mod pool;
+pub use mux::{MuxPool, MuxStream};
 pub use pool::{Hop, HopPool};
 
 const OPEN: u8 = 1;
@@ -59,12 +62,15 @@ pub enum Version {
     V1,
     /// `cordon-hop/2`: also `ACK` and `GOAWAY`.
     V2,
+    /// `cordon-h2/1`: HTTP/2 streams ([`mux`]).
+    H2,
 }
 
 impl Version {
     /// The version an agreed ALPN protocol names, if it is a hop.
     pub fn from_alpn(protocol: Option<&[u8]>) -> Option<Self> {
         match protocol? {
+            p if p == crate::pki::HOP_ALPN_H2 => Some(Self::H2),
             p if p == crate::pki::HOP_ALPN_V2 => Some(Self::V2),
             p if p == crate::pki::HOP_ALPN_V1 => Some(Self::V1),
             _ => None,
@@ -149,15 +155,19 @@ pub async fn ack<S: AsyncWrite + Unpin>(io: &mut S) -> io::Result<()> {
     io.flush().await
 }
 
-/// Closes a hop between streams (server side, `cordon-hop/2`): `GOAWAY`, the end of our TLS
-/// stream, then whatever the client still sends is read and dropped until it closes or
-/// [`LINGER`] passes.
+/// Closes a hop between streams (server side, `cordon-hop/2`): `GOAWAY`, then [`linger`].
 pub async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
-    let said = async {
-        io.write_all(&header(GOAWAY, 0)).await?;
-        io.shutdown().await
-    };
-    if tokio::time::timeout(LINGER, said).await.is_err() {
+    if tokio::time::timeout(LINGER, io.write_all(&header(GOAWAY, 0))).await.is_err() {
+        return;
+    }
+    linger(io).await;
+}
+
+/// Ends our side of a hop the server has said `GOAWAY` on, then reads and drops whatever the
+/// client still sends until it closes or [`LINGER`] passes: a stream the client sent before it
+/// read `GOAWAY` must not make the kernel reset the connection, and so lose the `GOAWAY`.
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
+    if tokio::time::timeout(LINGER, io.shutdown()).await.is_err() {
         return;
     }
     let drain = async {
