@@ -7,7 +7,8 @@ connections that have carried a byte each way. Loopback only; bounded in count a
 Prints each proxy's resident memory with no connection and with N open, and the growth per
 connection. Needs `haproxy` on PATH for the comparison (skipped otherwise). Each proxy holds two
 sockets per connection, so N is lowered to fit the open-files hard limit where that is below
-2 x N (say so in any figure quoted)."""
+2 x N (say so in any figure quoted). MEM_PROXY adds lines to both agents' [proxy] table, e.g.
+MEM_PROXY='hop_protocol = "h2"' for the HTTP/2 hop; NO_HAPROXY=1 skips HAProxy."""
 import asyncio, os, resource, socket, subprocess, sys, tempfile, time
 
 CORDON = os.path.abspath(sys.argv[1])
@@ -143,6 +144,7 @@ dir = "tls"
 max_connections = {N + 1000}
 connect_timeout_ms = 10000
 handshake_timeout_ms = 20000
+{os.environ.get("MEM_PROXY", "").replace(";", chr(10))}
 {body}""")
 agent_cfg("in", f'[[service]]\nname = "db"\nlisten = "127.0.0.1:{CO_IN}"\napp = "127.0.0.1:{APP}"\n')
 agent_cfg("out", f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT}"\nidentity = "web"\n')

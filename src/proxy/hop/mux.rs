@@ -46,6 +46,9 @@ pub const MAX_STREAMS: u32 = 256;
 /// TLS work of one connection is one task's, so a busy backend gets a few.
 pub const STREAMS_PER_CONNECTION: usize = 64;
 
+/// The largest DATA frame either side sends (HTTP/2's default, one TLS record of payload).
+const FRAME: u32 = 16 * 1024;
+
 /// The largest chunk handed to HTTP/2 per write.
 const MAX_WRITE: usize = 64 * 1024;
 
@@ -55,7 +58,7 @@ pub fn server_builder() -> h2::server::Builder {
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_STREAMS)
-        .max_frame_size(64 * 1024);
+        .max_frame_size(FRAME);
     b
 }
 
@@ -64,7 +67,7 @@ pub fn client_builder() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(64 * 1024)
+        .max_frame_size(FRAME)
         .enable_push(false);
     b
 }
