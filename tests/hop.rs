@@ -6,19 +6,13 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cordon::agent::Agent;
-use cordon::pki::{
-    HOP_ALPN_V1, HOP_ALPN_V2, HopOffer, ServiceName, TlsSource, TlsStore, TrustDomain, server_name,
-};
-use support::gate::Gate;
+use cordon::pki::{HOP_ALPN_V1, HOP_ALPN_V2};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -72,41 +66,9 @@ async fn app_connections_ride_one_mtls_connection_and_each_is_decided_and_record
     assert_eq!(web_calls, 22, "twenty, the refused one and the last: {callers:?}");
 }
 
-/// An app that speaks first: a greeting on accept, then an echo.
-async fn greeting_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                s.write_all(b"220 db ready\r\n").await.unwrap();
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_speaks_first_is_heard_on_a_new_and_on_a_reused_hop() {
-    let world = World::new();
-    let app = greeting_app().await;
-    world.issue("db");
-    let db = Agent::start(world.config("db-host", &[("db", app)], &[])).await.unwrap();
-    let port = db.bound().service("db").unwrap().port();
-    world.write_discovery("db", &[(localhost(), app.port(), Some(port))]);
-    let web = caller_host(&world, "web").await;
-    for attempt in 0..2 {
-        let mut c = TcpStream::connect(web.bound().upstream("db").unwrap()).await.unwrap();
-        let mut greeting = [0u8; 14];
-        tokio::time::timeout(5 * SECOND, c.read_exact(&mut greeting)).await.unwrap().unwrap();
-        assert_eq!(&greeting, b"220 db ready\r\n", "attempt {attempt}: the greeting arrives unasked");
-        c.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        c.read_to_end(&mut rest).await.unwrap();
-    }
+    let db = greeted_twice(&World::new(), "").await;
     assert_eq!(inbound(&db, "cordon_hop_reused_total"), 1.0);
 }
 
@@ -154,67 +116,7 @@ async fn without_reuse_each_app_connection_has_its_own_mtls_connection_and_resum
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hop_the_inbound_closes_as_the_outbound_reuses_it_loses_no_byte() {
-    let world = World::new();
-    let app = EchoApp::start().await;
-    world.issue("db");
-    let old = Agent::start(world.config("db-host", &[("db", app.addr)], &[])).await.unwrap();
-    let gate = Gate::start(old.bound().service("db").unwrap()).await;
-    world.write_discovery("db", &[(localhost(), app.addr.port(), Some(gate.addr.port()))]);
-    let web = caller_host(&world, "web").await;
-    let upstream = web.bound().upstream("db").unwrap();
-    assert_eq!(round_trip(upstream, b"one").await.unwrap(), b"one");
-    eventually("the hop is back in web's pool", 3 * SECOND, || async {
-        metric(&web.metrics_text(), "cordon_connections_open", &[]) == 0.0
-    })
-    .await;
-
-    // The inbound closes the idle hop (its agent restarts); web does not hear of it yet.
-    gate.hold.send_replace(true);
-    let stopping = tokio::spawn(old.shutdown());
-    eventually("the inbound has closed the hop", 5 * SECOND, || async {
-        gate.ended.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    let new = Agent::start(world.config("db-host-2", &[("db", app.addr)], &[])).await.unwrap();
-    *gate.target.lock().unwrap() = new.bound().service("db").unwrap();
-
-    // An app connection now rides the closed hop: its first bytes reach the closed inbound.
-    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let before = gate.up.load(Ordering::SeqCst);
-    let sent = payload.clone();
-    let echo = tokio::spawn(async move { round_trip(upstream, &sent).await });
-    eventually("web has started the connection on the closed hop", 5 * SECOND, || async {
-        gate.up.load(Ordering::SeqCst) > before
-    })
-    .await;
-    gate.hold.send_replace(false);
-
-    let reply = echo.await.unwrap().expect("the app connection is not reset");
-    assert_eq!(reply.len(), payload.len(), "every byte comes back");
-    assert!(reply == payload, "every byte comes back in order");
-    let m = web.metrics_text();
-    assert_eq!(metric(&m, "cordon_hop_retried_total", &[]), 1.0, "it went out again: {m}");
-    assert_eq!(metric(&m, "cordon_hop_reused_total", &[]), 0.0, "on a fresh hop: {m}");
-    web.shutdown().await;
-    stopping.await.unwrap();
-    new.shutdown().await;
-}
-
-/// A raw hop client with our web identity, offering only `alpn`, as an agent of that version does.
-async fn raw_hop(world: &World, to: SocketAddr, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    world.issue("web");
-    let source = TlsSource::Files { ca: world.ca().join("ca.pem"), dir: world.path("tls") };
-    let web = ServiceName::new("web").unwrap();
-    let db = ServiceName::new("db").unwrap();
-    let store = TlsStore::load(&source, &TrustDomain::new(TRUST_DOMAIN).unwrap(), std::slice::from_ref(&web))
-        .unwrap();
-    let mut config = (*store.client_config(&web, &db, to, HopOffer::Framed).unwrap()).clone();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(to).await.unwrap();
-    let tls =
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name(&db), tcp).await.unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "the inbound agrees to the version offered");
-    tls
+    support::gate::a_hop_closed_as_it_is_reused_loses_no_byte("").await;
 }
 
 /// The next frame's kind and payload.

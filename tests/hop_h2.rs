@@ -6,14 +6,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cordon::agent::Agent;
-use support::gate::Gate;
+use cordon::pki::HOP_ALPN_H2;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const SECOND: Duration = Duration::from_secs(1);
 const H2: &str = "hop_protocol = \"h2\"\n";
@@ -90,90 +90,71 @@ async fn app_connections_ride_one_http2_connection_at_once_and_each_is_decided_a
     assert_eq!(web_calls, 23, "twenty, `after`, the refused one and `back`: {callers:?}");
 }
 
-/// An app that speaks first: a greeting on accept, then an echo.
-async fn greeting_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                s.write_all(b"220 db ready\r\n").await.unwrap();
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_speaks_first_is_heard_on_a_new_and_on_a_shared_connection() {
-    let world = World::new();
-    let app = greeting_app().await;
-    world.issue("db");
-    let db = Agent::start(world.config("db-host", &[("db", app)], &[])).await.unwrap();
-    let port = db.bound().service("db").unwrap().port();
-    world.write_discovery("db", &[(localhost(), app.port(), Some(port))]);
-    let web = h2_caller(&world, "web").await;
-    for attempt in 0..2 {
-        let mut c = TcpStream::connect(web.bound().upstream("db").unwrap()).await.unwrap();
-        let mut greeting = [0u8; 14];
-        tokio::time::timeout(5 * SECOND, c.read_exact(&mut greeting)).await.unwrap().unwrap();
-        assert_eq!(&greeting, b"220 db ready\r\n", "attempt {attempt}: the greeting arrives unasked");
-        c.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        c.read_to_end(&mut rest).await.unwrap();
-    }
+    let db = greeted_twice(&World::new(), H2).await;
     assert_eq!(inbound(&db, "cordon_hop_reused_total"), 1.0);
     assert_eq!(inbound(&db, "cordon_tls_handshakes_total"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_hop_the_inbound_closes_as_the_outbound_uses_it_loses_no_byte() {
+    support::gate::a_hop_closed_as_it_is_reused_loses_no_byte(H2).await;
+}
+
+/// A stream on a raw HTTP/2 hop: the status it is answered with, and (when `200`) what comes
+/// back for `msg`.
+async fn ask(
+    send: &h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
+    msg: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut send = send.clone().ready().await.unwrap();
+    let (response, mut out) = send.send_request(request, false).unwrap();
+    // A stream refused at once may be closed before this goes out; its answer says so.
+    let _ = out.send_data(Bytes::copy_from_slice(msg), true);
+    let response = tokio::time::timeout(5 * SECOND, response).await.unwrap().unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut back = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(5 * SECOND, body.data()).await.unwrap() {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        back.extend_from_slice(&chunk);
+    }
+    (status, back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_is_not_a_connect_to_this_service_is_refused_and_the_others_go_on() {
     let world = World::new();
-    let app = EchoApp::start().await;
-    world.issue("db");
-    let old = Agent::start(world.config("db-host", &[("db", app.addr)], &[])).await.unwrap();
-    let gate = Gate::start(old.bound().service("db").unwrap()).await;
-    world.write_discovery("db", &[(localhost(), app.addr.port(), Some(gate.addr.port()))]);
-    let web = h2_caller(&world, "web").await;
-    let upstream = web.bound().upstream("db").unwrap();
-    assert_eq!(round_trip(upstream, b"one").await.unwrap(), b"one");
-    eventually("the stream has ended", 3 * SECOND, || async {
-        metric(&web.metrics_text(), "cordon_connections_open", &[]) == 0.0
-    })
-    .await;
+    let (db, app) = db_host(&world).await;
+    let tls = raw_hop(&world, db.bound().service("db").unwrap(), HOP_ALPN_H2).await;
+    let (send, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let connect = |authority: &str| {
+        http::Request::builder().method(http::Method::CONNECT).uri(authority).body(()).unwrap()
+    };
+    let get = http::Request::builder().uri("https://db/").body(()).unwrap();
+    assert_eq!(ask(&send, get, b"").await, (421, vec![]), "not a CONNECT");
+    assert_eq!(ask(&send, connect("payments:443"), b"").await, (421, vec![]), "another service");
+    assert_eq!(app.accepted(), 0, "the app sees neither");
+    assert_eq!(ask(&send, connect("db"), b"hello").await, (200, b"hello".to_vec()), "the same hop goes on");
+    assert_eq!(app.accepted(), 1);
 
-    // The inbound closes the idle connection (its agent restarts); web does not hear of it yet.
-    gate.hold.send_replace(true);
-    let stopping = tokio::spawn(old.shutdown());
-    eventually("the inbound has closed the connection", 5 * SECOND, || async {
-        gate.ended.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    let new = Agent::start(world.config("db-host-2", &[("db", app.addr)], &[])).await.unwrap();
-    *gate.target.lock().unwrap() = new.bound().service("db").unwrap();
-
-    // An app connection now starts on the closed connection: its CONNECT and first bytes reach
-    // the closed inbound.
-    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let before = gate.up.load(Ordering::SeqCst);
-    let sent = payload.clone();
-    let echo = tokio::spawn(async move { round_trip(upstream, &sent).await });
-    eventually("web has started the stream on the closed connection", 5 * SECOND, || async {
-        gate.up.load(Ordering::SeqCst) > before
-    })
-    .await;
-    gate.hold.send_replace(false);
-
-    let reply = echo.await.unwrap().expect("the app connection is not reset");
-    assert_eq!(reply.len(), payload.len(), "every byte comes back");
-    assert!(reply == payload, "every byte comes back in order");
-    let m = web.metrics_text();
-    assert_eq!(metric(&m, "cordon_hop_retried_total", &[]), 1.0, "it went out again: {m}");
-    assert_eq!(metric(&m, "cordon_hop_reused_total", &[]), 0.0, "on a fresh connection: {m}");
-    web.shutdown().await;
-    stopping.await.unwrap();
-    new.shutdown().await;
+    // Refused by the policy: 403, and the app never sees it.
+    world.write_policy("[modes]\ndb = \"enforce\"\n");
+    eventually("db enforces", 3 * SECOND, || async { db.status()["services"][0]["mode"] == "enforce" }).await;
+    let (send, connection) =
+        h2::client::handshake(raw_hop(&world, db.bound().service("db").unwrap(), HOP_ALPN_H2).await)
+            .await
+            .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    assert_eq!(ask(&send, connect("db"), b"let me in").await, (403, vec![]));
+    assert_eq!(app.accepted(), 1);
+    db.shutdown().await;
 }

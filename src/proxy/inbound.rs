@@ -543,7 +543,8 @@ impl Inbound {
 
     /// Serves the HTTP/2 hop (`hop::mux`): each stream is an app connection, decided, recorded
     /// and relayed on its own, many at once. It ends when the client closes the connection, it
-    /// errs, or the re-check refuses the caller (every stream then closes). Idle past
+    /// errs, or the re-check refuses the caller (every stream then closes, and `GOAWAY` names the
+    /// last stream taken). Idle past
     /// [`hop::SERVER_IDLE`], older than twice [`hop::MAX_AGE`], or when the agent stops, it says
     /// `GOAWAY`: with no stream open, at once, naming the last stream taken (so any stream the
     /// client sends after it is known unseen, and sent again elsewhere); with streams open,
@@ -573,6 +574,7 @@ impl Inbound {
         let mut first = Some(first);
         let mut streams = FuturesUnordered::new();
         let mut closing = false;
+        let mut refused = false;
         loop {
             tokio::select! {
                 next = h2.accept() => match next {
@@ -616,8 +618,15 @@ impl Inbound {
                     closing = true;
                     go_away(&mut h2, streams.is_empty());
                 }
-                // Refused now: every stream's relay sees the same token and ends.
-                _ = conn.cancel.cancelled() => break,
+                // Refused now: every stream's relay sees the same token and ends. The GOAWAY
+                // names the last stream taken, so one the client sends meanwhile goes out again
+                // (and is decided) on a new connection instead of being lost here.
+                _ = conn.cancel.cancelled(), if !refused => {
+                    refused = true;
+                    closing = true;
+                    h2.abrupt_shutdown(h2::Reason::NO_ERROR);
+                }
+                _ = tokio::time::sleep(hop::LINGER), if refused => break,
             }
         }
         while streams.next().await.is_some() {}

@@ -6,9 +6,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use cordon::agent::Agent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use super::{EchoApp, World, eventually, localhost, metric, round_trip};
 
 /// A TCP forwarder between an outbound and an inbound that can hold back what the inbound sends:
 /// with it, a test makes the outbound reuse a hop the inbound has already closed, every time.
@@ -80,4 +85,56 @@ impl Gate {
         });
         gate
     }
+}
+
+/// The stale-hop race, made to happen every time: the inbound closes an idle hop while this gate
+/// holds back what it sends, the outbound (with `proxy` lines) starts an app connection on that
+/// hop, and only then does the gate let the close through. The app connection must go out again
+/// on a fresh hop and lose no byte.
+pub async fn a_hop_closed_as_it_is_reused_loses_no_byte(proxy: &str) {
+    let world = World::new();
+    let app = EchoApp::start().await;
+    world.issue("db");
+    let old = Agent::start(world.config("db-host", &[("db", app.addr)], &[])).await.unwrap();
+    let gate = Gate::start(old.bound().service("db").unwrap()).await;
+    world.write_discovery("db", &[(localhost(), app.addr.port(), Some(gate.addr.port()))]);
+    world.issue("web");
+    let web = Agent::start(world.config_with("web-host", &[], &[("db", "web")], proxy)).await.unwrap();
+    let upstream = web.bound().upstream("db").unwrap();
+    assert_eq!(round_trip(upstream, b"one").await.unwrap(), b"one");
+    eventually("the hop is back in web's pool", 3 * Duration::from_secs(1), || async {
+        metric(&web.metrics_text(), "cordon_connections_open", &[]) == 0.0
+    })
+    .await;
+
+    // The inbound closes the idle hop (its agent restarts); web does not hear of it yet.
+    gate.hold.send_replace(true);
+    let stopping = tokio::spawn(old.shutdown());
+    eventually("the inbound has closed the hop", 5 * Duration::from_secs(1), || async {
+        gate.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let new = Agent::start(world.config("db-host-2", &[("db", app.addr)], &[])).await.unwrap();
+    *gate.target.lock().unwrap() = new.bound().service("db").unwrap();
+
+    // An app connection now rides the closed hop: its first bytes reach the closed inbound.
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let before = gate.up.load(Ordering::SeqCst);
+    let sent = payload.clone();
+    let echo = tokio::spawn(async move { round_trip(upstream, &sent).await });
+    eventually("web has started the connection on the closed hop", 5 * Duration::from_secs(1), || async {
+        gate.up.load(Ordering::SeqCst) > before
+    })
+    .await;
+    gate.hold.send_replace(false);
+
+    let reply = echo.await.unwrap().expect("the app connection is not reset");
+    assert_eq!(reply.len(), payload.len(), "every byte comes back");
+    assert!(reply == payload, "every byte comes back in order");
+    let m = web.metrics_text();
+    assert_eq!(metric(&m, "cordon_hop_retried_total", &[]), 1.0, "it went out again: {m}");
+    assert_eq!(metric(&m, "cordon_hop_reused_total", &[]), 0.0, "on a fresh hop: {m}");
+    web.shutdown().await;
+    stopping.await.unwrap();
+    new.shutdown().await;
 }

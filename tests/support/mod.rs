@@ -282,6 +282,72 @@ pub async fn caller_host(world: &World, identity: &str) -> Agent {
     world.issue(identity);
     Agent::start(world.config(&format!("{identity}-host"), &[], &[("db", identity)])).await.unwrap()
 }
+/// A raw hop client with our web identity, offering only `alpn`, as an agent of that version does.
+pub async fn raw_hop(
+    world: &World,
+    to: SocketAddr,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    world.issue("web");
+    let source = cordon::pki::TlsSource::Files { ca: world.ca().join("ca.pem"), dir: world.path("tls") };
+    let web = cordon::pki::ServiceName::new("web").unwrap();
+    let db = cordon::pki::ServiceName::new("db").unwrap();
+    let store = cordon::pki::TlsStore::load(
+        &source,
+        &cordon::pki::TrustDomain::new(TRUST_DOMAIN).unwrap(),
+        std::slice::from_ref(&web),
+    )
+    .unwrap();
+    let mut config = (*store.client_config(&web, &db, to, cordon::pki::HopOffer::Framed).unwrap()).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(to).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(cordon::pki::server_name(&db), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "the inbound agrees to the version offered");
+    tls
+}
+
+/// An app that speaks first: a greeting on accept, then an echo.
+pub async fn greeting_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"220 db ready\r\n").await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A db host in front of [`greeting_app`] and a web caller (with `proxy` lines) that connects
+/// through it twice, getting the greeting unasked each time. Returns the db agent.
+pub async fn greeted_twice(world: &World, proxy: &str) -> Agent {
+    let app = greeting_app().await;
+    world.issue("db");
+    let db = Agent::start(world.config("db-host", &[("db", app)], &[])).await.unwrap();
+    let port = db.bound().service("db").unwrap().port();
+    world.write_discovery("db", &[(localhost(), app.port(), Some(port))]);
+    world.issue("web");
+    let web = Agent::start(world.config_with("web-host", &[], &[("db", "web")], proxy)).await.unwrap();
+    for attempt in 0..2 {
+        let mut c = TcpStream::connect(web.bound().upstream("db").unwrap()).await.unwrap();
+        let mut greeting = [0u8; 14];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut greeting)).await.unwrap().unwrap();
+        assert_eq!(&greeting, b"220 db ready\r\n", "attempt {attempt}: the greeting arrives unasked");
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+    }
+    db
+}
+
 pub mod gate;
 pub mod postgres;
 pub mod tmpfs;
