@@ -158,3 +158,34 @@ async fn a_stream_that_is_not_a_connect_to_this_service_is_refused_and_the_other
     assert_eq!(app.accepted(), 1);
     db.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_held_to_the_listeners_connection_limit() {
+    let world = World::new();
+    let app = EchoApp::start().await;
+    world.issue("db");
+    let proxy = "max_connections = 2\nhandshake_timeout_ms = 500\n";
+    let db = Agent::start(world.config_with("db-host", &[("db", app.addr)], &[], proxy)).await.unwrap();
+    let port = db.bound().service("db").unwrap().port();
+    world.write_discovery("db", &[(localhost(), app.addr.port(), Some(port))]);
+    let web = h2_caller(&world, "web").await;
+    let upstream = web.bound().upstream("db").unwrap();
+
+    let first = echoed(upstream, b"one").await;
+    let second = echoed(upstream, b"two").await;
+    assert_eq!(inbound(&db, "cordon_tls_handshakes_total"), 1.0, "both on one connection");
+    // A third waits for a place, then is answered 503 and closed; the app never sees it.
+    let refused = round_trip(upstream, b"three").await;
+    assert!(refused.map(|r| r.is_empty()).unwrap_or(true), "no place for a third");
+    assert_eq!(app.accepted(), 2);
+    // One ends: the next has its place.
+    drop(first);
+    eventually("the first has ended on the db side", 3 * SECOND, || async {
+        inbound(&db, "cordon_connections_open") == 1.0
+    })
+    .await;
+    assert_eq!(round_trip(upstream, b"four").await.unwrap(), b"four");
+    drop(second);
+    web.shutdown().await;
+    db.shutdown().await;
+}

@@ -24,7 +24,7 @@ use futures_util::stream::FuturesUnordered;
 use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -178,10 +178,14 @@ impl Inbound {
         let max = self.settings.max_connections;
         let force = life.force_close.clone();
         let stop = life.stop_accepting.clone();
+        // App connections carried as HTTP/2 streams, many per accepted connection, are held to
+        // the same limit.
+        let streams = Arc::new(Semaphore::new(max));
         accept_loop(listener, max, life, move |stream, peer| {
             let this = self.clone();
             let cancel = force.child_token();
             let stop = stop.clone();
+            let streams = streams.clone();
             let span = info_span!(
                 "inbound",
                 destination = %this.service,
@@ -190,7 +194,7 @@ impl Inbound {
                 mode = tracing::field::Empty,
                 outcome = tracing::field::Empty,
             );
-            async move { this.handle(stream, peer, cancel, stop).await }.instrument(span)
+            async move { this.handle(stream, peer, cancel, stop, &streams).await }.instrument(span)
         })
         .await;
     }
@@ -242,6 +246,7 @@ impl Inbound {
         peer: SocketAddr,
         cancel: CancellationToken,
         stop: CancellationToken,
+        streams: &Semaphore,
     ) {
         let counted = ConnCount::new(&self.metrics);
         let started = Instant::now();
@@ -282,7 +287,7 @@ impl Inbound {
                 cancel,
             });
             if hop == Some(Version::H2) {
-                self.serve_mux(tls, peer, &conn.conn, counted, stop).await;
+                self.serve_mux(tls, peer, &conn.conn, counted, stop, streams).await;
             } else if let Some(version) = hop {
                 self.serve_hop(tls, version, peer, &conn.conn, counted, stop).await;
             } else if self.serve(&mut tls, peer, &conn.conn, started).await.is_none() {
@@ -556,6 +561,7 @@ impl Inbound {
         conn: &OpenConn,
         first: ConnCount<'_>,
         stop: CancellationToken,
+        limit: &Semaphore,
     ) {
         let handshake = hop::mux::server_builder().handshake::<_, Bytes>(hop::mux::Lingering::new(tls));
         let mut h2 = match tokio::time::timeout(self.settings.handshake_timeout, handshake).await {
@@ -593,7 +599,7 @@ impl Inbound {
                             mode = tracing::field::Empty,
                             outcome = tracing::field::Empty
                         );
-                        streams.push(self.serve_stream(req, respond, peer, conn, counted).instrument(span));
+                        streams.push(self.serve_stream(req, respond, peer, conn, counted, limit).instrument(span));
                     }
                     Some(Err(e)) => {
                         debug!(error = %e, "the HTTP/2 hop ended with an error");
@@ -633,7 +639,8 @@ impl Inbound {
     }
 
     /// One stream of an HTTP/2 hop: `CONNECT` to this service, decided, then `200` and relayed
-    /// once the app is dialled; `403` when refused, `502` when the app cannot be reached.
+    /// once the app is dialled; `403` when refused, `502` when the app cannot be reached, `503`
+    /// when the listener stayed at `max_connections` app connections for the handshake timeout.
     async fn serve_stream(
         &self,
         req: http::Request<h2::RecvStream>,
@@ -641,6 +648,7 @@ impl Inbound {
         peer: SocketAddr,
         conn: &OpenConn,
         _counted: ConnCount<'_>,
+        limit: &Semaphore,
     ) {
         let answer = |respond: &mut h2::server::SendResponse<Bytes>, status: http::StatusCode| {
             let mut response = http::Response::new(());
@@ -653,6 +661,16 @@ impl Inbound {
             let _ = answer(&mut respond, http::StatusCode::MISDIRECTED_REQUEST);
             return;
         }
+        // At the listener's limit a stream waits, as an accept does, up to the handshake timeout.
+        let wait = tokio::time::timeout(self.settings.handshake_timeout, limit.acquire());
+        let Ok(Ok(_permit)) = wait.await else {
+            warn!(
+                max = self.settings.max_connections,
+                "refusing an HTTP/2 hop stream: the listener is at its limit"
+            );
+            let _ = answer(&mut respond, http::StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
         let started = Instant::now();
         let Some(edge) = self.admit(peer, conn) else {
             let _ = answer(&mut respond, http::StatusCode::FORBIDDEN);

@@ -49,6 +49,9 @@ pub const STREAMS_PER_CONNECTION: usize = 64;
 /// The largest DATA frame either side sends (HTTP/2's default, one TLS record of payload).
 const FRAME: u32 = 16 * 1024;
 
+/// The largest header list either side takes: a `CONNECT` and its answer are a few bytes.
+const MAX_HEADERS: u32 = 8 * 1024;
+
 /// The largest chunk handed to HTTP/2 per write.
 const MAX_WRITE: usize = 64 * 1024;
 
@@ -58,6 +61,7 @@ pub fn server_builder() -> h2::server::Builder {
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADERS)
         .max_frame_size(FRAME);
     b
 }
@@ -67,6 +71,7 @@ pub fn client_builder() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADERS)
         .max_frame_size(FRAME)
         .enable_push(false);
     b
