@@ -140,8 +140,8 @@ impl Declarations {
     }
 }
 
-/// No byte crossed the edge either way, and none of it was refused: only probes. (Bytes are
-/// counted when a connection closes: one still open counts none yet.)
+/// No byte crossed the edge either way, and none of it was refused: only probes. (An open
+/// connection reports its bytes a second after it opened, then every minute, and at its close.)
 pub fn probe_only(e: &ObservedEdge) -> bool {
     e.connections > 0 && e.bytes_to_destination == 0 && e.bytes_to_source == 0 && e.denied == 0
 }

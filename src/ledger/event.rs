@@ -19,17 +19,26 @@ pub struct EdgeKey {
     pub verdict: Verdict,
 }
 
-/// A connection opening (counted once, denied ones included) or closing (with its bytes).
+/// A connection opening (counted once, denied ones included), carrying bytes while it stays open,
+/// or closing (with the bytes not reported yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Opened {
         edge: EdgeKey,
         at: SystemTime,
     },
+    /// Bytes an open connection carried since it opened or last reported: a connection that
+    /// stays open for days (a pool's) is seen carrying data, not taken for a probe.
+    Progress {
+        edge: EdgeKey,
+        at: SystemTime,
+        bytes_to_destination: u64,
+        bytes_to_source: u64,
+    },
     Closed {
         edge: EdgeKey,
         at: SystemTime,
-        /// Bytes from the caller to the destination app.
+        /// Bytes from the caller to the destination app (since the last `Progress`).
         bytes_to_destination: u64,
         /// Bytes from the destination app back to the caller.
         bytes_to_source: u64,

@@ -508,6 +508,9 @@ impl Writer {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let (edge, at, connections, to_dst, to_src) = match event {
             Event::Opened { edge, at } => (edge, at, 1, 0, 0),
+            Event::Progress { edge, at, bytes_to_destination, bytes_to_source } => {
+                (edge, at, 0, bytes_to_destination, bytes_to_source)
+            }
             Event::Closed { edge, at, bytes_to_destination, bytes_to_source, .. } => {
                 (edge, at, 0, bytes_to_destination, bytes_to_source)
             }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::hop::{self, HopStream, MuxStream, Version};
-use super::{ConnCount, End, Lifecycle, ProxySettings, accept_loop, relay};
+use super::{ConnCount, End, Lifecycle, Progress, ProxySettings, accept_loop, relay_reporting};
 use crate::base::{BundleId, Caller};
 use crate::ledger::{EdgeKey, Event, RecorderHandle};
 use crate::metrics::ListenerMetrics;
@@ -531,16 +531,30 @@ impl Inbound {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         debug!("relaying");
+        // A connection that stays open reports what it carries as it goes (the ledger would
+        // otherwise count its bytes only at its close, and take it for a probe until then).
+        let mut reported = (0, 0);
+        let mut report = |forward, back| {
+            reported = (reported.0 + forward, reported.1 + back);
+            self.recorder.record(Event::Progress {
+                edge: edge.clone(),
+                at: SystemTime::now(),
+                bytes_to_destination: forward,
+                bytes_to_source: back,
+            });
+        };
         // The listener's re-check task cancels `conn` when a new policy or bundle refuses it.
-        let carried = relay(client, &mut app, self.settings.idle_timeout, &conn.cancel).await;
+        let idle = self.settings.idle_timeout;
+        let progress = Some(Progress::new(&mut report));
+        let carried = relay_reporting(client, &mut app, idle, &conn.cancel, progress).await;
         self.metrics.bytes_to_destination.inc_by(carried.forward);
         self.metrics.bytes_to_source.inc_by(carried.back);
         debug!(forward = carried.forward, back = carried.back, end = ?carried.end, "closed");
         self.recorder.record(Event::Closed {
             edge,
             at: SystemTime::now(),
-            bytes_to_destination: carried.forward,
-            bytes_to_source: carried.back,
+            bytes_to_destination: carried.forward - reported.0,
+            bytes_to_source: carried.back - reported.1,
             duration: started.elapsed(),
         });
         carried.end

@@ -16,7 +16,7 @@ pub use balance::Balancer;
 pub use hop::{HopPool, MuxPool};
 pub use inbound::Inbound;
 pub use outbound::Outbound;
-pub use relay::{Carried, End, relay};
+pub use relay::{Carried, End, Progress, relay, relay_reporting};
 pub use settings::{HopProtocol, ProxySettings, RawProxy};
 
 use std::future::Future;

@@ -238,6 +238,40 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_reporting(client, server, idle, cancel, None).await
+}
+
+/// How a long relay tells what it carried while it is still open: `report(forward, back)` with
+/// the bytes since the last report, [`Progress::FIRST`] after the start and every
+/// [`Progress::EVERY`] after that, whenever any moved.
+pub struct Progress<'a> {
+    report: &'a mut (dyn FnMut(u64, u64) + Send),
+}
+
+impl<'a> Progress<'a> {
+    /// Soon enough that a connection that stays open (a pool's) is seen carrying data within a
+    /// ledger flush or two, late enough that a short connection never reports.
+    pub const FIRST: Duration = Duration::from_secs(1);
+    pub const EVERY: Duration = Duration::from_secs(60);
+
+    pub fn new(report: &'a mut (dyn FnMut(u64, u64) + Send)) -> Self {
+        Self { report }
+    }
+}
+
+/// [`relay`], reporting its bytes as it goes when `progress` is given; the [`Carried`] it returns
+/// is the whole connection's.
+pub async fn relay_reporting<C, S>(
+    client: &mut C,
+    server: &mut S,
+    idle: Duration,
+    cancel: &CancellationToken,
+    mut progress: Option<Progress<'_>>,
+) -> Carried
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let activity = Activity {
         forward: AtomicU64::new(0),
         back: AtomicU64::new(0),
@@ -253,6 +287,8 @@ where
         if forward_done && back_done { Poll::Ready(Ok::<_, io::Error>(())) } else { Poll::Pending }
     });
     tokio::pin!(copy);
+    let mut next_report = activity.start + Progress::FIRST;
+    let mut reported = (0, 0);
     let end = loop {
         // Wake at the earliest moment the idle limit could be reached.
         let remaining = idle.saturating_sub(activity.idle_for());
@@ -262,6 +298,16 @@ where
             _ = tokio::time::sleep(remaining) => {
                 if activity.idle_for() >= idle {
                     break End::Idle;
+                }
+            }
+            _ = tokio::time::sleep_until(next_report), if progress.is_some() => {
+                next_report += Progress::EVERY;
+                let now = (activity.forward.load(Ordering::Relaxed), activity.back.load(Ordering::Relaxed));
+                if let Some(p) = progress.as_mut()
+                    && now != reported
+                {
+                    (p.report)(now.0 - reported.0, now.1 - reported.1);
+                    reported = now;
                 }
             }
         }
@@ -356,5 +402,62 @@ mod tests {
         cancel.cancel();
         let carried = relay(&mut a, &mut b, Duration::from_secs(30), &cancel).await;
         assert_eq!(carried.end, End::Cancelled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_relay_reports_its_bytes_while_open_and_a_short_one_never() {
+        let (mut app_side, mut client) = duplex(1024);
+        let (mut server, mut backend) = duplex(1024);
+        let cancel = CancellationToken::new();
+        let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = reports.clone();
+        let stop = cancel.clone();
+        let relay = tokio::spawn(async move {
+            let mut report = |f, b| seen.lock().unwrap().push((f, b));
+            let progress = Some(Progress::new(&mut report));
+            relay_reporting(&mut app_side, &mut server, Duration::from_secs(3600), &stop, progress).await
+        });
+        client.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        backend.read_exact(&mut got).await.unwrap();
+        backend.write_all(b"hi").await.unwrap();
+        client.read_exact(&mut got[..2]).await.unwrap();
+        tokio::time::sleep(Progress::FIRST + Duration::from_millis(10)).await;
+        assert_eq!(*reports.lock().unwrap(), [(5, 2)], "reported once the first second passed");
+        tokio::time::sleep(Progress::EVERY).await;
+        assert_eq!(reports.lock().unwrap().len(), 1, "nothing moved: nothing reported");
+        client.write_all(b"more").await.unwrap();
+        backend.read_exact(&mut got[..4]).await.unwrap();
+        tokio::time::sleep(Progress::EVERY).await;
+        assert_eq!(*reports.lock().unwrap(), [(5, 2), (4, 0)], "only what moved since");
+        cancel.cancel();
+        let carried = relay.await.unwrap();
+        assert_eq!((carried.forward, carried.back), (9, 2), "the whole connection's bytes");
+
+        let (mut app_side, mut client) = duplex(1024);
+        let (mut server, mut backend) = duplex(1024);
+        let cancel = CancellationToken::new();
+        let mut count = 0;
+        let mut report = |_, _| count += 1;
+        let short = async {
+            relay_reporting(
+                &mut app_side,
+                &mut server,
+                Duration::from_secs(5),
+                &cancel,
+                Some(Progress::new(&mut report)),
+            )
+            .await
+        };
+        let other_ends = async {
+            client.write_all(b"ping").await.unwrap();
+            client.shutdown().await.unwrap();
+            backend.shutdown().await.unwrap();
+            let mut sink = Vec::new();
+            backend.read_to_end(&mut sink).await.unwrap();
+        };
+        let (carried, ()) = tokio::join!(short, other_ends);
+        assert_eq!(carried.forward, 4);
+        assert_eq!(count, 0, "a connection shorter than a second never reports");
     }
 }
