@@ -290,24 +290,26 @@ where
     let mut next_report = activity.start + Progress::FIRST;
     let mut reported = (0, 0);
     let end = loop {
-        // Wake at the earliest moment the idle limit could be reached.
-        let remaining = idle.saturating_sub(activity.idle_for());
+        // Wake at the earliest moment the idle limit could be reached, or a report is due: one
+        // timer for both.
+        let idle_at = Instant::now() + idle.saturating_sub(activity.idle_for());
+        let wake = if progress.is_some() { idle_at.min(next_report) } else { idle_at };
         tokio::select! {
             res = &mut copy => break if res.is_ok() { End::Done } else { End::Error },
             _ = cancel.cancelled() => break End::Cancelled,
-            _ = tokio::time::sleep(remaining) => {
+            _ = tokio::time::sleep_until(wake) => {
                 if activity.idle_for() >= idle {
                     break End::Idle;
                 }
-            }
-            _ = tokio::time::sleep_until(next_report), if progress.is_some() => {
-                next_report += Progress::EVERY;
-                let now = (activity.forward.load(Ordering::Relaxed), activity.back.load(Ordering::Relaxed));
                 if let Some(p) = progress.as_mut()
-                    && now != reported
+                    && Instant::now() >= next_report
                 {
-                    (p.report)(now.0 - reported.0, now.1 - reported.1);
-                    reported = now;
+                    next_report += Progress::EVERY;
+                    let now = (activity.forward.load(Ordering::Relaxed), activity.back.load(Ordering::Relaxed));
+                    if now != reported {
+                        (p.report)(now.0 - reported.0, now.1 - reported.1);
+                        reported = now;
+                    }
                 }
             }
         }
