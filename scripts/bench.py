@@ -40,7 +40,8 @@ def start(args, log):
     return p
 
 def wait_port(p, what):
-    for _ in range(200):
+    # Up to 30 s: six agents start at once on a loaded machine.
+    for _ in range(600):
         try:
             socket.create_connection(("127.0.0.1", p), timeout=0.2).close(); return
         except OSError:

@@ -157,7 +157,10 @@ for p in (co_out, co_in):
     p.terminate(); p.wait(timeout=30)
 
 # --- HAProxy ---
-if os.environ.get("NO_HAPROXY") or subprocess.run(["which", "haproxy"], capture_output=True).returncode != 0:
+if os.environ.get("NO_HAPROXY"):
+    print("NO_HAPROXY set: no comparison")
+    sys.exit(0)
+if subprocess.run(["which", "haproxy"], capture_output=True).returncode != 0:
     print("haproxy not installed: no comparison")
     sys.exit(0)
 HA_IN, HA_TLS = port(), port()

@@ -147,6 +147,11 @@ async fn a_dead_backend_fails_over_to_a_live_one() {
     let web = caller_host(&world, "web").await;
     for i in 0..4u8 {
         assert_eq!(round_trip(web.bound().upstream("db").unwrap(), &[i]).await.unwrap(), [i]);
+        // The outbound counts a connection closed once its hop is back in the pool.
+        eventually("web's connection closed", 3 * SECOND, || async {
+            metric(&web.metrics_text(), "cordon_connections_open", &[]) == 0.0
+        })
+        .await;
     }
     let m = web.metrics_text();
     assert!(metric(&m, "cordon_backend_failovers_total", &[("service", "db")]) >= 1.0, "{m}");
