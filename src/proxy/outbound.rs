@@ -157,14 +157,13 @@ impl Outbound {
                         self.metrics.hop_reused.inc();
                         return Ok(Upstream::Mux(stream));
                     }
-                    Err(OpenError::Unseen(e)) => {
+                    Err(e) => {
+                        let e = e.unseen(addr)?;
                         // Going away (GOAWAY) or refusing streams: the next one, or a new one.
                         self.mux.forget(addr, &busy);
                         self.metrics.hop_retried.inc();
                         debug!(error = %e, "the HTTP/2 hop did not take this connection; opening it elsewhere");
                     }
-                    Err(OpenError::Lost(e)) => return Err(DialError::Lost(addr, e)),
-                    Err(OpenError::Refused(status)) => return Err(DialError::Refused(addr, status)),
                 }
             }
         }
@@ -180,12 +179,11 @@ impl Outbound {
                         self.metrics.hop_reused.inc();
                         return Ok(Upstream::Hop { hop, backend: addr });
                     }
-                    Err(OpenError::Unseen(e)) => {
+                    Err(e) => {
+                        let e = e.unseen(addr)?;
                         self.metrics.hop_retried.inc();
                         debug!(error = %e, "the hop closed before carrying this connection; opening it elsewhere");
                     }
-                    Err(OpenError::Lost(e)) => return Err(DialError::Lost(addr, e)),
-                    Err(OpenError::Refused(status)) => return Err(DialError::Refused(addr, status)),
                 }
             }
         }
@@ -226,16 +224,12 @@ impl Outbound {
             let mut hop = Hop { conn: Box::new(tls), version, born: std::time::Instant::now(), generation };
             self.open(&mut hop, client).await.map(|()| Upstream::Hop { hop, backend: addr })
         };
-        match opened {
-            Ok(upstream) => Ok(upstream),
-            Err(OpenError::Unseen(e)) => {
-                // A server that went away at once (it is stopping): the next backend gets it.
-                self.metrics.hop_retried.inc();
-                Err(DialError::Open(addr, e))
-            }
-            Err(OpenError::Lost(e)) => Err(DialError::Lost(addr, e)),
-            Err(OpenError::Refused(status)) => Err(DialError::Refused(addr, status)),
-        }
+        opened.or_else(|e| {
+            let e = e.unseen(addr)?;
+            // A server that went away at once (it is stopping): the next backend gets it.
+            self.metrics.hop_retried.inc();
+            Err(DialError::Open(addr, e))
+        })
     }
 
     /// Starts HTTP/2 on a new mTLS connection to `addr`: its task runs on its own (until no
@@ -338,6 +332,18 @@ enum OpenError {
     /// The server answered it with a refusal (an HTTP/2 hop: the policy refused it, `403`, or
     /// the app could not be reached, `502`).
     Refused(http::StatusCode),
+}
+
+impl OpenError {
+    /// Why the server never saw the connection (it may go out again elsewhere), or, when it may
+    /// have seen it or refused it, the error that ends the dial to `addr`.
+    fn unseen(self, addr: SocketAddr) -> Result<std::io::Error, DialError> {
+        match self {
+            OpenError::Unseen(e) => Ok(e),
+            OpenError::Lost(e) => Err(DialError::Lost(addr, e)),
+            OpenError::Refused(status) => Err(DialError::Refused(addr, status)),
+        }
+    }
 }
 
 /// Why one backend could not be used.

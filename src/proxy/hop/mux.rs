@@ -268,8 +268,13 @@ impl Conn {
         Arc::strong_count(&self.busy) - 1
     }
 
+    /// Its task still runs and it may still take new streams.
+    fn live(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed) && self.born.elapsed() < MAX_AGE
+    }
+
     fn usable(&self, generation: u64) -> bool {
-        !self.closed.load(Ordering::Relaxed) && self.generation == generation && self.born.elapsed() < MAX_AGE
+        self.live() && self.generation == generation
     }
 }
 
@@ -332,11 +337,7 @@ impl MuxPool {
     pub fn sweep(&self) {
         let mut conns = self.lock();
         for list in conns.values_mut() {
-            list.retain(|c| {
-                !c.closed.load(Ordering::Relaxed)
-                    && c.born.elapsed() < MAX_AGE
-                    && (c.streams() > 0 || c.last_used.elapsed() < CLIENT_IDLE)
-            });
+            list.retain(|c| c.live() && (c.streams() > 0 || c.last_used.elapsed() < CLIENT_IDLE));
         }
         conns.retain(|_, list| !list.is_empty());
     }
