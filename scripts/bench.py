@@ -13,6 +13,9 @@ PACED = [int(r) for r in os.environ.get("BENCH_PACED", "2000,8000").split(",") i
 # BENCH_BASELINE=path/to/an/older/cordon: a second cordon pair from that binary, measured in the
 # same rounds as "cordon-baseline" (enforce), to show a change's cost or gain before and after.
 BASELINE = os.path.abspath(os.environ["BENCH_BASELINE"]) if os.environ.get("BENCH_BASELINE") else None
+# BENCH_PERF=dir: `perf record -g` of the proxies during every measurement of the first round, to
+# dir/<topology>-<test>.data (read with `perf report -i ...`).
+PERF = os.path.abspath(os.environ["BENCH_PERF"]) if os.environ.get("BENCH_PERF") else None
 TICK = os.sysconf("SC_CLK_TCK")
 work = tempfile.mkdtemp(prefix="cordon-bench-")
 procs = []
@@ -151,9 +154,14 @@ if BASELINE:
     agent_cfg("in-base", ADM_IN_B, f'[[service]]\nname = "db"\nlisten = "127.0.0.1:{CO_IN_B}"\napp = "127.0.0.1:{APP}"\n')
     agent_cfg("out-base", ADM_OUT_B, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT_B}"\nidentity = "web"\n',
               discovery="discovery-base")
+    CO_OUT_BT, ADM_OUT_BT = port(), port()
+    agent_cfg("out-base-tls", ADM_OUT_BT, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{CO_OUT_BT}"\nidentity = "web"\n',
+              "reuse_connections = false", discovery="discovery-base")
     co_in_b = start([BASELINE, "agent", "--config", "in-base.toml"], "cordon-in-base.log")
     co_out_b = start([BASELINE, "agent", "--config", "out-base.toml"], "cordon-out-base.log")
-    wait_port(CO_OUT_B, "baseline cordon"); wait_port(CO_IN_B, "baseline cordon")
+    co_out_bt = start([BASELINE, "agent", "--config", "out-base-tls.toml"], "cordon-out-base-tls.log")
+    for p in (CO_OUT_B, CO_IN_B, CO_OUT_BT):
+        wait_port(p, "baseline cordon")
 
 def set_mode(mode):
     tmp = "policy.toml.tmp"
@@ -170,8 +178,9 @@ TOPOLOGIES = {
 }
 if BASELINE:
     TOPOLOGIES["cordon-baseline"] = (CO_OUT_B, [co_out_b.pid, co_in_b.pid])
+    TOPOLOGIES["cordon-base-no-reuse"] = (CO_OUT_BT, [co_out_bt.pid, co_in_b.pid])
 # Topologies measured by some tests only (the rest: every test).
-ONLY = {"cordon-no-reuse": {"connect"}}
+ONLY = {"cordon-no-reuse": {"connect"}, "cordon-base-no-reuse": {"connect"}}
 TESTS = {
     "bulk": lambda p: [LOADGEN, "bulk", f"127.0.0.1:{p}", "4", str(BULK_MIB)],
     "rr": lambda p: [LOADGEN, "rr", f"127.0.0.1:{p}", "16", str(SECONDS), "64"],
@@ -197,13 +206,22 @@ for r in range(ROUNDS):
         for topo in rotated:
             if test not in ONLY.get(topo, {test}):
                 continue
-            want = "enforce" if topo in ("cordon-enforce", "cordon-no-reuse", "cordon-baseline", "cordon-h2") else "learn"
+            want = "enforce" if topo in ("cordon-enforce", "cordon-no-reuse", "cordon-baseline", "cordon-base-no-reuse", "cordon-h2") else "learn"
             if topo.startswith("cordon") and want != mode:
                 set_mode(want); mode = want
             p, pids = TOPOLOGIES[topo]
+            perf = None
+            if PERF and pids and r == 0:
+                os.makedirs(PERF, exist_ok=True)
+                perf = subprocess.Popen(["perf", "record", "-q", "-g", "-o", f"{PERF}/{topo}-{test}.data",
+                                         "-p", ",".join(map(str, pids))],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
             before = cpu(pids)
             out = run(*cmd(p)).split()
             used = cpu(pids) - before
+            if perf:
+                perf.send_signal(2); perf.wait()
             value = float(out[1])
             kv = dict(x.split("=") for x in out[3:])
             # Work done: MiB each way, requests, connections.
@@ -231,6 +249,9 @@ for test in TESTS:
 rss = {"haproxy": max(hwm_kib(ha_out.pid), hwm_kib(ha_in.pid)), "cordon": max(hwm_kib(co_out.pid), hwm_kib(co_in.pid), hwm_kib(co_out_tls.pid)),
        "cordon-h2": hwm_kib(co_out_h2.pid)}
 print(f"peak RSS per proxy: haproxy {rss['haproxy']/1024:.1f} MiB, cordon {rss['cordon']/1024:.1f} MiB")
+each = {"ha-out": ha_out, "ha-in": ha_in, "out": co_out, "out-tls": co_out_tls, "out-h2": co_out_h2, "in": co_in}
+print("  each: " + ", ".join(f"{name} {hwm_kib(p.pid)/1024:.1f}" for name, p in each.items()) + " MiB"
+      " (the inbound serves the framed, no-reuse and h2 hops)")
 
 if BASELINE:
     print(f"\n== this build against the baseline {BASELINE} (both enforce, same rounds)")
@@ -238,6 +259,10 @@ if BASELINE:
         b, c = med("cordon-baseline", test, "cpu_per_unit"), med("cordon-enforce", test, "cpu_per_unit")
         print(f"{test:8} proxy CPU {b*1e6:8.1f} -> {c*1e6:8.1f} us per {PER[test]} ({c/b:5.2f}x)   "
               f"rate {med('cordon-baseline', test):10.1f} -> {med('cordon-enforce', test):10.1f} {UNIT[test]}")
+    if "connect" in TESTS:
+        b, c = med("cordon-base-no-reuse", "connect", "cpu_per_unit"), med("cordon-no-reuse", "connect", "cpu_per_unit")
+        print(f"connect without reuse: proxy CPU {b*1e6:8.1f} -> {c*1e6:8.1f} us per conn ({c/b:5.2f}x)   "
+              f"rate {med('cordon-base-no-reuse', 'connect'):10.1f} -> {med('cordon-no-reuse', 'connect'):10.1f} conn/s")
 print("\n== the HTTP/2 hop against the framed hop (both enforce, same inbound, same rounds)")
 for test in TESTS:
     f, h = "cordon-enforce", "cordon-h2"

@@ -331,8 +331,11 @@ async fn forty_days_of_logs_declarations_and_a_stolen_certificate_enforce_three_
     let addr = web.bound().upstream("payments").unwrap();
     assert_eq!(round_trip(addr, b"pay").await.unwrap(), b"pay");
     assert!(stolen(&world, "api", "payments", inbound["payments"], b"SELECT card").await.is_empty());
-    let denials = world.decision_log("payments-host");
-    assert!(denials.iter().any(|r| r["source"] == "api" && r["outcome"] == "denied"), "{denials:?}");
+    eventually("the refusal is in the decision log", Duration::from_secs(5), || async {
+        let denials = world.decision_log("payments-host");
+        denials.iter().any(|r| r["source"] == "api" && r["outcome"] == "denied")
+    })
+    .await;
     web.shutdown().await;
     for agent in agents {
         agent.shutdown().await;

@@ -17,7 +17,8 @@ use rustls_pki_types::ServerName;
 
 use super::ServiceName;
 
-/// Tickets kept per backend. Each resumption spends one and the server sends two new ones.
+/// Tickets kept per backend. Each resumption spends one and the server sends one new one
+/// (`send_tls13_tickets = 1`), so the jar holds about as many as connections were open at once.
 const TICKETS_PER_BACKEND: usize = 16;
 
 /// Backends remembered per agent; past that, the longest-remembered one is forgotten (its next

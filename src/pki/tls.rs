@@ -574,6 +574,10 @@ impl TlsStore {
             .with_cert_resolver(Arc::new(Presents(key)));
         config.ticketer = ticketer.clone();
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // One new ticket per handshake: a resumption spends one, so the client's jar stays as
+        // full as the connections it opens at once. A second costs each handshake another
+        // ticket sealed, sent, opened and stored.
+        config.send_tls13_tickets = 1;
         let mut hop = config.clone();
         hop.alpn_protocols = alpns(&HOP_ALPNS);
         Ok((Arc::new(config), Arc::new(hop)))

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +31,8 @@ use super::{Identified, Mode, Outcome, PolicyError};
 pub const DENIALS_PER_SOURCE_PER_SECOND: u32 = 10;
 /// Records waiting for the writer; past it, records are dropped and counted.
 const CAPACITY: usize = 16_384;
+/// How long the writer lets records queue up after one wakes it (see `Writer::run`).
+const GATHER: Duration = Duration::from_millis(5);
 /// How often the writer checks that the path still names the file it writes.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
@@ -200,22 +202,27 @@ fn rfc3339(t: SystemTime) -> String {
 impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
         loop {
-            match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(Msg::Record(r)) => self.take(*r),
-                Ok(Msg::Reopen) => self.reopen(),
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    loop {
-                        match rx.try_recv() {
-                            Ok(Msg::Record(r)) => self.take(*r),
-                            Ok(Msg::Reopen) => {}
-                            Ok(Msg::Stop) | Err(_) => break,
-                        }
-                    }
-                    self.emit_folds(None);
-                    self.flush();
-                    return;
+            let stop = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Msg::Record(r)) => {
+                    self.take(*r);
+                    // A flood of refusals is written a batch at a time: the records that came
+                    // meanwhile go out with one write, and the data plane wakes this thread at
+                    // most once per GATHER instead of once per refusal.
+                    std::thread::sleep(GATHER);
+                    self.drain(&rx)
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Reopen) => {
+                    self.reopen();
+                    false
+                }
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+            };
+            if stop {
+                self.drain(&rx);
+                self.emit_folds(None);
+                self.flush();
+                return;
             }
             // Folds of minutes that have ended are complete: write them.
             self.emit_folds(Some(secs(SystemTime::now()) / 60));
@@ -228,6 +235,20 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Takes the records already queued; true when asked to stop (or every sender is gone).
+    /// Bounded, so a flood that never pauses cannot keep it here.
+    fn drain(&mut self, rx: &Receiver<Msg>) -> bool {
+        for _ in 0..CAPACITY {
+            match rx.try_recv() {
+                Ok(Msg::Record(r)) => self.take(*r),
+                Ok(Msg::Reopen) => self.reopen(),
+                Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Empty) => return false,
+            }
+        }
+        false
     }
 
     /// Flushes what is buffered into the file open now (a rotated file keeps its records), then
