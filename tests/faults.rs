@@ -447,3 +447,67 @@ async fn latencies(addr: SocketAddr, count: usize) -> Vec<Duration> {
     all.sort();
     all
 }
+
+/// A GET on an agent's admin endpoint; the body.
+fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: cordon\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+/// A stderr nobody reads (a stalled journal, a pipe whose reader hangs) stalls nothing: the
+/// connections keep flowing, and the log lines that do not fit are dropped and counted on
+/// `/metrics`, not lost in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_stalls_no_connection_and_the_dropped_lines_are_counted() {
+    let world = World::new();
+    let app = EchoApp::start().await;
+    world.issue("db");
+    let config = config_in(&world, app.addr, &world.path("state"), "");
+    // At debug, every connection writes two lines.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["--log-format", "json", "--log", "debug", "agent", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read stderr until both listeners are up, then never again (the handle stays open).
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut inbound, mut admin) = (None, None);
+    let mut line = String::new();
+    while inbound.is_none() || admin.is_none() {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the agent exited before listening");
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let listen = json["listen"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+        let message = json["message"].as_str().unwrap_or_default();
+        if message.contains("inbound listening") {
+            inbound = listen;
+        } else if message.contains("admin endpoint listening") {
+            admin = listen;
+        }
+    }
+    let (inbound, admin) = (inbound.unwrap(), admin.unwrap());
+    let dropped = || support::metric(&admin_get(admin, "/metrics"), "cordon_log_lines_dropped_total", &[]);
+    assert_eq!(dropped(), 0.0, "nothing dropped while stderr was read");
+    // The pipe takes 64 KiB and the writer's queue 8,192 lines: a few thousand connections fill
+    // both. Bounded: at most 30 rounds.
+    let mut rounds = 0;
+    while dropped() == 0.0 {
+        rounds += 1;
+        assert!(rounds <= 30, "30,000 connections and no log line dropped");
+        assert_eq!(
+            connect_many(inbound, 1000, 1, 8).await,
+            1000,
+            "round {rounds}: every connection gets through"
+        );
+    }
+    assert_eq!(connect_many(inbound, 200, 1, 8).await, 200, "and still, with the log stalled");
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+}

@@ -276,6 +276,12 @@ pub(crate) fn register_collectors(
             ]
         },
     ));
+    metrics.register_collector(ScrapeCollector::new(
+        "log_lines_dropped",
+        "Log lines dropped because stderr did not take them as fast as they came",
+        Kind::Counter,
+        || vec![(vec![], crate::cli::log_lines_dropped() as f64)],
+    ));
     let rs = recorder.stats().clone();
     metrics.register_collector(ScrapeCollector::new(
         "ledger_write_errors",

@@ -282,7 +282,8 @@ impl Agent {
             shipper: shipper.as_ref().map(|s| (s.store().clone(), s.stats().clone())),
         });
         if let Some(listener) = admin {
-            info!(listen = ?parts.bound.admin, "admin endpoint listening (/metrics, /status)");
+            let listen = parts.bound.admin.map(|a| a.to_string()).unwrap_or_default();
+            info!(%listen, "admin endpoint listening (/metrics, /status)");
             tokio::spawn(admin::serve(listener, parts.clone(), admin_stop.clone()));
         }
         Ok(Agent { parts, life, recorder, shipper, decisions, admin_stop })
