@@ -178,7 +178,7 @@ pub fn log_lines_dropped() -> u64 {
 
 /// Sets up tracing on stderr; a bad filter falls back to `info` with a warning. Lines go through
 /// a writer thread, so a slow or blocked stderr (a full pipe, a stalled journal) never stalls
-/// the data plane: past [`LOG_LINES`] waiting, lines are dropped rather than waited for, and
+/// the data plane: past 8,192 (`LOG_LINES`) waiting, lines are dropped rather than waited for, and
 /// counted ([`log_lines_dropped`]). Colours only on a terminal. Returns the guard that flushes
 /// the buffered lines when dropped.
 pub fn init_logging(format: LogFormat, filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
