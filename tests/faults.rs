@@ -448,17 +448,6 @@ async fn latencies(addr: SocketAddr, count: usize) -> Vec<Duration> {
     all
 }
 
-/// A GET on an agent's admin endpoint; the body.
-fn admin_get(admin: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: cordon\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
-}
-
 /// A stderr nobody reads (a stalled journal, a pipe whose reader hangs) stalls nothing: the
 /// connections keep flowing, and the log lines that do not fit are dropped and counted on
 /// `/metrics`, not lost in silence.

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -13,20 +12,8 @@ use support::*;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// GET over a plain TCP socket, as a scraper would.
-fn get(admin: SocketAddr, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(5 * SECOND)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: cordon\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
-    let text = get(admin, "/metrics");
+    let text = admin_get(admin, "/metrics");
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text")
 }
 
@@ -116,7 +103,7 @@ async fn metrics_follow_traffic_drops_and_reloads() {
     drop(ledger);
 
     // A policy reload shows in /status, and takes effect.
-    let status = |admin| serde_json::from_str::<serde_json::Value>(&get(admin, "/status")).unwrap();
+    let status = |admin| serde_json::from_str::<serde_json::Value>(&admin_get(admin, "/status")).unwrap();
     let before = tokio::task::spawn_blocking(move || status(admin)).await.unwrap();
     world.write_policy(
         "[modes]\n\"*\" = \"learn\"\ndb = \"enforce\"\n[[intention]]\nsource = \"*\"\ndestination = \"db\"\naction = \"allow\"\n",

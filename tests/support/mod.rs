@@ -253,6 +253,20 @@ pub fn localhost() -> IpAddr {
     IpAddr::from([127, 0, 0, 1])
 }
 
+/// GET over a plain TCP socket to an agent's admin endpoint, as a scraper would; asserts a 200
+/// and returns the body.
+pub fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: cordon\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 /// Reads one counter or gauge from a Prometheus exposition: the sum over the series whose labels
 /// include all of `labels`.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
