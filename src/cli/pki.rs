@@ -28,8 +28,10 @@ pub enum CaCommand {
         #[arg(long, value_name = "ADDR")]
         listen: String,
         /// The issuance log, one JSON line per leaf signed or request refused [default: DIR/issuance.jsonl].
-        #[arg(long, value_name = "FILE")]
+        #[arg(id = "issuance_log", long = "log", value_name = "FILE")]
         log: Option<PathBuf>,
+        #[command(flatten)]
+        log_filter: LogFilter,
         /// Lifetime of the leaves it signs (24h, 90m, 30s).
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::pki::issuer::parse_ttl)]
         leaf_ttl: std::time::Duration,
@@ -55,12 +57,28 @@ pub enum CaCommand {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
         /// The signing service's issuance log [default: DIR/issuance.jsonl].
-        #[arg(long, value_name = "FILE")]
+        #[arg(id = "issuance_log", long = "log", value_name = "FILE")]
         log: Option<PathBuf>,
+        #[command(flatten)]
+        log_filter: LogFilter,
         /// Step on even though hosts have not caught up with the previous step.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The log filter of a command whose own `--log` names its issuance log.
+///
+/// Everywhere else the filter is the global `--log`; here that flag is taken, so the filter is
+/// `--log-filter`, `CORDON_LOG`, or `--log` given before the subcommand (`cordon --log debug ca
+/// serve ...`). The field keeps the global option's clap id, `log`: clap then does not copy the
+/// global option into this command (two `--log` flags), and the filter given here still reaches
+/// the logging set up in `cli::main`.
+#[derive(Debug, clap::Args)]
+pub struct LogFilter {
+    /// Log filter (tracing's env-filter syntax), as the global `--log` elsewhere.
+    #[arg(id = "log", long = "log-filter", value_name = "FILTER", env = "CORDON_LOG")]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -94,9 +112,11 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<Outcome> {
             )?;
             Ok(Outcome::Success)
         }
-        CaCommand::Serve { dir, listen, log, leaf_ttl } => super::issuer::serve(dir, listen, log, leaf_ttl),
+        CaCommand::Serve { dir, listen, log, leaf_ttl, .. } => {
+            super::issuer::serve(dir, listen, log, leaf_ttl)
+        }
         CaCommand::Token { dir, host, services, ttl } => super::issuer::token(dir, host, services, ttl),
-        CaCommand::Rotate { dir, log, force } => super::issuer::rotate(dir, log, force),
+        CaCommand::Rotate { dir, log, force, .. } => super::issuer::rotate(dir, log, force),
     }
 }
 
