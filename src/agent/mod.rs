@@ -6,6 +6,7 @@
 //! the configured deadline and flushes the recorder and the decision log.
 
 mod admin;
+pub mod check;
 pub mod config;
 pub mod limits;
 

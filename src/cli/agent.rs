@@ -15,9 +15,17 @@ pub struct Args {
     /// The agent configuration (cordon.toml).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Check the configuration and everything it names (policy, discovery, certificates and key
+    /// modes, CA, state and store settings), bind nothing, start nothing: exit 0, or 2 with every
+    /// problem listed.
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    if args.check {
+        return check(&args.config);
+    }
     let config = Config::load(&args.config)?;
     let mut builder = match config.proxy.threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -36,4 +44,29 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         agent.run_until(signals).await?;
         Ok(Outcome::Success)
     })
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
+    use std::io::Write;
+    match crate::agent::check::check(path) {
+        Ok(c) => {
+            writeln!(
+                std::io::stdout().lock(),
+                "{}: ok ({} services, {} upstreams, {} identities, {} services in discovery)",
+                path.display(),
+                c.services,
+                c.upstreams,
+                c.identities,
+                c.discovered
+            )?;
+            Ok(Outcome::Success)
+        }
+        Err(problems) => {
+            let n = problems.len();
+            let s = if n == 1 { "" } else { "s" };
+            // A problem of several lines (a policy's own list) stays indented under its first.
+            let list: Vec<String> = problems.iter().map(|p| p.replace('\n', "\n    ")).collect();
+            anyhow::bail!("{n} problem{s} found:\n  {}", list.join("\n  "))
+        }
+    }
 }

@@ -18,7 +18,7 @@ pub use crate::base::{IdError, ServiceId, ServiceName, TrustDomain};
 pub use ca::{Ca, Leaf};
 pub use host::{HostName, HostNameError, MAX_HOST_LEN, host_of};
 pub use settings::{RawTls, TlsSettings, TlsSource};
-pub use tls::{HOP_ALPN_H2, HOP_ALPN_V1, HOP_ALPN_V2, HOP_ALPNS, HopOffer, ServerTls, TlsStore};
+pub use tls::{HOP_ALPN_H2, HOP_ALPN_V1, HOP_ALPN_V2, HOP_ALPNS, HopOffer, ServerTls, TlsStore, read_certs};
 pub use verify::{
     RejectReason, SpiffeClientVerifier, SpiffeError, SpiffeServerVerifier, peer_of, peer_service_id,
     server_name, spiffe_id_of,

@@ -189,6 +189,11 @@ fn not_after_of(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), S
     Ok((at(x509.validity().not_before), at(x509.validity().not_after)))
 }
 
+/// The certificates of a PEM file, naming the file when it cannot be read or holds none.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    parse_certs(path, &read(path)?)
+}
+
 fn parse_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     match certs {
@@ -205,7 +210,45 @@ impl TlsStore {
         trust_domain: &TrustDomain,
         identities: &[ServiceName],
     ) -> Result<Arc<Self>, PkiError> {
-        let store = TlsStore {
+        let store = Self::empty(source, trust_domain, identities)?;
+        let (material, problems) = store.build(None);
+        if let Some(first) = problems.into_iter().next() {
+            return Err(first);
+        }
+        store.install(material);
+        Ok(Arc::new(store))
+    }
+
+    /// Every problem [`TlsStore::load`] would meet, without writing anything (`agent --check`):
+    /// certificate files are read and verified; a local CA is loaded, not asked to issue.
+    pub fn check(
+        source: &TlsSource,
+        trust_domain: &TrustDomain,
+        identities: &[ServiceName],
+    ) -> Vec<PkiError> {
+        if let TlsSource::LocalCa { ca_dir, .. } = source {
+            return match Ca::load(ca_dir) {
+                Ok(ca) if ca.trust_domain() == trust_domain => Vec::new(),
+                Ok(ca) => vec![PkiError::BadFile {
+                    path: ca_dir.join("trust-domain"),
+                    message: format!("the CA is for {}, the agent for {trust_domain}", ca.trust_domain()),
+                }],
+                Err(e) => vec![e],
+            };
+        }
+        match Self::empty(source, trust_domain, identities) {
+            Ok(store) => store.build(None).1,
+            Err(e) => vec![e],
+        }
+    }
+
+    /// A store holding no material yet.
+    fn empty(
+        source: &TlsSource,
+        trust_domain: &TrustDomain,
+        identities: &[ServiceName],
+    ) -> Result<Self, PkiError> {
+        Ok(TlsStore {
             source: source.clone(),
             trust_domain: trust_domain.clone(),
             names: identities.to_vec(),
@@ -221,13 +264,7 @@ impl TlsStore {
             tickets: TicketJars::default(),
             bundle_tx: tokio::sync::watch::Sender::new(BundleId(0)),
             client_generation: std::sync::atomic::AtomicU64::new(0),
-        };
-        let (material, problems) = store.build(None);
-        if let Some(first) = problems.into_iter().next() {
-            return Err(first);
-        }
-        store.install(material);
-        Ok(Arc::new(store))
+        })
     }
 
     /// Makes `material` current and tells the listeners when the bundle changed.

@@ -61,7 +61,8 @@ pub async fn connect(url: &StoreUrl) -> Result<tokio_postgres::Client, StoreErro
         .map_err(|_| StoreError::Timeout { url: url.to_string(), what: "log in" })?
 }
 
-fn read_password(path: &std::path::Path) -> Result<String, StoreError> {
+/// The password in the first line of `path`; an unreadable or empty file is an error naming it.
+pub fn read_password(path: &std::path::Path) -> Result<String, StoreError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| StoreError::PasswordFile { path: path.to_owned(), source })?;
     let password = text.lines().next().unwrap_or("").trim_end_matches('\r');

@@ -17,7 +17,7 @@ mod settings;
 mod shipper;
 pub mod write;
 
-pub use client::{CONNECT_TIMEOUT, connect};
+pub use client::{CONNECT_TIMEOUT, connect, read_password};
 pub use db::Db;
 pub use settings::{DEFAULT_BATCH_ROWS, DEFAULT_SHIP_INTERVAL, FleetSettings, RawFleet, StoreUrl};
 pub use shipper::{ShipStats, Shipper};
