@@ -10,6 +10,7 @@ pub mod agent;
 pub mod base;
 pub mod cli;
 pub mod demo;
+pub mod exposition;
 pub mod graph;
 pub mod ledger;
 pub mod lockdown;

@@ -173,12 +173,10 @@ impl Metrics {
         self.registry.register_collector(Box::new(collector));
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition `/metrics` serves ([`crate::exposition::CONTENT_TYPE`]): these metrics,
+    /// the build and the process metrics.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        crate::exposition::encode(&self.registry)
     }
 
     /// The per-listener handles, resolved once so the per-connection path does no label lookups.

@@ -1,4 +1,4 @@
-//! The admin endpoint: `GET /metrics` (Prometheus text) and `GET /status` (JSON).
+//! The admin endpoint: `GET /metrics` (OpenMetrics text) and `GET /status` (JSON).
 //!
 //! Plain HTTP/1.1 on the configured `admin` address (loopback by convention). Bounded: a few
 //! dozen connections at once, a deadline to send request headers.
@@ -70,7 +70,7 @@ fn route(parts: &Parts, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", parts.metrics.encode())
+            reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, parts.metrics.encode())
         }
         (&Method::GET, "/status") => {
             let body = serde_json::to_string_pretty(&status(parts)).unwrap_or_default();

@@ -208,7 +208,7 @@ impl Service {
                 serde_json::to_string_pretty(&self.status()).unwrap_or_default(),
             ),
             (&Method::GET, "/metrics") => {
-                reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics_text())
+                reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, self.metrics_text())
             }
             (&Method::POST, path @ ("/v1/enrol" | "/v1/renew")) => {
                 let renew = path == "/v1/renew";
@@ -484,27 +484,41 @@ impl Service {
         })
     }
 
+    /// The exposition `/metrics` serves ([`crate::exposition`]): issued and refused counts, the
+    /// rotation gauges, the build and process metrics.
     fn metrics_text(&self) -> String {
+        use crate::metrics::{Kind, Sample, ScrapeCollector};
         let status = self.status();
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut out = String::new();
-        out += "# HELP cordon_issuer_issued_total Leaves signed\n# TYPE cordon_issuer_issued_total counter\n";
-        for kind in ["enrol", "renew"] {
-            out += &format!("cordon_issuer_issued_total{{kind=\"{kind}\"}} {}\n", status["issued"][kind]);
+        let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        let issued: Vec<Sample> = ["enrol", "renew"]
+            .into_iter()
+            .map(|kind| (vec![("kind", kind.to_string())], number(&status["issued"][kind])))
+            .collect();
+        let refused: Vec<Sample> = Refused::ALL
+            .into_iter()
+            .map(|r| (vec![("reason", r.as_str().to_string())], refused.get(&r).copied().unwrap_or(0) as f64))
+            .collect();
+        let old_ca_leaves = vec![(vec![], number(&status["old_ca_leaves"]))];
+        let without_newest = vec![(vec![], number(&status["hosts_without_newest_ca"]))];
+        let mut registry = prometheus_client::registry::Registry::with_prefix("cordon");
+        let families = [
+            ("issuer_issued", "Leaves signed", Kind::Counter, issued),
+            ("issuer_refused", "Requests refused, by reason", Kind::Counter, refused),
+            ("issuer_old_ca_leaves", "Unexpired leaves not from the newest CA", Kind::Gauge, old_ca_leaves),
+            (
+                "issuer_hosts_without_newest_ca",
+                "Hosts whose last bundle lacks the newest CA",
+                Kind::Gauge,
+                without_newest,
+            ),
+        ];
+        for (name, help, kind, samples) in families {
+            registry.register_collector(Box::new(ScrapeCollector::new(name, help, kind, move || {
+                samples.clone()
+            })));
         }
-        out += "# HELP cordon_issuer_refused_total Requests refused, by reason\n# TYPE cordon_issuer_refused_total counter\n";
-        for r in Refused::ALL {
-            out += &format!(
-                "cordon_issuer_refused_total{{reason=\"{}\"}} {}\n",
-                r.as_str(),
-                refused.get(&r).copied().unwrap_or(0)
-            );
-        }
-        out += "# HELP cordon_issuer_old_ca_leaves Unexpired leaves not from the newest CA\n# TYPE cordon_issuer_old_ca_leaves gauge\n";
-        out += &format!("cordon_issuer_old_ca_leaves {}\n", status["old_ca_leaves"]);
-        out += "# HELP cordon_issuer_hosts_without_newest_ca Hosts whose last bundle lacks the newest CA\n# TYPE cordon_issuer_hosts_without_newest_ca gauge\n";
-        out += &format!("cordon_issuer_hosts_without_newest_ca {}\n", status["hosts_without_newest_ca"]);
-        out
+        crate::exposition::encode(&registry)
     }
 
     /// Picks up rotation steps (`cordon ca rotate` run beside the service), re-issues the
