@@ -14,6 +14,7 @@ pub mod exposition;
 pub mod graph;
 pub mod ledger;
 pub mod lockdown;
+pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod policy;

@@ -280,7 +280,7 @@ pub(crate) fn register_collectors(
         "log_lines_dropped",
         "Log lines dropped because stderr did not take them as fast as they came",
         Kind::Counter,
-        || vec![(vec![], crate::cli::log_lines_dropped() as f64)],
+        || vec![(vec![], crate::logging::log_lines_dropped() as f64)],
     ));
     let rs = recorder.stats().clone();
     metrics.register_collector(ScrapeCollector::new(

@@ -224,6 +224,7 @@ impl Agent {
                 decisions: decisions.clone(),
                 settings: config.proxy.clone(),
                 open: Default::default(),
+                notices: Default::default(),
             });
             info!(service = %s.name, listen = %addr, app = %s.app, "inbound listening");
             tokio::spawn(proxy.run(listener, life.clone()));

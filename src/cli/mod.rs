@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 mod agent;
 mod demo;
@@ -21,14 +21,7 @@ mod review;
 mod status;
 mod store;
 
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
+pub use crate::logging::{LogFormat, init_logging, log_lines_dropped};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,21 +92,54 @@ pub enum Outcome {
     No,
 }
 
-/// Parses the process arguments, runs the command and maps the result to an exit code.
+/// Parses the process arguments, runs the command and maps the result to an exit code. Errors,
+/// parse errors included, come out in the `--log-format` asked for: with `json`, every line on
+/// stderr is one JSON object.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_failed(e),
+    };
+    let format = cli.log_format;
     let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    // Held to the end: dropping it flushes the log lines still buffered.
-    let _flush = init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
-    match run(cli.command) {
+    let flush = init_logging(format, cli.log.as_deref().unwrap_or(default_filter));
+    let result = run(cli.command);
+    // The lines still buffered go out before the error, so it is the last line.
+    drop(flush);
+    match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::No) => ExitCode::from(1),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "cordon: error: {}", error_chain(&e));
+            let _ = writeln!(std::io::stderr(), "{}", crate::logging::fatal_line(format, &error_chain(&e)));
             ExitCode::from(2)
         }
     }
+}
+
+/// A command line that did not parse: clap's own message and exit code, as one JSON object when
+/// JSON logs were asked for (help and version stay as they are: they were asked for).
+fn parse_failed(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let asked = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if asked || !json_asked(std::env::args_os(), std::env::var_os("CORDON_LOG_FORMAT")) {
+        e.exit();
+    }
+    let message = e.to_string();
+    let _ =
+        writeln!(std::io::stderr(), "{}", crate::logging::fatal_line(LogFormat::Json, message.trim_end()));
+    ExitCode::from(2)
+}
+
+/// Whether the arguments (or `CORDON_LOG_FORMAT`) ask for JSON logs, read without clap: for a
+/// command line clap refused.
+fn json_asked(args: impl Iterator<Item = std::ffi::OsString>, env: Option<std::ffi::OsString>) -> bool {
+    let args: Vec<_> = args.collect();
+    let flag = args.iter().position(|a| a == "--log-format");
+    let given = flag.and_then(|i| args.get(i + 1)).map(|v| v == "json").or_else(|| {
+        args.iter().rev().find_map(|a| a.to_str()?.strip_prefix("--log-format=").map(|v| v == "json"))
+    });
+    given.unwrap_or_else(|| env.is_some_and(|v| v == "json"))
 }
 
 /// Runs one parsed command.
@@ -160,49 +186,4 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-/// Log lines waiting for the writer thread. Its queue is allocated whole when logging starts (a
-/// slot per line), so this is memory every process holds: 8,192 slots are 256 KiB, where the
-/// writer's default of 128,000 held 4 MiB of a 19 MiB agent.
-const LOG_LINES: usize = 8_192;
-
-/// Lines dropped because stderr did not take them fast enough (`cordon_log_lines_dropped_total`).
-static LOG_DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
-
-/// Log lines dropped so far because the writer's queue was full.
-pub fn log_lines_dropped() -> u64 {
-    LOG_DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
-}
-
-/// Sets up tracing on stderr; a bad filter falls back to `info` with a warning. Lines go through
-/// a writer thread, so a slow or blocked stderr (a full pipe, a stalled journal) never stalls
-/// the data plane: past 8,192 (`LOG_LINES`) waiting, lines are dropped rather than waited for, and
-/// counted ([`log_lines_dropped`]). Colours only on a terminal. Returns the guard that flushes
-/// the buffered lines when dropped.
-pub fn init_logging(format: LogFormat, filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let (env_filter, bad) = match EnvFilter::try_new(filter) {
-        Ok(f) => (f, None),
-        Err(e) => (EnvFilter::new("info"), Some(e)),
-    };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_LINES)
-        .lossy(true)
-        .finish(std::io::stderr());
-    let _ = LOG_DROPPED.set(writer.error_counter());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    if let Some(e) = bad {
-        tracing::warn!(filter, error = %e, "bad --log filter, using info");
-    }
-    guard
 }

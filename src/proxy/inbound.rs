@@ -56,6 +56,8 @@ pub struct Inbound {
     pub settings: ProxySettings,
     /// The connections open now, so one task per listener can decide them again.
     pub open: OpenConns,
+    /// Keeps the `info` line about a refused or would-deny caller to one a minute per caller.
+    pub notices: crate::logging::Throttle,
 }
 
 /// One open connection (a plain TCP connection, an mTLS connection, or a hop carrying many app
@@ -445,9 +447,20 @@ impl Inbound {
         if outcome == Outcome::Allowed {
             return;
         }
-        info!(source = %edge.source, identified = %edge.identified, mode = %edge.mode,
-              outcome = outcome.as_str(), reason = decision.reason.as_str(), rule = %decision.rule,
-              "connection {}", outcome.as_str());
+        // Every connection at debug; at info one line per source and outcome a minute, saying how
+        // many more there were: a learning service under an empty policy must not flood the journal.
+        debug!(source = %edge.source, identified = %edge.identified, mode = %edge.mode,
+               outcome = outcome.as_str(), reason = decision.reason.as_str(), rule = %decision.rule,
+               "connection {}", outcome.as_str());
+        if tracing::enabled!(tracing::Level::INFO) {
+            let key = format!("{}\n{}", edge.source, outcome.as_str());
+            if let Some(more) = self.notices.due(&key, std::time::Instant::now()) {
+                info!(source = %edge.source, identified = %edge.identified, mode = %edge.mode,
+                      outcome = outcome.as_str(), reason = decision.reason.as_str(), rule = %decision.rule,
+                      unlogged = more, "{} -> {}: {}", 
+                      edge.source, edge.destination, outcome.as_str());
+            }
+        }
         self.decisions.record(DecisionRecord {
             at: SystemTime::now(),
             source: edge.source.clone(),
