@@ -124,6 +124,7 @@ fn sample(placeholder: &str) -> String {
         "ADDR" => "127.0.0.1:8443".into(),
         "URL" => "https://127.0.0.1:8443".into(),
         "TD" => "example.internal".into(),
+        "SHELL" => "bash".into(),
         _ => name.to_ascii_lowercase().replace('_', "-"),
     }
 }
@@ -147,7 +148,7 @@ fn argv(text: &str) -> Vec<String> {
             continue;
         }
         let is_placeholder = (word.starts_with('<') && word.ends_with('>'))
-            || (word.len() > 0 && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+            || (!word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
         words.push(if is_placeholder { sample(word) } else { word.to_string() });
     }
     words

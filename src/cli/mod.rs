@@ -18,6 +18,7 @@ mod pki;
 mod policy;
 mod report;
 mod review;
+mod shell;
 mod status;
 mod store;
 
@@ -81,6 +82,10 @@ pub enum Command {
     /// Maintain the fleet store.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell::CompletionsArgs),
+    /// Print the man page (roff), e.g. into /usr/share/man/man1/cordon.1.
+    Man,
 }
 
 /// What a command reports back besides errors.
@@ -162,6 +167,8 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Import(args) => import::run(args),
         Command::Ship(args) => store::ship(args),
         Command::Store(cmd) => store::run(cmd),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man => shell::man(),
     }
 }
 

@@ -164,7 +164,26 @@ pub fn render(status: &Value) -> String {
         s(&l["events_dropped"]),
         s(&l["write_errors"])
     );
+    o += &fleet_store(&status["fleet_store"]);
     o
+}
+
+/// The shipper to the fleet store (`[fleet]`), or that there is none.
+fn fleet_store(f: &Value) -> String {
+    if f.is_null() {
+        return "fleet store none (no [fleet] section: the ledger stays on this host)\n".into();
+    }
+    let last_error = f["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default();
+    format!(
+        "fleet store {} rows {} waiting, {} shipped in {} batches, last ship {} (lag {}s); {} errors{last_error}\n",
+        s(&f["store"]),
+        s(&f["rows_waiting"]),
+        s(&f["rows_shipped"]),
+        s(&f["batches_shipped"]),
+        s(&f["last_ship"]),
+        s(&f["lag_seconds"]),
+        s(&f["errors"]),
+    )
 }
 
 #[cfg(test)]
@@ -193,6 +212,26 @@ mod tests {
             "version ab12",
             "1 failed",
             "10 written",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        assert!(text.contains("fleet store none"), "{text}");
+    }
+
+    #[test]
+    fn shows_the_fleet_store_and_its_shipper() {
+        let status = serde_json::json!({
+            "fleet_store": {"store": "postgres://cordon@db.internal:5432/fleet", "rows_waiting": 12,
+                            "rows_shipped": 3400, "batches_shipped": 7, "last_ship": "2026-12-06T10:00:00Z",
+                            "lag_seconds": 4, "errors": 1, "last_error": "connection refused"},
+        });
+        let text = render(&status);
+        for want in [
+            "fleet store postgres://cordon@db.internal:5432/fleet",
+            "12 waiting",
+            "3400 shipped in 7 batches",
+            "last ship 2026-12-06T10:00:00Z (lag 4s)",
+            "1 errors, last error: connection refused",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
