@@ -169,7 +169,13 @@ async fn sigterm_with_the_ledger_disk_full_says_how_many_records_and_where_and_e
     agent.signal("-TERM");
     let (code, log) = agent.exit();
     assert_eq!(code, Some(2), "records were lost: not a clean stop\n{log}");
-    let error = log.lines().find(|l| l.starts_with("cordon: error:")).unwrap_or_else(|| panic!("{log}"));
+    // JSON logs: the fatal error is a JSON object too, the last line.
+    let error = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "ERROR" && v["target"] == "cordon")
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{log}"));
     eprintln!("{error}");
     assert!(error.contains("1000 connections"), "{error}");
     assert!(!log.contains("\"agent stopped\""), "{log}");
