@@ -75,6 +75,23 @@ pub struct DiffArgs {
     /// reaches the app directly, bypassing cordon (nftables counters; needs root).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A service's evidence must span at least this long (30d, 12h) to be ready, as `cordon
+    /// mode` asks; 0 skips the check.
+    #[arg(long, value_name = "WINDOW", value_parser = super::policy::min_history, default_value = "30d")]
+    pub min_history: std::time::Duration,
+    /// Output format: text, or json (`cordon-diff/1`, the readiness of each service with every
+    /// reason; see docs/readiness.md).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
+}
+
+/// How `cordon diff` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    /// Per service its verdict and a table of its callers.
+    Text,
+    /// JSON: `{"format": "cordon-diff/1", "services": [readiness...]}`.
+    Json,
 }
 
 /// Combine host ledgers into one (idempotent, order-free).
@@ -139,7 +156,14 @@ pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
 pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let policy = load_policy(&args.policy)?;
     let observed = load(&args.db, since(args.since))?;
-    let services = graph::diff(&observed, &policy, args.service.as_deref());
+    let judging = graph::Judging::at(args.min_history, SystemTime::now());
+    let services = graph::diff(&observed, &policy, args.service.as_deref(), &judging);
+    if args.format == DiffFormat::Json {
+        let readiness: Vec<&crate::policy::Readiness> = services.iter().map(|s| &s.readiness).collect();
+        let doc = serde_json::json!({ "format": "cordon-diff/1", "services": readiness });
+        print(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
+        return Ok(Outcome::Success);
+    }
     print(&format::diff_text(&services))?;
     if let Some(path) = &args.config {
         print(&lockdown_lines(path, args.service.as_deref())?)?;
