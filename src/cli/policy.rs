@@ -131,10 +131,8 @@ pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     if let Some(db) = &args.db {
         observed_names(&super::review::load(db, None)?, &mut known);
     }
+    // The destination must exist; any caller may be asked about (most are denied by default).
     check_known(&policy, &known, &args.destination)?;
-    if !Source::names_address(&args.source) {
-        check_known(&policy, &known, &args.source)?;
-    }
     // A name is a caller with a certificate; `ip:A.B.C.D` is a plaintext caller.
     let identified = if Source::names_address(&args.source) { Identified::Unknown } else { Identified::Mtls };
     let subject = Subject::recorded(&args.source, identified);

@@ -159,7 +159,14 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let judging = graph::Judging::at(args.min_history, SystemTime::now());
     let services = graph::diff(&observed, &policy, args.service.as_deref(), &judging);
     if args.format == DiffFormat::Json {
-        let readiness: Vec<&crate::policy::Readiness> = services.iter().map(|s| &s.readiness).collect();
+        let mut readiness = Vec::with_capacity(services.len());
+        for s in &services {
+            let mut v = serde_json::to_value(&s.readiness)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("summary".into(), s.summary().into());
+            }
+            readiness.push(v);
+        }
         let doc = serde_json::json!({ "format": "cordon-diff/1", "services": readiness });
         print(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
         return Ok(Outcome::Success);

@@ -184,11 +184,14 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         0 => "0".to_owned(),
         s => format!("{s}s"),
     };
+    let held = match db_span.as_secs() {
+        0 => "under a second".to_owned(),
+        _ => crate::policy::days_text(db_span),
+    };
     say(&format!(
-        "   This ledger holds {} of traffic. Readiness asks for at least 30 days of history by default,
-            so that a weekly or monthly job has had its chance to show up; the demo passes
-            --min-history {window} (its own traffic's length) to every review command instead.",
-        crate::policy::days_text(db_span)
+        "   db's evidence spans {held}: the demo's whole learning phase. Readiness asks for 30 days\n   \
+         of history by default, so that a weekly or monthly job has had its chance to show up; the\n   \
+         demo passes --min-history {window} (its own traffic's length) to mode, diff and report instead."
     ));
 
     step(
