@@ -172,6 +172,19 @@ fn a_fleet_ledger_gives_a_page_under_8_mib_with_every_service_and_edge() {
     let ready: Vec<&str> =
         ready.iter().map(|s| data["names"][s[0].as_u64().unwrap() as usize].as_str().unwrap()).collect();
     assert_eq!(ready, ["svc00001", "svc00007"]);
+    // Every service row says why it is not ready (a bit per reason) and how long its history is.
+    assert_eq!(
+        data["reasons"],
+        serde_json::json!(["would-deny", "plaintext", "declared-never-seen", "history-short"])
+    );
+    assert!(html.contains(r#"id="by-reason""#));
+    let reasons = |name: &str| {
+        let row = services.iter().find(|s| data["names"][s[0].as_u64().unwrap() as usize] == name).unwrap();
+        (row[6].as_u64().unwrap(), row[5].as_f64().unwrap())
+    };
+    // svc00003 is called over mTLS by nobody the policy allows, and in plaintext by svc00042.
+    assert_eq!(reasons("svc00003"), (0b11, 0.0));
+    assert_eq!(reasons("svc00001"), (0, 0.0));
     assert!(
         services.iter().any(|s| s[1] == 1 && data["names"][s[0].as_u64().unwrap() as usize] == "svc00007")
     );
