@@ -37,6 +37,10 @@ pub struct GraphArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: GraphFormat,
+    /// Judge every edge by this policy now (DOT colours, a POLICY column, a "policy" field)
+    /// instead of only the verdicts recorded at the time.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Propose intentions from the recorded graph, as policy TOML on stdout.
@@ -122,10 +126,12 @@ fn print(text: &str) -> anyhow::Result<()> {
 
 pub fn graph(args: GraphArgs) -> anyhow::Result<Outcome> {
     let observed = load(&args.db, since(args.since))?;
+    let policy = args.policy.as_deref().map(load_policy).transpose()?;
+    let policy = policy.as_ref();
     print(&match args.format {
-        GraphFormat::Text => format::graph_text(&observed),
-        GraphFormat::Json => format::graph_json(&observed),
-        GraphFormat::Dot => format::graph_dot(&observed),
+        GraphFormat::Text => format::graph_text_by(&observed, policy),
+        GraphFormat::Json => format::graph_json_by(&observed, policy),
+        GraphFormat::Dot => format::graph_dot_by(&observed, policy),
     })?;
     Ok(Outcome::Success)
 }
