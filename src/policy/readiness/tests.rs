@@ -78,6 +78,9 @@ fn kinds(r: &Readiness) -> (Vec<String>, Vec<String>) {
     (b, n)
 }
 
+/// What, the service, the extra evidence, the declarations, the blockers and the notes expected.
+type Case<'a> = (&'a str, &'a str, Vec<Evidence>, &'a [DeclaredCaller], &'a [&'a str], &'a [&'a str]);
+
 #[test]
 fn table() {
     use Identified::*;
@@ -102,7 +105,7 @@ fn table() {
     let broad =
         [DeclaredCaller { identity: "nightly".into(), provenance: "haproxy.cfg on h".into(), broad: true }];
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Vec<Evidence>, &[DeclaredCaller], &[&str], &[&str])> = vec![
+    let cases: Vec<Case> = vec![
         ("only allowed callers, 40 days", "db", vec![], &[], &[], &[]),
         ("an mTLS caller no intention allows", "db",
             vec![ev("api", Mtls, 0, 40)], &[], &["would-deny api"], &[]),
