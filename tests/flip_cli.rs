@@ -137,6 +137,42 @@ fn a_migrated_plaintext_caller_no_longer_blocks_the_flip() {
 }
 
 #[test]
+fn an_address_discovery_names_migrated_when_that_service_arrives_over_mtls() {
+    // 10.0.0.7 was unknown to discovery when it called; it is legacy's backend now, and legacy
+    // calls over mTLS since day 6.
+    let f = Fixture::new(ALLOW, |h| {
+        traffic(h, ("web", "db"), Identified::Mtls, &(0..12).collect::<Vec<_>>(), 3);
+        traffic(h, ("ip:10.0.0.7", "db"), Identified::Unknown, &[0, 1, 2, 3, 4], 2);
+        traffic(h, ("legacy", "db"), Identified::Mtls, &[6, 7, 8, 9, 10, 11], 2);
+    });
+    let without = f.mode(&["db", "enforce", "--db", f.db(), "--min-history", "10d"]);
+    assert_eq!(without.status.code(), Some(1), "{}", text(&without));
+    let discovery = f._dir.path().join("services");
+    std::fs::create_dir(&discovery).unwrap();
+    std::fs::write(
+        discovery.join("legacy.json"),
+        r#"[{"host": "10.0.0.7", "port": 8080, "name": "legacy-0"}]"#,
+    )
+    .unwrap();
+    let out = f.mode(&[
+        "db",
+        "enforce",
+        "--db",
+        f.db(),
+        "--min-history",
+        "10d",
+        "--discovery",
+        discovery.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("ip:10.0.0.7") && text(&out).contains("legacy over mTLS since"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn a_stray_address_blocks_until_a_deny_names_it() {
     let f = Fixture::new(ALLOW, |h| {
         traffic(h, ("web", "db"), Identified::Mtls, &(0..12).collect::<Vec<_>>(), 3);

@@ -81,6 +81,8 @@ pub struct FlipOutcome {
     pub flipped: bool,
     /// The preflight's answer; `None` for a rollback to learn or an enforce flip with no evidence.
     pub readiness: Option<Readiness>,
+    /// Where the evidence came from (`FlipEvidence::origin`), if there was any.
+    pub evidence_from: Option<String>,
     /// The flip went ahead over reasons it should not have.
     pub forced: bool,
     /// Each reason `--force` overrode, one line each.
@@ -106,6 +108,7 @@ pub fn flip(req: &FlipRequest<'_>) -> Result<FlipOutcome, FlipError> {
         to: req.to,
         flipped: false,
         readiness: None,
+        evidence_from: req.evidence.map(|e| e.origin.to_owned()),
         forced: false,
         overridden: Vec::new(),
         policy_before: before.version().to_owned(),
@@ -222,6 +225,52 @@ fn distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outcome_says_what_changed_for_an_audit_record() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "[[intention]]\nsource = \"web\"\ndestination = \"db\"\naction = \"allow\"\n")
+            .expect("the policy is written");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(40 * 86_400);
+        let web = Evidence {
+            source: "web".into(),
+            identified: crate::base::Identified::Mtls,
+            discovered_as: None,
+            claimed: false,
+            connections: 9,
+            probe_only: false,
+            first_seen: SystemTime::UNIX_EPOCH,
+            last_seen: now,
+            undeclared: false,
+        };
+        let known = BTreeSet::new();
+        let req = FlipRequest {
+            policy: &path,
+            service: "db",
+            to: Mode::Enforce,
+            known: &known,
+            evidence: Some(FlipEvidence {
+                origin: "ledger.db",
+                callers: std::slice::from_ref(&web),
+                declared: &[],
+            }),
+            min_history: Duration::from_secs(30 * 86_400),
+            force: false,
+            now,
+        };
+        let o = flip(&req).expect("db is known and ready");
+        assert!(o.flipped && !o.forced && o.overridden.is_empty());
+        assert_ne!(o.policy_before, o.policy_after);
+        let json = serde_json::to_value(&o).expect("the outcome serialises");
+        assert_eq!((json["from"].as_str(), json["to"].as_str()), (Some("learn"), Some("enforce")));
+        assert_eq!(json["evidence_from"], "ledger.db");
+        assert_eq!(json["readiness"]["ready"], true);
+        // Back to learn: no preflight, the hash moves back.
+        let back = flip(&FlipRequest { to: Mode::Learn, evidence: None, ..req }).expect("rollback");
+        assert!(back.flipped && back.readiness.is_none());
+        assert_eq!(back.policy_before, o.policy_after);
+    }
 
     #[test]
     fn typos_get_the_closest_name() {
