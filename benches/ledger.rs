@@ -175,7 +175,12 @@ fn synthetic_ledger(dir: &Path) {
     );
 
     let t = Instant::now();
-    let services = graph::diff(&observed, &policy, None);
+    let services = graph::diff(
+        &observed,
+        &policy,
+        None,
+        &graph::Judging::at(std::time::Duration::from_secs(30 * 86_400), std::time::SystemTime::now()),
+    );
     let text = graph::format::diff_text(&services);
     let d = t.elapsed();
     let ready = services.iter().filter(|s| s.ready()).count();

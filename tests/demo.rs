@@ -1,6 +1,8 @@
 //! `cordon demo` end to end, as a user runs it: the whole scenario, then its outcomes checked in
 //! the world it kept (ledgers, policy, decision log, report).
 
+mod support;
+
 use std::process::Command;
 
 use cordon::policy::Identified;
@@ -70,6 +72,12 @@ fn the_demo_learns_proposes_enforces_refuses_and_rolls_back() {
     for service in ["web", "api", "db", "cache", "batch", "reports"] {
         assert!(report.contains(service), "{service} missing from the report");
     }
+
+    // The demo says which history it asks for, and why; mode, diff and the report agree on its
+    // ledger (db is ready, api is not: reports still calls it in plaintext).
+    assert!(stdout.contains("Readiness asks for 30 days\n   of history by default"), "{stdout}");
+    assert!(stdout.contains("api (learn): not ready: 1 caller still in plaintext"), "{stdout}");
+    support::readiness::one_readiness(&fleet, &world.join("policy.toml"), "0", &["api", "cache", "db"]);
 }
 
 #[test]

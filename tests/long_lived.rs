@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use cordon::policy::{Policy, preflight};
+use cordon::policy::{Mode, Policy, Question, readiness};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,12 +34,21 @@ async fn an_open_connection_is_recorded_carrying_data_and_blocks_a_flip_that_wou
         web_into_db(&world) == (1, 8, 8)
     })
     .await;
-    let callers = cordon::ledger::callers_into(&world.ledger("db-host"), "db", None).unwrap();
+    let observed = cordon::graph::load(&world.ledger("db-host"), None).unwrap();
+    let (evidence, declared) = cordon::graph::evidence(&observed, "db", &|_| None);
     let no_intention =
         Policy::parse("[modes]\ndb = \"enforce\"\n", std::path::Path::new("flip.toml")).unwrap();
-    let check = preflight(&no_intention, "db", &callers, &[], Duration::ZERO);
-    assert_eq!(check.cut.len(), 1, "web would be cut off, not waved through as a probe: {check:?}");
-    assert!(check.probes.is_empty(), "{check:?}");
+    let check = readiness(&Question {
+        service: "db",
+        mode_now: Mode::Learn,
+        policy_after: &no_intention,
+        evidence: &evidence,
+        declared: &declared,
+        min_history: Duration::ZERO,
+        now: std::time::SystemTime::now(),
+    });
+    assert_eq!(check.blocked_by(), ["web"], "web would be cut off, not waved through as a probe: {check:?}");
+    assert!(check.notes.iter().all(|n| n.kind() != "probe-only"), "{check:?}");
 
     // More bytes, then the close: every byte counted once.
     pool.write_all(b"SELECT 22").await.unwrap();

@@ -101,7 +101,12 @@ fn each_bad_policy_is_refused_naming_the_file_and_line() {
 fn check_answers_with_its_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.toml");
-    std::fs::write(&file, format!("[modes]\ndb = \"enforce\"\n{}", intention("web", "db", "allow"))).unwrap();
+    // cache is named so that `check` knows it (a name nothing knows is refused as a typo).
+    std::fs::write(
+        &file,
+        format!("[modes]\ndb = \"enforce\"\ncache = \"learn\"\n{}", intention("web", "db", "allow")),
+    )
+    .unwrap();
     let p = file.to_str().unwrap();
     let ok = cordon(&["check", "--policy", p, "web", "db"]);
     assert_eq!(ok.status.code(), Some(0));

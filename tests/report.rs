@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use cordon::ledger::{EdgeKey, Event, Recorder};
 use cordon::policy::{Identified, Mode, Verdict};
 
-/// `cordon report --db DB --policy POLICY --out OUT`, run as the built binary.
+/// `cordon report --db DB --policy POLICY --out OUT`, run as the built binary; the ledgers here
+/// are seconds old, so no minimum history is asked for.
 fn report(db: &std::path::Path, policy: &std::path::Path, out: &std::path::Path) -> std::process::Output {
     support::cordon(&[
         "report",
@@ -20,6 +21,8 @@ fn report(db: &std::path::Path, policy: &std::path::Path, out: &std::path::Path)
         policy.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--min-history",
+        "0",
     ])
 }
 
@@ -89,8 +92,10 @@ fn the_report_shows_every_edge_with_its_verdict() {
     let data = data_block(&html);
     assert_eq!(data["names"].as_array().unwrap().len(), 8, "every node in the data block");
     assert_eq!(data["edges"].as_array().unwrap().len(), 10 * expected.len(), "every edge, ten fields each");
-    // Readiness: db would cut off batch (and the unknown address); cache would cut off api.
-    assert!(html.contains(r#"<tr class="not-ready" data-service="db">"#));
+    // Readiness: db enforces already and refuses batch and the unknown address now, which does
+    // not keep it from staying so; cache would cut off api.
+    assert!(html.contains(r#"<tr class="ready" data-service="db">"#));
+    assert!(html.contains("enforcing: 2 callers refused now"));
     assert!(html.contains(r#"<tr class="not-ready" data-service="cache">"#));
     // The proposal proposes what the policy lacks, and lists plaintext only as a comment.
     assert!(html.contains("source = &quot;batch&quot;"), "batch -> db proposed");
@@ -160,11 +165,26 @@ fn a_fleet_ledger_gives_a_page_under_8_mib_with_every_service_and_edge() {
     assert_eq!(data["services"].as_array().unwrap().len(), SERVICES, "every destination's readiness");
     assert_eq!(data["edges"].as_array().unwrap().len(), 10 * edges, "every edge");
     // Without intentions no destination is ready, but svc00001 allows `*` and its two callers
-    // arrive over mTLS.
+    // arrive over mTLS, and svc00007 enforces already (what it refuses, it refuses now).
     let services = data["services"].as_array().unwrap();
     let ready: Vec<&serde_json::Value> = services.iter().filter(|s| s[2] == 1).collect();
-    assert_eq!(ready.len(), 1, "{ready:?}");
-    assert_eq!(data["names"][ready[0][0].as_u64().unwrap() as usize], "svc00001");
+    assert_eq!(ready.len(), 2, "{ready:?}");
+    let ready: Vec<&str> =
+        ready.iter().map(|s| data["names"][s[0].as_u64().unwrap() as usize].as_str().unwrap()).collect();
+    assert_eq!(ready, ["svc00001", "svc00007"]);
+    // Every service row says why it is not ready (a bit per reason) and how long its history is.
+    assert_eq!(
+        data["reasons"],
+        serde_json::json!(["would-deny", "plaintext", "declared-never-seen", "history-short"])
+    );
+    assert!(html.contains(r#"id="by-reason""#));
+    let reasons = |name: &str| {
+        let row = services.iter().find(|s| data["names"][s[0].as_u64().unwrap() as usize] == name).unwrap();
+        (row[6].as_u64().unwrap(), row[5].as_f64().unwrap())
+    };
+    // svc00003 is called over mTLS by nobody the policy allows, and in plaintext by svc00042.
+    assert_eq!(reasons("svc00003"), (0b11, 0.0));
+    assert_eq!(reasons("svc00001"), (0, 0.0));
     assert!(
         services.iter().any(|s| s[1] == 1 && data["names"][s[0].as_u64().unwrap() as usize] == "svc00007")
     );

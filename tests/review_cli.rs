@@ -189,6 +189,42 @@ fn graph_dot_has_every_edge_styled_by_verdict() {
 }
 
 #[test]
+fn graph_with_a_policy_judges_every_edge_by_the_policy_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = merged(dir.path());
+    // backup was recorded as would-deny; the policy now allows it, and enforces db.
+    let policy = dir.path().join("now.toml");
+    std::fs::write(
+        &policy,
+        "[modes]\ndb = \"enforce\"\n\n[[intention]]\nsource = \"backup\"\ndestination = \"db\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    let (f, p) = (fleet.to_str().unwrap(), policy.to_str().unwrap());
+    let dot = ok(&cordon(dir.path(), &["graph", "--db", f, "--format", "dot", "--policy", p]));
+    let line = |s: &str, d: &str| {
+        dot.lines().find(|l| l.contains(&format!("\"{s}\" -> \"{d}\""))).unwrap_or_else(|| panic!("{dot}"))
+    };
+    assert!(line("backup", "db").contains("allowed\", color=forestgreen"), "{dot}");
+    assert!(line("web", "db").contains("denied\", color=red"), "no intention for web now:\n{dot}");
+    assert!(line("legacy", "api").contains("would-deny\", color=darkorange"), "{dot}");
+
+    let text = ok(&cordon(dir.path(), &["graph", "--db", f, "--policy", p]));
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header.last(), Some(&"POLICY"));
+    let row = text.lines().find(|l| l.starts_with("backup ")).unwrap();
+    assert_eq!(row.split_whitespace().last(), Some("allowed"), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&ok(&cordon(
+        dir.path(),
+        &["graph", "--db", f, "--format", "json", "--policy", p],
+    )))
+    .unwrap();
+    let edge = |s: &str| json["edges"].as_array().unwrap().iter().find(|e| e["source"] == s).unwrap().clone();
+    assert_eq!(edge("backup")["policy"], "allowed");
+    assert_eq!(edge("ip:10.0.0.7")["policy"], "denied");
+}
+
+#[test]
 fn propose_writes_a_policy_with_proven_edges_only() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = merged(dir.path());
@@ -251,8 +287,12 @@ fn diff_says_which_services_are_ready_and_who_would_be_cut_off() {
     std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
     let out = ok(&cordon(dir.path(), &["diff", "--db", fleet.to_str().unwrap(), "--policy", "policy.toml"]));
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines.contains(&"api (enforce): ready to enforce"), "{out}");
-    assert!(lines.contains(&"db (learn): not ready: 3 callers would be cut off"), "{out}");
+    // api enforces already and refuses nobody; db has every reason it may not enforce.
+    assert!(lines.contains(&"api (enforce): enforcing"), "{out}");
+    assert!(
+        lines.contains(&"db (learn): not ready: 1 caller would be denied, 2 callers still in plaintext, history 9.0d of 30.0d"),
+        "{out}"
+    );
     let status = |caller: &str| {
         lines
             .iter()
@@ -262,17 +302,17 @@ fn diff_says_which_services_are_ready_and_who_would_be_cut_off() {
             .unwrap_or_else(|| panic!("{caller}:\n{out}"))[0]
             .to_owned()
     };
-    // backup first showed up on day 3 of 10: within the last 7 days of the history, so new too.
-    assert_eq!(status("backup"), "would-deny,rare,new");
+    // backup first showed up nine days ago: not within the last 7 days, so not new.
+    assert_eq!(status("backup"), "would-deny,rare");
     assert_eq!(status("reports"), "would-deny,plaintext");
-    assert_eq!(status("ip:10.0.0.7"), "would-deny,plaintext,new");
+    assert_eq!(status("ip:10.0.0.7"), "would-deny,plaintext");
     assert_eq!(status("web"), "ok");
 
     let one = ok(&cordon(
         dir.path(),
         &["diff", "--db", fleet.to_str().unwrap(), "--policy", "policy.toml", "--service", "api"],
     ));
-    assert!(one.starts_with("api (enforce): ready to enforce\n") && !one.contains("db ("), "{one}");
+    assert!(one.starts_with("api (enforce): enforcing\n") && !one.contains("db ("), "{one}");
 }
 
 /// host, hour, source, destination, connections, bytes back, first and last seen.

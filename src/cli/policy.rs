@@ -1,18 +1,35 @@
 //! `cordon check` and `cordon mode`: ask the policy, and flip a service between learn and enforce.
+//!
+//! Thin: gathers what the names are checked against and the evidence, calls
+//! [`crate::policy::flip()`], prints its outcome.
 
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
 
 use super::Outcome;
 use crate::base::Source;
-use crate::pki::ServiceName;
 use crate::policy::{
-    CutOff, DecisionContext, DeclaredCaller, Identified, Mode, Outcome as DecisionOutcome, Policy, Preflight,
-    Subject, Verdict, decide, preflight, set_mode,
+    Blocker, DecisionContext, FlipEvidence, FlipOutcome, FlipRequest, Identified, Mode, Note,
+    Outcome as DecisionOutcome, Policy, Readiness, ReadinessCaller, Subject, Verdict, check_known, days_text,
+    decide, flip,
 };
+
+/// Where else service names are known besides the policy: discovery, directly or through the
+/// agent's config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KnownArgs {
+    /// A discovery directory (Synapse-style JSON files): its services are known names, and it
+    /// names the bare addresses of plaintext callers.
+    #[arg(long, value_name = "DIR")]
+    pub discovery: Option<PathBuf>,
+    /// The agent's cordon.toml: its discovery directory, if it exists, as --discovery.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -23,6 +40,11 @@ pub struct CheckArgs {
     pub source: String,
     /// The destination service.
     pub destination: String,
+    /// A ledger or the fleet store whose recorded services are known names too.
+    #[arg(long, value_name = "LEDGER", value_parser = super::store::DbParser)]
+    pub db: Option<crate::store::Db>,
+    #[command(flatten)]
+    pub known: KnownArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,25 +57,82 @@ pub struct ModeArgs {
     /// learn (allow and record) or enforce (only intentions let a caller in).
     pub mode: Mode,
     /// Preflight an enforce flip against the traffic recorded in this ledger.
-    /// A ledger file or the fleet store (postgres://...).
+    /// A ledger file or the fleet store (postgres://...). An enforce flip needs it or --force.
     #[arg(long, value_name = "LEDGER", value_parser = super::store::DbParser)]
     pub db: Option<crate::store::Db>,
-    /// Flip even though the preflight finds callers that would be cut off.
+    /// Flip even though the preflight finds reasons not to (each is listed), or without --db.
     #[arg(long)]
     pub force: bool,
     /// With --db: the recorded traffic of SERVICE must span at least this long (30d, 12h), so a
     /// weekly or monthly job has had its chance to show up; 0 skips the check.
     #[arg(long, value_name = "WINDOW", value_parser = min_history, default_value = "30d")]
     pub min_history: std::time::Duration,
+    #[command(flatten)]
+    pub known: KnownArgs,
 }
 
-/// `--min-history`: a window, or `0` for none.
-fn min_history(s: &str) -> Result<std::time::Duration, String> {
-    if s == "0" { Ok(std::time::Duration::ZERO) } else { crate::graph::parse_window(s) }
+/// `--min-history`: a window (`30d`, `12h`, `90m`, `45s`), or `0` for none.
+pub(super) fn min_history(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    crate::base::parse_span(s, true).ok_or_else(|| {
+        format!("bad window {s:?}: expected 0 or a number followed by d, h, m or s (30d, 12h)")
+    })
+}
+
+/// Discovery as the names are checked against it: its services, and the service of an address.
+pub(super) struct Discovered(Option<cordon_discovery::Snapshot>);
+
+impl Discovered {
+    pub(super) fn load(args: &KnownArgs) -> anyhow::Result<Self> {
+        let dir = match (&args.discovery, &args.config) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(config)) => {
+                let dir = crate::agent::config::Config::load(config)?.discovery_dir;
+                dir.is_dir().then_some(dir)
+            }
+            (None, None) => None,
+        };
+        let snapshot = dir
+            .map(|d| {
+                cordon_discovery::load_dir(&d)
+                    .with_context(|| format!("{}: cannot read discovery", d.display()))
+            })
+            .transpose()?;
+        Ok(Discovered(snapshot))
+    }
+
+    pub(super) fn names(&self, into: &mut BTreeSet<String>) {
+        if let Some(s) = &self.0 {
+            into.extend(s.services().map(|(name, _)| name.to_owned()));
+        }
+    }
+
+    /// The one service discovery gives a backend on `ip`; none when it gives several.
+    pub(super) fn service_at(&self, ip: std::net::IpAddr) -> Option<String> {
+        match self.0.as_ref()?.services_at(ip) {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn observed_names(observed: &crate::graph::Observed, into: &mut BTreeSet<String>) {
+    into.extend(
+        observed.nodes.iter().filter(|n| n.kind == crate::graph::NodeKind::Service).map(|n| n.name.clone()),
+    );
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     let policy = Policy::load(&args.policy)?;
+    let mut known = BTreeSet::new();
+    Discovered::load(&args.known)?.names(&mut known);
+    if let Some(db) = &args.db {
+        observed_names(&super::review::load(db, None)?, &mut known);
+    }
+    // The destination must exist; any caller may be asked about (most are denied by default).
+    check_known(&policy, &known, &args.destination)?;
     // A name is a caller with a certificate; `ip:A.B.C.D` is a plaintext caller.
     let identified = if Source::names_address(&args.source) { Identified::Unknown } else { Identified::Mtls };
     let subject = Subject::recorded(&args.source, identified);
@@ -76,6 +155,61 @@ pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     Ok(if decision.verdict == Verdict::Allow { Outcome::Success } else { Outcome::No })
 }
 
+pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
+    let discovered = Discovered::load(&args.known)?;
+    let mut known = BTreeSet::new();
+    discovered.names(&mut known);
+    let observed = args.db.as_ref().map(|db| super::review::load(db, None)).transpose()?;
+    if let Some(o) = &observed {
+        observed_names(o, &mut known);
+    }
+    let evidence =
+        observed.as_ref().map(|o| crate::graph::evidence(o, &args.service, &|ip| discovered.service_at(ip)));
+    let origin = args.db.as_ref().map(ToString::to_string).unwrap_or_default();
+    let outcome = flip(&FlipRequest {
+        policy: &args.policy,
+        service: &args.service,
+        to: args.mode,
+        known: &known,
+        evidence: evidence.as_ref().map(|(callers, declared)| FlipEvidence {
+            origin: &origin,
+            callers,
+            declared,
+        }),
+        min_history: args.min_history,
+        force: args.force,
+        now: SystemTime::now(),
+    })?;
+    let mut out = std::io::stdout().lock();
+    print_outcome(&mut out, &outcome, &origin, &args.policy)?;
+    Ok(if outcome.flipped { Outcome::Success } else { Outcome::No })
+}
+
+fn print_outcome(out: &mut impl Write, o: &FlipOutcome, origin: &str, policy: &Path) -> anyhow::Result<()> {
+    if let Some(r) = &o.readiness {
+        print_readiness(out, r, origin)?;
+    }
+    if !o.flipped {
+        writeln!(
+            out,
+            "not flipped. Add intentions (cordon propose), wait for more history, or pass --force."
+        )?;
+        return Ok(());
+    }
+    if o.forced {
+        writeln!(out, "--force: flipping anyway, overriding:")?;
+        for reason in &o.overridden {
+            writeln!(out, "  {reason}")?;
+        }
+    }
+    if o.from == o.to {
+        writeln!(out, "{} was already in {} mode ({}).", o.service, o.to, policy.display())?;
+    } else {
+        writeln!(out, "{} is now in {} mode, was {} ({}).", o.service, o.to, o.from, policy.display())?;
+    }
+    Ok(())
+}
+
 fn ago(t: SystemTime) -> String {
     let secs = SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
     match secs {
@@ -86,114 +220,97 @@ fn ago(t: SystemTime) -> String {
     }
 }
 
-pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
-    ServiceName::new(&args.service).context("SERVICE")?;
-    let mut out = std::io::stdout().lock();
-    if args.mode == Mode::Enforce
-        && let Some(db) = &args.db
-    {
-        let text = std::fs::read_to_string(&args.policy)
-            .with_context(|| format!("{}: cannot read the policy", args.policy.display()))?;
-        let after = crate::policy::with_mode(&text, &args.policy, &args.service, Mode::Enforce)?;
-        let after = Policy::parse(&after, &args.policy)?;
-        let callers = db.callers_into(&args.service, None)?;
-        let observed = super::review::load(db, None)?;
-        let declared: Vec<DeclaredCaller> = observed
-            .declarations
-            .callers_of(&args.service)
-            .map(|d| DeclaredCaller {
-                identity: d.identity.clone(),
-                provenance: d.provenance(),
-                broad: d.broad,
-            })
-            .collect();
-        let check = preflight(&after, &args.service, &callers, &declared, args.min_history);
-        print_preflight(&mut out, &args, db, &check)?;
-        if !check.passes() {
-            if !args.force {
-                writeln!(
-                    out,
-                    "not flipped. Add intentions (cordon propose), wait for more history, or pass --force."
-                )?;
-                return Ok(Outcome::No);
-            }
-            writeln!(out, "--force: flipping anyway.")?;
-        }
-    }
-    set_mode(&args.policy, &args.service, args.mode)?;
-    writeln!(out, "{} is now in {} mode ({}).", args.service, args.mode, args.policy.display())?;
-    Ok(Outcome::Success)
-}
-
-/// Every finding of the preflight, refusals first.
-fn print_preflight(
-    out: &mut impl Write,
-    args: &ModeArgs,
-    db: &crate::store::Db,
-    check: &Preflight,
-) -> anyhow::Result<()> {
-    let svc = &args.service;
-    let days = |d: std::time::Duration| format!("{:.1}d", d.as_secs_f64() / 86_400.0);
-    match check.history {
-        None => writeln!(out, "history: no traffic of {svc} recorded in {}", db)?,
+/// Every finding of the preflight, blockers first.
+fn print_readiness(out: &mut impl Write, r: &Readiness, origin: &str) -> anyhow::Result<()> {
+    let svc = &r.service;
+    match r.history {
+        None => writeln!(out, "history: no traffic of {svc} recorded in {origin}")?,
         Some((first, last)) => writeln!(
             out,
             "history: the evidence for {svc} spans {} ({}..{})",
-            days(check.span()),
+            days_text(r.span()),
             crate::graph::format::minute(first),
             crate::graph::format::minute(last)
         )?,
     }
-    if check.too_short() {
-        writeln!(
-            out,
-            "refused: that is less than --min-history {}: a weekly or monthly job may not have run yet",
-            days(check.min_history)
-        )?;
-    }
-    let row = |out: &mut dyn Write, c: &CutOff| -> std::io::Result<()> {
+    let row = |out: &mut dyn Write, c: &ReadinessCaller, why: &str| -> std::io::Result<()> {
         let last = c.last_seen.map_or_else(|| "never".to_owned(), ago);
+        let how = match (c.last_seen, c.claimed) {
+            (None, _) => "declared".to_owned(),
+            (Some(_), true) => format!("{} (claimed)", c.identified),
+            (Some(_), false) => c.identified.as_str().to_owned(),
+        };
         writeln!(
             out,
-            "  {:<24} {:<13} {:>8} connections, last seen {:<10} {}",
-            c.source,
-            // A declared caller never seen has no evidence of its own.
-            c.last_seen.map_or("declared", |_| c.identified.as_str()),
-            c.connections,
-            last,
-            c.why
+            "  {:<24} {:<13} {:>8} connections, last seen {:<10} {why}",
+            c.source, how, c.connections, last
         )
     };
-    if check.cut.is_empty() {
-        writeln!(out, "preflight: every caller of {svc} recorded or declared in {} is allowed.", db)?;
+    let callers: Vec<&Blocker> = r.blockers.iter().filter(|b| b.caller().is_some()).collect();
+    for b in &r.blockers {
+        if let Blocker::HistoryShort { min, .. } = b {
+            writeln!(
+                out,
+                "refused: that is less than --min-history {}: a weekly or monthly job may not have run yet",
+                days_text(*min)
+            )?;
+        }
+    }
+    if callers.is_empty() {
+        writeln!(out, "preflight: every caller of {svc} recorded or declared in {origin} is allowed.")?;
     } else {
+        let n = r.blocked_by().len();
         writeln!(
             out,
-            "refused: {} of {svc} recorded or declared in {} would be cut off by enforcing it:",
-            match check.cut.len() {
-                1 => "1 caller".to_owned(),
-                n => format!("{n} callers"),
-            },
-            db
+            "refused: {} of {svc} recorded or declared in {origin} would be cut off by enforcing it:",
+            if n == 1 { "1 caller".to_owned() } else { format!("{n} callers") }
         )?;
-        for c in &check.cut {
-            row(out, c)?;
+        for b in callers {
+            let why = match b {
+                Blocker::WouldDeny { rule, .. } => rule.to_string(),
+                Blocker::Plaintext { rule, .. } => rule.to_string(),
+                Blocker::DeclaredNeverSeen { provenance, rule, .. } => {
+                    format!("declared ({provenance}), never seen; {rule}")
+                }
+                _ => String::new(),
+            };
+            if let Some(c) = b.caller() {
+                row(out, c, &why)?;
+            }
         }
     }
-    if !check.intended.is_empty() {
-        writeln!(out, "denied on purpose (an explicit deny intention names them; not blocking):")?;
-        for c in &check.intended {
-            row(out, c)?;
-        }
-    }
-    if !check.probes.is_empty() {
-        writeln!(
-            out,
+    let notes = |kind: &'static str| r.notes.iter().filter(move |n| n.kind() == kind);
+    let headed = [
+        ("denied-on-purpose", "denied on purpose (an explicit deny intention names them; not blocking):"),
+        (
+            "probe-only",
             "only probes (no byte either way; not blocking): a TCP connect check still connects under \
-             enforce, as cordon accepts before it decides; a check that speaks to the app would fail:"
-        )?;
-        for c in &check.probes {
-            row(out, c)?;
+             enforce, as cordon accepts before it decides; a check that speaks to the app would fail:",
+        ),
+        ("refused-now", "refused now (the service enforces already; not blocking):"),
+        (
+            "migrated",
+            "migrated (plaintext that ended before the same caller arrived over mTLS; not blocking):",
+        ),
+    ];
+    for (kind, head) in headed {
+        if notes(kind).next().is_none() {
+            continue;
+        }
+        writeln!(out, "{head}")?;
+        for n in notes(kind) {
+            let why = match n {
+                Note::DeniedOnPurpose { rule, .. }
+                | Note::ProbeOnly { rule, .. }
+                | Note::RefusedNow { rule, .. } => rule.to_string(),
+                Note::Migrated { caller, identity, mtls_since } => format!(
+                    "plaintext until {}, {identity} over mTLS since {}",
+                    caller.last_seen.map(crate::graph::format::minute).unwrap_or_default(),
+                    crate::graph::format::minute(*mtls_since)
+                ),
+                _ => String::new(),
+            };
+            row(out, n.caller(), &why)?;
         }
     }
     Ok(())

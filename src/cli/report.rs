@@ -25,6 +25,10 @@ pub struct Args {
     /// Only traffic recorded in this window (30d, 12h, 90m); the whole history by default.
     #[arg(long, value_name = "WINDOW", value_parser = graph::parse_window)]
     pub since: Option<std::time::Duration>,
+    /// A service's evidence must span at least this long (30d, 12h) to be ready, as `cordon
+    /// mode` asks; 0 skips the check.
+    #[arg(long, value_name = "WINDOW", value_parser = super::policy::min_history, default_value = "30d")]
+    pub min_history: std::time::Duration,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -39,7 +43,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let policy = Policy::load(&args.policy)?;
     let since = args.since.map(|w| std::time::SystemTime::now() - w);
     let observed = super::review::load(&args.db, since)?;
-    let services = graph::diff(&observed, &policy, None);
+    let judging = graph::Judging::at(args.min_history, std::time::SystemTime::now());
+    let services = graph::diff(&observed, &policy, None, &judging);
     let proposal = graph::propose(&observed, 1, Some(&policy));
     let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db)]);
     let html = report::render(&db_path, &observed, &policy, &services, &toml);

@@ -37,6 +37,10 @@ pub struct GraphArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: GraphFormat,
+    /// Judge every edge by this policy now (DOT colours, a POLICY column, a "policy" field)
+    /// instead of only the verdicts recorded at the time.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Propose intentions from the recorded graph, as policy TOML on stdout.
@@ -75,6 +79,23 @@ pub struct DiffArgs {
     /// reaches the app directly, bypassing cordon (nftables counters; needs root).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A service's evidence must span at least this long (30d, 12h) to be ready, as `cordon
+    /// mode` asks; 0 skips the check.
+    #[arg(long, value_name = "WINDOW", value_parser = super::policy::min_history, default_value = "30d")]
+    pub min_history: std::time::Duration,
+    /// Output format: text, or json (`cordon-diff/1`, the readiness of each service with every
+    /// reason; see docs/readiness.md).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
+}
+
+/// How `cordon diff` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    /// Per service its verdict and a table of its callers.
+    Text,
+    /// JSON: `{"format": "cordon-diff/1", "services": [readiness...]}`.
+    Json,
 }
 
 /// Combine host ledgers into one (idempotent, order-free).
@@ -105,10 +126,12 @@ fn print(text: &str) -> anyhow::Result<()> {
 
 pub fn graph(args: GraphArgs) -> anyhow::Result<Outcome> {
     let observed = load(&args.db, since(args.since))?;
+    let policy = args.policy.as_deref().map(load_policy).transpose()?;
+    let policy = policy.as_ref();
     print(&match args.format {
-        GraphFormat::Text => format::graph_text(&observed),
-        GraphFormat::Json => format::graph_json(&observed),
-        GraphFormat::Dot => format::graph_dot(&observed),
+        GraphFormat::Text => format::graph_text_by(&observed, policy),
+        GraphFormat::Json => format::graph_json_by(&observed, policy),
+        GraphFormat::Dot => format::graph_dot_by(&observed, policy),
     })?;
     Ok(Outcome::Success)
 }
@@ -139,7 +162,21 @@ pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
 pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let policy = load_policy(&args.policy)?;
     let observed = load(&args.db, since(args.since))?;
-    let services = graph::diff(&observed, &policy, args.service.as_deref());
+    let judging = graph::Judging::at(args.min_history, SystemTime::now());
+    let services = graph::diff(&observed, &policy, args.service.as_deref(), &judging);
+    if args.format == DiffFormat::Json {
+        let mut readiness = Vec::with_capacity(services.len());
+        for s in &services {
+            let mut v = serde_json::to_value(&s.readiness)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("summary".into(), s.summary().into());
+            }
+            readiness.push(v);
+        }
+        let doc = serde_json::json!({ "format": "cordon-diff/1", "services": readiness });
+        print(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
+        return Ok(Outcome::Success);
+    }
     print(&format::diff_text(&services))?;
     if let Some(path) = &args.config {
         print(&lockdown_lines(path, args.service.as_deref())?)?;

@@ -135,9 +135,14 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         "Every connection goes through cordon over mutual TLS, and every connection is allowed.\n\
          The destination's agent records who called, proven by the caller's certificate.",
     );
+    // When db's first call had certainly been recorded: the lower end of its evidence.
+    let mut db_first_done = None;
     for (caller, callee, n) in TRAFFIC {
         for i in 0..*n {
             call(world, caller, callee, &format!("request {i}")).await?;
+            if *callee == "db" && db_first_done.is_none() {
+                db_first_done = Some(Instant::now());
+            }
         }
         say(&format!("   {caller:>6} -> {callee:<6} {n:>3} requests"));
     }
@@ -152,6 +157,8 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     let sample = call(world, "web", "db", "SELECT 1").await?;
     say(&format!("   web asked db \"SELECT 1\" and got back: \"{sample}\""));
     let db_inbound = inbound_of(world, "db")?;
+    // The evidence for db spans at least from its first call's end to the last call's start.
+    let db_span = db_first_done.map_or(Duration::ZERO, |t| t.elapsed());
     let stolen = stolen::dial(world, "cache", "db", db_inbound, "SELECT * FROM users").await?;
     if stolen.is_empty() {
         bail!("in learn mode the stolen certificate should have been let in");
@@ -172,6 +179,20 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     args.extend(ledgers.iter().map(String::as_str));
     show(world, &args)?;
     show(world, &["graph", "--db", "fleet.db"])?;
+    // The history every readiness check asks for, fitted to the demo's own traffic.
+    let window = match db_span.as_secs() {
+        0 => "0".to_owned(),
+        s => format!("{s}s"),
+    };
+    let held = match db_span.as_secs() {
+        0 => "under a second".to_owned(),
+        _ => crate::policy::days_text(db_span),
+    };
+    say(&format!(
+        "   db's evidence spans {held}: the demo's whole learning phase. Readiness asks for 30 days\n   \
+         of history by default, so that a weekly or monthly job has had its chance to show up; the\n   \
+         demo passes --min-history {window} (its own traffic's length) to mode, diff and report instead."
+    ));
 
     step(
         4,
@@ -179,7 +200,10 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         "With no intentions, enforcing db would cut off every caller. cordon checks the flip against\n\
          the recorded traffic first and refuses it:",
     );
-    let (ok, _) = show(world, &["mode", "--policy", "policy.toml", "db", "enforce", "--db", "fleet.db"])?;
+    let (ok, _) = show(
+        world,
+        &["mode", "--policy", "policy.toml", "db", "enforce", "--db", "fleet.db", "--min-history", &window],
+    )?;
     if ok {
         bail!("the preflight should have refused to enforce db with an empty policy");
     }
@@ -208,9 +232,10 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         6,
         "review",
         "Per service: would anyone be cut off? Who calls rarely (a nightly job is the classic outage)?\n\
-         Who still talks plaintext?",
+         Who still talks plaintext? diff gives the same readiness as the preflight of `cordon mode`,\n\
+         every reason with it (api: its caller reports still talks plaintext).",
     );
-    show(world, &["diff", "--db", "fleet.db", "--policy", "policy.toml"])?;
+    show(world, &["diff", "--db", "fleet.db", "--policy", "policy.toml", "--min-history", &window])?;
     show(world, &["check", "--policy", "policy.toml", "web", "db"])?;
     show(world, &["check", "--policy", "policy.toml", "cache", "db"])?;
 
@@ -218,13 +243,13 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
         7,
         "enforce db, and only db",
         "The preflight passes now: every caller is allowed, and cache is denied on purpose. The\n\
-         demo's ledger is a minute old, so it passes --min-history 0; on a real fleet keep the\n\
-         default 30d, so that a weekly or monthly job has had its chance to show up first.\n\
+         demo's ledger is a minute old, so it passes the demo's --min-history; on a real fleet keep\n\
+         the default 30d, so that a weekly or monthly job has had its chance to show up first.\n\
          Every agent picks up the new policy within a second.",
     );
     let (ok, _) = show(
         world,
-        &["mode", "--policy", "policy.toml", "db", "enforce", "--db", "fleet.db", "--min-history", "0"],
+        &["mode", "--policy", "policy.toml", "db", "enforce", "--db", "fleet.db", "--min-history", &window],
     )?;
     if !ok {
         bail!("enforcing db was refused after adopting the proposal");
@@ -260,8 +285,20 @@ async fn scenario(world: &mut World) -> anyhow::Result<()> {
     );
     wait_for_ledger(world).await?;
     show(world, &args)?;
-    let (ok, _) =
-        show(world, &["report", "--db", "fleet.db", "--policy", "policy.toml", "--out", "report.html"])?;
+    let (ok, _) = show(
+        world,
+        &[
+            "report",
+            "--db",
+            "fleet.db",
+            "--policy",
+            "policy.toml",
+            "--out",
+            "report.html",
+            "--min-history",
+            &window,
+        ],
+    )?;
     if !ok {
         bail!("cordon report failed");
     }

@@ -1,33 +1,29 @@
-//! Readiness: for each destination, what enforcing it under the current policy would do to the
-//! callers the ledger recorded.
+//! Readiness of every destination, as `cordon diff` and the report show it: the recorded callers
+//! turned into evidence ([`evidence`]) and judged by the one readiness
+//! ([`crate::policy::readiness()`]), the same function `cordon mode`'s preflight calls, beside the
+//! per-caller facts people read (verdict now, rare, days seen, declared).
 //!
-//! A caller is cut off when the one decision ([`crate::policy::decide_in`]) would refuse it were
-//! the destination enforced: the intentions deny it, or it still arrives in plaintext. A caller seen on only one or two days is flagged as rare:
-//! periodic jobs (a nightly backup, a monthly report) are the classic outage after a flip. Rare
-//! is only flagged once the window holds at least [`RARE_AFTER_DAYS`] days, so a young ledger does
-//! not flag everything; so is a caller first seen in the last [`NEW_DAYS`] days of the history.
-//!
-//! Beside the evidence, the declarations ([`super::declared`]): a caller that declares but not this
-//! service is *undeclared*; an identity that declares the service and was never seen is listed
-//! (and counts as cut off when the policy would deny it and its declaration is specific). A caller
-//! an explicit deny intention names is denied on purpose and not cut off; neither is a probe-only
-//! caller (no byte either way: its connect check still connects under enforce).
+//! A caller seen on only one or two days is flagged as rare: periodic jobs (a nightly backup, a
+//! monthly report) are the classic outage after a flip. Rare is only flagged once the window
+//! holds at least [`RARE_AFTER_DAYS`] days, so a young ledger does not flag everything.
 
-use std::time::SystemTime;
-
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use super::{Declared, Observed};
+use super::{Declared, Observed, ObservedEdge};
 use crate::policy::{
-    DecisionContext, Identified, Mode, Policy, Proof, Subject, Verdict, decide_in, intended_deny,
+    DecisionContext, Evidence, Identified, Mode, Policy, Proof, Question, Readiness, Subject, Verdict,
+    decide_in, intended_deny, readiness,
 };
 
 /// Days a window must span before callers seen on one or two days count as rare.
 pub const RARE_AFTER_DAYS: u64 = 7;
 /// At most this many distinct days make a caller rare.
 pub const RARE_DAYS: u32 = 2;
-/// A caller first seen within this many days of the latest record is new.
-pub const NEW_DAYS: u64 = 7;
+/// A caller first seen within this many days of now is new (see [`crate::policy::NEW_AFTER`]).
+pub const NEW_DAYS: u64 = crate::policy::NEW_AFTER.as_secs() / 86_400;
 
 /// One recorded caller of a destination, judged by the current policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +45,12 @@ pub struct CallerReadiness {
     pub denied_by_intentions: bool,
     /// Seen on few days in a long window: likely a periodic job.
     pub rare: bool,
-    /// First seen in the last [`NEW_DAYS`] days of a long window.
+    /// First seen in the last [`NEW_DAYS`] days (readiness says so).
     pub new: bool,
+    /// Plaintext evidence superseded by the same caller's later mTLS evidence (readiness says so).
+    pub migrated: bool,
+    /// Readiness names it among the reasons the destination may not enforce.
+    pub blocks: bool,
     /// What the caller's declarations say of this service.
     pub declared: Declared,
     /// No byte either way: only probes.
@@ -65,10 +65,10 @@ impl CallerReadiness {
         self.identified.is_plaintext()
     }
 
-    /// Would be refused if the destination were enforced now, and that would break something: not
-    /// a probe, not denied on purpose.
+    /// Would be refused if the destination were enforced now, and that would break something:
+    /// readiness names it as a reason not to enforce.
     pub fn cut_off(&self) -> bool {
-        !self.probe_only && self.refused_if_enforced && !self.intended_deny
+        self.blocks
     }
 }
 
@@ -83,12 +83,14 @@ pub struct DeclaredCaller {
     /// What the current policy says of it.
     pub verdict: Verdict,
     pub intended_deny: bool,
+    /// Readiness names it among the reasons the destination may not enforce.
+    pub blocks: bool,
 }
 
 impl DeclaredCaller {
-    /// A specific declaration the policy would deny by default.
+    /// A specific declaration the policy would deny: readiness counts it.
     pub fn cut_off(&self) -> bool {
-        !self.broad && self.verdict == Verdict::Deny && !self.intended_deny
+        self.blocks
     }
 }
 
@@ -102,28 +104,21 @@ pub struct ServiceReadiness {
     pub callers: Vec<CallerReadiness>,
     /// Identities that declare the service and were never seen calling it, sorted.
     pub declared_never_seen: Vec<DeclaredCaller>,
-    /// The earliest and latest recorded moment of its traffic.
+    /// The earliest and latest moment of the evidence that counts for its history.
     pub history: Option<(SystemTime, SystemTime)>,
+    /// The one readiness: every reason it may not enforce, and the notes.
+    pub readiness: Readiness,
 }
 
 impl ServiceReadiness {
     /// Distinct callers (by name) that enforcing would cut off.
     pub fn cut_off(&self) -> usize {
-        let mut names: Vec<&str> = self
-            .callers
-            .iter()
-            .filter(|c| c.cut_off())
-            .map(|c| c.source.as_str())
-            .chain(self.declared_never_seen.iter().filter(|d| d.cut_off()).map(|d| d.source.as_str()))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names.len()
+        self.readiness.blocked_by().len()
     }
 
-    /// How long the recorded traffic spans.
-    pub fn history_span(&self) -> std::time::Duration {
-        self.history.map_or_else(Default::default, |(f, l)| l.duration_since(f).unwrap_or_default())
+    /// How long the evidence that counts for its history spans.
+    pub fn history_span(&self) -> Duration {
+        self.readiness.span()
     }
 
     /// Distinct callers whose declarations do not name the service.
@@ -148,52 +143,114 @@ impl ServiceReadiness {
         names
     }
 
-    /// No recorded or specifically declared caller would be cut off.
+    /// Readiness finds no reason not to enforce.
     pub fn ready(&self) -> bool {
-        self.cut_off() == 0
+        self.readiness.ready
     }
 
-    /// The one-line verdict: `ready to enforce` or `not ready: N callers would be cut off`.
+    /// The one-line verdict, every reason in it: `ready to enforce` or `not ready: 2 callers would
+    /// be denied, history 8.7d of 30.0d`.
     pub fn summary(&self) -> String {
-        match self.cut_off() {
-            0 => "ready to enforce".to_owned(),
-            1 => "not ready: 1 caller would be cut off".to_owned(),
-            n => format!("not ready: {n} callers would be cut off"),
-        }
+        self.readiness.summary()
     }
+}
+
+/// What readiness is judged with besides the ledger and the policy.
+#[derive(Clone, Copy)]
+pub struct Judging<'a> {
+    pub min_history: Duration,
+    pub now: SystemTime,
+    /// The service discovery maps a bare address to now, if any (migration of `ip:` callers).
+    pub discovered: &'a dyn Fn(IpAddr) -> Option<String>,
+}
+
+impl std::fmt::Debug for Judging<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Judging").field("min_history", &self.min_history).field("now", &self.now).finish()
+    }
+}
+
+impl Judging<'_> {
+    /// `min_history` at `now`, without discovery.
+    pub fn at(min_history: Duration, now: SystemTime) -> Judging<'static> {
+        Judging { min_history, now, discovered: &|_| None }
+    }
+}
+
+/// One recorded caller as readiness weighs it.
+pub fn evidence_of(
+    e: &ObservedEdge,
+    observed: &Observed,
+    discovered: &dyn Fn(IpAddr) -> Option<String>,
+) -> Evidence {
+    Evidence {
+        source: e.source.clone(),
+        identified: e.identified,
+        discovered_as: crate::policy::address_of(&e.source).and_then(discovered),
+        claimed: false,
+        connections: e.connections,
+        probe_only: super::declared::probe_only(e),
+        first_seen: e.first_seen,
+        last_seen: e.last_seen,
+        undeclared: observed.declarations.edge(&e.source, &e.destination) == Declared::No,
+    }
+}
+
+/// The evidence and the declarations of `service`, as `cordon mode`'s preflight judges them.
+pub fn evidence(
+    observed: &Observed,
+    service: &str,
+    discovered: &dyn Fn(IpAddr) -> Option<String>,
+) -> (Vec<Evidence>, Vec<crate::policy::DeclaredCaller>) {
+    let callers = observed
+        .edges
+        .iter()
+        .filter(|e| e.destination == service)
+        .map(|e| evidence_of(e, observed, discovered))
+        .collect();
+    (callers, declared_of(observed, service))
+}
+
+fn declared_of(observed: &Observed, service: &str) -> Vec<crate::policy::DeclaredCaller> {
+    let mut out: Vec<crate::policy::DeclaredCaller> = observed
+        .declarations
+        .callers_of(service)
+        .map(|d| crate::policy::DeclaredCaller {
+            identity: d.identity.clone(),
+            provenance: d.provenance(),
+            broad: d.broad,
+        })
+        .collect();
+    out.sort_by(|a, b| a.identity.cmp(&b.identity));
+    out
 }
 
 /// Readiness of every recorded destination (or only `service`, which is reported even when the
 /// ledger holds no caller of it), sorted by name.
-pub fn diff(observed: &Observed, policy: &Policy, service: Option<&str>) -> Vec<ServiceReadiness> {
-    let ctx = DecisionContext::review();
+pub fn diff(
+    observed: &Observed,
+    policy: &Policy,
+    service: Option<&str>,
+    judging: &Judging<'_>,
+) -> Vec<ServiceReadiness> {
+    let ctx = DecisionContext { now: judging.now, bundle: None };
     let span = observed.span();
     let long_window = span.is_some_and(|(first, last)| {
         last.duration_since(first).unwrap_or_default().as_secs() >= RARE_AFTER_DAYS * 86_400
     });
-    let new_after =
-        span.and_then(|(_, last)| last.checked_sub(std::time::Duration::from_secs(NEW_DAYS * 86_400)));
     let decl = &observed.declarations;
     let mut out: Vec<ServiceReadiness> = Vec::new();
+    let mut evidence: HashMap<String, Vec<Evidence>> = HashMap::new();
     // Edges are sorted by destination, then source: one pass groups them.
     for e in &observed.edges {
         if service.is_some_and(|s| s != e.destination) {
             continue;
         }
         if out.last().is_none_or(|s| s.service != e.destination) {
-            out.push(ServiceReadiness {
-                service: e.destination.clone(),
-                mode: policy.mode(&e.destination),
-                callers: Vec::new(),
-                declared_never_seen: Vec::new(),
-                history: None,
-            });
+            out.push(empty(&e.destination, policy));
         }
         let Some(current) = out.last_mut() else { continue };
-        current.history = Some(match current.history {
-            None => (e.first_seen, e.last_seen),
-            Some((f, l)) => (f.min(e.first_seen), l.max(e.last_seen)),
-        });
+        evidence.entry(e.destination.clone()).or_default().push(evidence_of(e, observed, judging.discovered));
         let subject = Subject::recorded(&e.source, e.identified);
         let now = decide_in(policy, &subject, &e.destination, current.mode, &ctx);
         let enforced = decide_in(policy, &subject, &e.destination, Mode::Enforce, &ctx);
@@ -212,7 +269,9 @@ pub fn diff(observed: &Observed, policy: &Policy, service: Option<&str>) -> Vec<
             intended_deny: intended_deny(policy, &e.source, &e.destination, &enforced),
             rule: enforced.rule,
             rare: long_window && e.days_seen <= RARE_DAYS,
-            new: long_window && new_after.is_some_and(|t| e.first_seen >= t),
+            new: false,
+            migrated: false,
+            blocks: false,
             declared: decl.edge(&e.source, &e.destination),
             probe_only: super::declared::probe_only(e),
         });
@@ -244,18 +303,82 @@ pub fn diff(observed: &Observed, policy: &Policy, service: Option<&str>) -> Vec<
                 broad: d.broad,
                 verdict: decision.verdict,
                 intended_deny: intended_deny(policy, &d.identity, svc, &decision),
+                blocks: false,
             });
         }
+    }
+    // Each identity's declarations, gathered per service once (a fleet has thousands of both).
+    let mut declared_by_service: HashMap<&str, Vec<crate::policy::DeclaredCaller>> = HashMap::new();
+    for d in decl.by_identity.values() {
+        for svc in &d.services {
+            declared_by_service.entry(svc.as_str()).or_default().push(crate::policy::DeclaredCaller {
+                identity: d.identity.clone(),
+                provenance: d.provenance(),
+                broad: d.broad,
+            });
+        }
+    }
+    let nothing = (Vec::new(), Vec::new());
+    for s in &mut out {
+        let callers = evidence.get(&s.service).unwrap_or(&nothing.0);
+        let declared = declared_by_service.get_mut(s.service.as_str()).map_or(&nothing.1, |d| {
+            d.sort_by(|a, b| a.identity.cmp(&b.identity));
+            &*d
+        });
+        // Deciding as if enforced ignores the policy's modes: the policy now judges as the policy
+        // after the flip would.
+        s.readiness = readiness(&Question {
+            service: &s.service,
+            mode_now: s.mode,
+            policy_after: policy,
+            evidence: callers,
+            declared,
+            min_history: judging.min_history,
+            now: judging.now,
+        });
+        s.history = s.readiness.history;
+        mark(s);
     }
     out
 }
 
+/// Copies readiness's per-caller findings onto the rows people read.
+fn mark(s: &mut ServiceReadiness) {
+    use crate::policy::{Blocker, Note};
+    let r = &s.readiness;
+    let is = |c: &crate::policy::ReadinessCaller, row: &CallerReadiness| {
+        c.source == row.source && c.identified == row.identified
+    };
+    for row in &mut s.callers {
+        row.blocks = r.blockers.iter().filter_map(Blocker::caller).any(|c| is(c, row));
+        row.new = r.notes.iter().any(|n| matches!(n, Note::New { caller } if is(caller, row)));
+        row.migrated = r.notes.iter().any(|n| matches!(n, Note::Migrated { caller, .. } if is(caller, row)));
+    }
+    for d in &mut s.declared_never_seen {
+        d.blocks = r
+            .blockers
+            .iter()
+            .any(|b| matches!(b, Blocker::DeclaredNeverSeen { caller, .. } if caller.source == d.source));
+    }
+}
+
 fn empty(service: &str, policy: &Policy) -> ServiceReadiness {
+    let mode = policy.mode(service);
     ServiceReadiness {
         service: service.to_owned(),
-        mode: policy.mode(service),
+        mode,
         callers: Vec::new(),
         declared_never_seen: Vec::new(),
         history: None,
+        // Replaced by the judged readiness before `diff` returns.
+        readiness: Readiness {
+            service: service.to_owned(),
+            mode_now: mode,
+            ready: false,
+            blockers: Vec::new(),
+            notes: Vec::new(),
+            history: None,
+            min_history: Duration::ZERO,
+        },
     }
 }

@@ -62,9 +62,22 @@ fn outcomes(e: &super::ObservedEdge) -> String {
     if parts.is_empty() { "-".to_owned() } else { parts.join(",") }
 }
 
+/// What `policy` (the policy now, `cordon graph --policy`) does to a recorded edge in its
+/// destination's mode now: `allowed`, `would-deny` or `denied`, by the one decision.
+pub fn policy_outcome(policy: &crate::policy::Policy, e: &super::ObservedEdge) -> &'static str {
+    use crate::policy::{DecisionContext, Subject, decide};
+    let subject = Subject::recorded(&e.source, e.identified);
+    decide(policy, &subject, &e.destination, &DecisionContext::review()).outcome.as_str()
+}
+
 /// The graph as an aligned table, one edge a line, with a header line. Every cell is one
 /// whitespace-free token, so the table splits back on whitespace.
 pub fn graph_text(observed: &Observed) -> String {
+    graph_text_by(observed, None)
+}
+
+/// [`graph_text`], with a `POLICY` column: what `policy` does to each edge now.
+pub fn graph_text_by(observed: &Observed, policy: Option<&crate::policy::Policy>) -> String {
     let mut rows = vec![
         [
             "SOURCE",
@@ -82,6 +95,9 @@ pub fn graph_text(observed: &Observed) -> String {
         .map(String::from)
         .to_vec(),
     ];
+    if policy.is_some() {
+        rows[0].push("POLICY".to_owned());
+    }
     for e in &observed.edges {
         rows.push(vec![
             e.source.clone(),
@@ -96,11 +112,17 @@ pub fn graph_text(observed: &Observed) -> String {
             outcomes(e),
             declared_cell(observed, &e.source, &e.destination).to_owned(),
         ]);
+        if let (Some(p), Some(row)) = (policy, rows.last_mut()) {
+            row.push(policy_outcome(p, e).to_owned());
+        }
     }
     for (d, service) in observed.declarations.never_seen(observed) {
         let mut row = vec![d.identity.clone(), service.to_owned(), "declared".to_owned()];
         row.extend(["0", "0", "0", "-", "-", "0", "never-seen"].map(String::from));
         row.push(declared_cell(observed, &d.identity, service).to_owned());
+        if policy.is_some() {
+            row.push("-".to_owned());
+        }
         rows.push(row);
     }
     table(&rows, "")
@@ -118,6 +140,11 @@ fn declared_cell(observed: &Observed, source: &str, destination: &str) -> &'stat
 
 /// The graph as JSON (`cordon-graph/1`), pretty-printed.
 pub fn graph_json(observed: &Observed) -> String {
+    graph_json_by(observed, None)
+}
+
+/// [`graph_json`], each edge with `"policy"`: what `policy` does to it now.
+pub fn graph_json_by(observed: &Observed, policy: Option<&crate::policy::Policy>) -> String {
     let nodes: Vec<_> = observed
         .nodes
         .iter()
@@ -132,7 +159,7 @@ pub fn graph_json(observed: &Observed) -> String {
         .edges
         .iter()
         .map(|e| {
-            json!({
+            let mut edge = json!({
                 "source": e.source, "destination": e.destination, "identified": e.identified.as_str(),
                 "connections": e.connections,
                 "bytes_to_destination": e.bytes_to_destination, "bytes_to_source": e.bytes_to_source,
@@ -144,7 +171,11 @@ pub fn graph_json(observed: &Observed) -> String {
                     "-" => serde_json::Value::Null,
                     d => d.into(),
                 },
-            })
+            });
+            if let (Some(p), Some(o)) = (policy, edge.as_object_mut()) {
+                o.insert("policy".into(), policy_outcome(p, e).into());
+            }
+            edge
         })
         .collect();
     let declarations: Vec<_> = observed
@@ -201,6 +232,12 @@ fn quoted(s: &str) -> String {
 /// not name says `undeclared` (`broad` when a broad declaration names it); a declared edge never
 /// seen is grey and dashed with a hollow arrowhead.
 pub fn graph_dot(observed: &Observed) -> String {
+    graph_dot_by(observed, None)
+}
+
+/// [`graph_dot`], with each edge's colour and verdict from what `policy` does to it now rather
+/// than from what was recorded at the time.
+pub fn graph_dot_by(observed: &Observed, policy: Option<&crate::policy::Policy>) -> String {
     let mut out = String::from(
         "digraph cordon {\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"sans-serif\"];\n  edge [fontname=\"sans-serif\", fontsize=10];\n",
     );
@@ -208,12 +245,16 @@ pub fn graph_dot(observed: &Observed) -> String {
         let _ = writeln!(out, "  {} [shape=ellipse, style=dashed];", quoted(&n.name));
     }
     for e in &observed.edges {
-        let (color, verdict) = if e.denied > 0 {
-            ("red", "denied")
-        } else if e.would_deny > 0 {
-            ("darkorange", "would-deny")
-        } else {
-            ("forestgreen", "allowed")
+        let verdict = match policy {
+            Some(p) => policy_outcome(p, e),
+            None if e.denied > 0 => "denied",
+            None if e.would_deny > 0 => "would-deny",
+            None => "allowed",
+        };
+        let color = match verdict {
+            "denied" => "red",
+            "would-deny" => "darkorange",
+            _ => "forestgreen",
         };
         let style = match e.identified {
             Identified::Mtls => "solid",

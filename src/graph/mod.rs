@@ -14,7 +14,7 @@ pub mod propose;
 pub mod report;
 
 pub use declared::{Declarations, Declared, Declarer};
-pub use diff::{CallerReadiness, ServiceReadiness, diff};
+pub use diff::{CallerReadiness, Judging, ServiceReadiness, diff, evidence};
 pub use propose::{Basis, DeclaredOnly, Proposal, ProposedIntention, Unproven, propose};
 
 use std::collections::HashMap;

@@ -8,6 +8,11 @@ use crate::policy::{Identified, Mode, Policy, Verdict};
 
 const DAY: u64 = 86_400;
 
+/// Readiness on day 20, with no minimum history (the windows here are short on purpose).
+fn judge(o: &Observed, p: &Policy, service: Option<&str>) -> Vec<ServiceReadiness> {
+    diff(o, p, service, &Judging::at(Duration::ZERO, UNIX_EPOCH + Duration::from_secs(20 * DAY)))
+}
+
 fn edge(
     source: &str,
     destination: &str,
@@ -94,14 +99,14 @@ fn diff_flags_rare_callers_only_in_a_long_window() {
         edge("cron", "db", Identified::Mtls, 1, (2, 2)),
     ]);
     let table = policy(&[], &[("web", "db", "allow"), ("cron", "db", "allow")]);
-    let r = diff(&short, &table, None);
+    let r = judge(&short, &table, None);
     assert!(r[0].ready() && r[0].callers.iter().all(|c| !c.rare));
 
     let long = observed(vec![
         edge("web", "db", Identified::Mtls, 50, (0, 20)),
         edge("cron", "db", Identified::Mtls, 1, (2, 2)),
     ]);
-    let r = diff(&long, &table, None);
+    let r = judge(&long, &table, None);
     let cron = r[0].callers.iter().find(|c| c.source == "cron").unwrap();
     assert!(cron.rare && !cron.cut_off());
     assert_eq!(r[0].summary(), "ready to enforce");
@@ -116,14 +121,16 @@ fn diff_counts_each_cut_off_caller_once() {
         edge("web", "api", Identified::Mtls, 5, (1, 1)),
     ]);
     let table = policy(&[("db", "enforce")], &[("web", "db", "allow")]);
-    let r = diff(&o, &table, None);
+    let r = judge(&o, &table, None);
     assert_eq!(r.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(), ["api", "db"]);
     assert_eq!(r[1].mode, Mode::Enforce);
-    // web still arrives in plaintext too, batch is denied: two callers.
-    assert_eq!(r[1].summary(), "not ready: 2 callers would be cut off");
-    assert_eq!(r[0].summary(), "not ready: 1 caller would be cut off");
+    // db enforces already: web still arriving in plaintext and batch are refused now, which does
+    // not keep it from staying so.
+    assert_eq!(r[1].summary(), "enforcing: 2 callers refused now");
+    assert!(r[1].ready() && r[1].cut_off() == 0);
+    assert_eq!(r[0].summary(), "not ready: 1 caller would be denied");
 
-    let only = diff(&o, &table, Some("nothing"));
+    let only = judge(&o, &table, Some("nothing"));
     assert_eq!((only.len(), only[0].callers.len(), only[0].ready()), (1, 0, true));
 }
 
@@ -251,7 +258,7 @@ fn diff_shows_declared_undeclared_new_and_probe_only_callers() {
         declaration("q-1", "quarterly", &["db"]),
     ]);
     let table = policy(&[], &[("web", "db", "allow"), ("stolen", "db", "deny")]);
-    let r = diff(&o, &table, Some("db"));
+    let r = judge(&o, &table, Some("db"));
     let db = &r[0];
     assert_eq!(db.undeclared(), ["intruder", "stolen"]);
     assert_eq!(db.new_callers(), ["intruder", "stolen"]);
@@ -259,7 +266,11 @@ fn diff_shows_declared_undeclared_new_and_probe_only_callers() {
     assert_eq!(db.declared_never_seen.len(), 1);
     assert!(db.declared_never_seen[0].cut_off(), "quarterly is declared, denied by default");
     // intruder (default deny) and quarterly; not the probe, not stolen (denied on purpose).
-    assert_eq!(db.summary(), "not ready: 2 callers would be cut off");
+    assert_eq!(
+        db.summary(),
+        "not ready: 1 caller would be denied, 1 declared caller never seen and would be denied"
+    );
+    assert_eq!(db.cut_off(), 2);
     assert_eq!(db.history_span(), Duration::from_secs(20 * DAY));
     let text = format::diff_text(&r);
     assert!(text.contains("declared, never seen: quarterly (haproxy.cfg on q-1, would-deny)"), "{text}");
@@ -289,9 +300,9 @@ fn refused_connections_are_no_probes() {
     let mut refused = probe("batch", "db", 3);
     (refused.allowed, refused.denied) = (0, 3);
     let o = observed(vec![refused, probe("monitor", "db", 9)]);
-    let r = diff(&o, &policy(&[], &[]), None);
+    let r = judge(&o, &policy(&[], &[]), None);
     assert_eq!(r[0].probe_only(), ["monitor"]);
-    assert_eq!(r[0].summary(), "not ready: 1 caller would be cut off");
+    assert_eq!(r[0].summary(), "not ready: 1 caller would be denied");
     let p = propose(&o, 1, None);
     assert_eq!(p.intentions.iter().map(|i| i.source.as_str()).collect::<Vec<_>>(), ["batch"]);
 }

@@ -7,7 +7,8 @@
 //! against the trust bundle in force, it arrived over mTLS, and the most specific intention for
 //! the pair allows it. A destination that learns lets in what the rule would refuse, and says so
 //! (`would-deny`), except a certificate that is no longer good: that is refused in every mode,
-//! as a fresh handshake with it would be.
+//! as a fresh handshake with it would be. A plaintext caller is always refused; when a deny
+//! intention names its address (`ip:A.B.C.D` or a CIDR range), that intention is the reason.
 //!
 //! Pure: no I/O, no clock (the time comes in), no allocation on the paths the data plane takes.
 
@@ -193,7 +194,13 @@ pub fn decide_in(
             }
         }
         Proof::Recorded => {}
-        Proof::Plaintext => return refuse(Reason::Plaintext, &PLAINTEXT, Outcome::of(mode, Verdict::Deny)),
+        Proof::Plaintext => {
+            // A deny that names the address acknowledges the caller: refused on purpose.
+            if let Some(found) = policy.address_deny(subject.source, destination) {
+                return refuse(Reason::Intention, &found.rule, Outcome::of(mode, Verdict::Deny));
+            }
+            return refuse(Reason::Plaintext, &PLAINTEXT, Outcome::of(mode, Verdict::Deny));
+        }
     }
     let found = policy.intention_for(subject.source, destination);
     Decision {
@@ -231,6 +238,11 @@ action = "deny"
 source = "*"
 destination = "cache"
 action = "allow"
+
+[[intention]]
+source = "ip:10.9.0.0/16"
+destination = "db"
+action = "deny"
 "#;
 
     fn policy() -> Policy {
@@ -268,6 +280,9 @@ action = "allow"
             // enforce: plaintext is refused even where an intention allows the name
             ("web",   Proof::Plaintext, "db",    &live,    Verdict::Deny,  Denied,    Plaintext),
             ("ip:10.0.0.7", Proof::Plaintext, "db", &live, Verdict::Deny,  Denied,    Plaintext),
+            // a deny naming the caller's address acknowledges it: the intention is the reason
+            ("ip:10.9.3.4", Proof::Plaintext, "db", &live, Verdict::Deny,  Denied,    Intention),
+            ("ip:10.9.3.4", Proof::Plaintext, "search", &live, Verdict::Deny, WouldDeny, Plaintext),
             // learn: everything passes, the refusals are would-deny
             ("api",   cert(B1),         "search", &live,   Verdict::Deny,  WouldDeny, NoIntention),
             ("web",   Proof::Plaintext, "search", &live,   Verdict::Deny,  WouldDeny, Plaintext),

@@ -1,5 +1,5 @@
 //! Changing a service's mode in `policy.toml` (`cordon mode`), keeping every comment and the order
-//! of everything else. The preflight that checks an enforce flip is [`super::preflight`].
+//! of everything else. The preflight that checks an enforce flip is [`super::readiness()`], run by [`super::flip()`].
 
 use std::path::Path;
 

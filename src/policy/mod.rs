@@ -1,24 +1,31 @@
-//! Policy: intentions and per-service modes, the decision for a caller, the switch between
-//! learn and enforce, and the decision log.
+//! Policy: intentions and per-service modes, the decision for a caller, readiness to enforce, the
+//! switch between learn and enforce, and the decision log.
 //!
 //! Owns the `policy.toml` format. Evaluation is pure and allocation-free; file writes (mode flips,
 //! the decision log) happen off the data plane.
 
+mod address;
 mod decide;
 mod edit;
+mod flip;
 mod log;
 mod parse;
-mod preflight;
+mod readiness;
 mod watch;
 
 use std::path::PathBuf;
 
 pub use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};
+pub use address::{AddressRange, address_of};
 pub use decide::{Decision, DecisionContext, Proof, Reason, Subject, decide, decide_in};
 pub use edit::{set_mode, with_mode};
+pub use flip::{FlipError, FlipEvidence, FlipOutcome, FlipRequest, check_known, closest, flip, policy_names};
 pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
 pub use parse::{ANY, Intention, Match, Policy};
-pub use preflight::{CutOff, DeclaredCaller, Preflight, intended_deny, preflight};
+pub use readiness::{
+    Blocker, Caller as ReadinessCaller, DeclaredCaller, Evidence, NEW_AFTER, Note, Question, Readiness,
+    days_text, intended_deny, readiness,
+};
 pub use watch::{PolicyWatcher, ReloadStats};
 
 /// Why a policy was refused or could not be written.

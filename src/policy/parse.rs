@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::address::{AddressRange, address_of};
 use super::{Mode, PolicyError, Verdict};
 use crate::base::ServiceName;
 
@@ -79,6 +80,9 @@ pub struct Policy {
     rule_names: Vec<Arc<str>>,
     by_destination: HashMap<String, Rules>,
     any_destination: Rules,
+    /// Deny intentions that name a plaintext address or range, most specific first: (range,
+    /// destination, index into `intentions`).
+    address_rules: Vec<(AddressRange, String, usize)>,
     no_match: Arc<str>,
 }
 
@@ -150,7 +154,18 @@ impl Policy {
         for raw in &raw.intentions {
             let line = line_of(text, raw.span().start);
             let r = raw.get_ref();
-            check_name("source", r.source.get_ref(), line_of(text, r.source.span().start), &mut problems);
+            let source_line = line_of(text, r.source.span().start);
+            let address = match AddressRange::parse(r.source.get_ref()) {
+                None => {
+                    check_name("source", r.source.get_ref(), source_line, &mut problems);
+                    None
+                }
+                Some(Ok(range)) => Some(range),
+                Some(Err(e)) => {
+                    problems.push(format!("line {source_line}: source: {e}"));
+                    None
+                }
+            };
             check_name(
                 "destination",
                 r.destination.get_ref(),
@@ -164,6 +179,14 @@ impl Policy {
                     continue;
                 }
             };
+            if address.is_some() && action == Verdict::Allow {
+                problems.push(format!(
+                    "line {line}: source {}: an address may only be denied (enforce admits no plaintext \
+                     caller; migrate it to cordon and allow its service instead)",
+                    r.source.get_ref()
+                ));
+                continue;
+            }
             let pair = (r.source.get_ref().clone(), r.destination.get_ref().clone());
             if let Some(prev) = seen.insert(pair.clone(), line) {
                 problems.push(format!(
@@ -189,7 +212,12 @@ impl Policy {
             .collect();
         let mut by_destination: HashMap<String, Rules> = HashMap::new();
         let mut any_destination = Rules::default();
+        let mut address_rules = Vec::new();
         for (idx, i) in intentions.iter().enumerate() {
+            if let Some(Ok(range)) = AddressRange::parse(&i.source) {
+                address_rules.push((range, i.destination.clone(), idx));
+                continue;
+            }
             let rules = if i.destination == ANY {
                 &mut any_destination
             } else {
@@ -201,6 +229,10 @@ impl Policy {
                 rules.by_source.insert(i.source.clone(), idx);
             }
         }
+        // Most specific first: a named destination before `*`, then the longest prefix.
+        address_rules.sort_by_key(|(range, dest, _): &(AddressRange, String, usize)| {
+            (dest == ANY, std::cmp::Reverse(range.prefix()))
+        });
         Ok(Policy {
             origin: origin.to_owned(),
             version: version_of(text),
@@ -210,6 +242,7 @@ impl Policy {
             rule_names,
             by_destination,
             any_destination,
+            address_rules,
             no_match: Arc::from("no matching intention (default deny)"),
         })
     }
@@ -238,6 +271,24 @@ impl Policy {
             }
             None => Match { verdict: Verdict::Deny, rule: self.no_match.clone(), explicit: false },
         }
+    }
+
+    /// The deny intention that names the plaintext caller `source` (`ip:A.B.C.D`) by its address
+    /// or a range holding it, for `destination` or for `*`, most specific first. Allocates
+    /// nothing.
+    pub fn address_deny(&self, source: &str, destination: &str) -> Option<Match> {
+        if self.address_rules.is_empty() {
+            return None;
+        }
+        let ip = address_of(source)?;
+        self.address_rules
+            .iter()
+            .find(|(range, dest, _)| (dest == destination || dest == ANY) && range.contains(ip))
+            .map(|(_, _, i)| Match {
+                verdict: self.intentions[*i].action,
+                rule: self.rule_names[*i].clone(),
+                explicit: true,
+            })
     }
 
     pub fn intentions(&self) -> &[Intention] {

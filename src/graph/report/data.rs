@@ -20,6 +20,10 @@ use crate::policy::{Identified, Mode};
 pub const EDGE_FIELDS: [&str; 10] =
     ["source", "destination", "class", "identified", "connections", "bytes", "first", "last", "days", "rare"];
 
+/// The reasons a service may not enforce, in the order of the bits of a service row's last field
+/// (the kinds of [`crate::policy::Blocker`]).
+pub const READINESS_REASONS: [&str; 4] = ["would-deny", "plaintext", "declared-never-seen", "history-short"];
+
 /// Writes `s` as a JSON string that is also safe inside an HTML script element.
 pub fn json_str(out: &mut String, s: &str) {
     out.push('"');
@@ -88,8 +92,14 @@ pub fn encode(observed: &Observed, class: &[EdgeClass], services: &[ServiceReadi
     for (k, (i, _)) in addresses.enumerate() {
         let _ = write!(out, "{}{i}", if k > 0 { "," } else { "" });
     }
-    // One row per destination: name, mode, ready, callers cut off, the one-line summary.
-    out.push_str(r#"],"services":["#);
+    // One row per destination: name, mode, ready, callers cut off, the one-line summary, the
+    // history's span in days, and a bit per reason it may not enforce (READINESS_REASONS).
+    out.push_str(r#"],"reasons":["#);
+    for (i, r) in READINESS_REASONS.iter().enumerate() {
+        let _ = write!(out, "{}\"{r}\"", if i > 0 { "," } else { "" });
+    }
+    let min_history = services.first().map_or(0.0, |s| s.readiness.min_history.as_secs_f64() / 86_400.0);
+    let _ = write!(out, r#"],"min_history_days":{min_history:.1},"services":["#);
     let mut first = true;
     for s in services {
         let Some(&i) = index.get(s.service.as_str()) else { continue };
@@ -102,7 +112,10 @@ pub fn encode(observed: &Observed, class: &[EdgeClass], services: &[ServiceReadi
             s.cut_off()
         );
         json_str(&mut out, &s.summary());
-        out.push(']');
+        let reasons = s.readiness.blockers.iter().fold(0u32, |bits, b| {
+            bits | READINESS_REASONS.iter().position(|r| *r == b.kind()).map_or(0, |i| 1 << i)
+        });
+        let _ = write!(out, ",{:.1},{reasons}]", s.history_span().as_secs_f64() / 86_400.0);
         first = false;
     }
     out.push_str(r#"],"edges":["#);

@@ -212,7 +212,7 @@ pub fn render(
 <noscript><p>The overview, search and focus views need JavaScript (inline; nothing is fetched).</p></noscript></section>
 <section id="focus" hidden><div id="focus-head"></div>{LEGEND}<div id="focus-body"></div></section>
 {picture}
-<section id="overview"><h2>Overview</h2><p class="hint">Click a group to list its services, a service to focus on its callers and callees.</p><div class="groups"><div><h3>By readiness</h3><div id="by-readiness"></div></div><div><h3>By number of callers</h3><div id="by-callers"></div></div></div><div id="group-list"></div></section>
+<section id="overview"><h2>Overview</h2><p class="hint">Click a group to list its services, a service to focus on its callers and callees.</p><div class="groups"><div><h3>By readiness</h3><div id="by-readiness"></div></div><div><h3>Not ready, by reason</h3><div id="by-reason"></div></div><div><h3>By number of callers</h3><div id="by-callers"></div></div></div><div id="group-list"></div></section>
 {table}
 <section><h2>Proposed intentions</h2><p>What <code>cordon propose</code> suggests adding to the policy (plaintext callers appear only as comments).</p><pre>{proposal}</pre></section>
 </main>

@@ -144,6 +144,34 @@
   }
   var readinessMembers = groups(document.getElementById("by-readiness"), readinessNames, readinessGroup,
     function (g) { return ["not-ready", "ready", "enforce", "refusing", "caller", "address"][g]; });
+  // Not ready, by reason: a service is in every group one of its reasons names.
+  (function () {
+    var labels = {
+      "would-deny": "callers the policy would deny",
+      "plaintext": "callers still in plaintext",
+      "declared-never-seen": "declared callers never seen",
+      "history-short": "history shorter than " + D.min_history_days + " days"
+    };
+    var members = D.reasons.map(function () { return []; });
+    D.services.forEach(function (r) {
+      D.reasons.forEach(function (_, i) { if (r[6] & (1 << i)) members[i].push(r[0]); });
+    });
+    var box = document.getElementById("by-reason");
+    var most = Math.max.apply(null, members.map(function (m) { return m.length; }).concat([1]));
+    D.reasons.forEach(function (reason, i) {
+      if (!members[i].length) return;
+      var b = el("button", "group not-ready");
+      b.type = "button";
+      b.appendChild(el("span", "label", labels[reason] || reason));
+      b.appendChild(el("span", "count", String(members[i].length)));
+      var bar = el("span", "bar");
+      bar.style.width = Math.max(2, 100 * members[i].length / most) + "%";
+      b.appendChild(bar);
+      b.addEventListener("click", function () { showGroup("not ready: " + (labels[reason] || reason), members[i]); });
+      box.appendChild(b);
+    });
+    if (!box.childNodes.length) box.appendChild(el("p", "none", "every service is ready"));
+  })();
   groups(document.getElementById("by-callers"), callerBuckets.map(function (_, b) { return bucketName(b); }),
     callerGroup, function () { return "callers"; });
   var first = readinessMembers[0].length ? 0 : 1;
@@ -323,6 +351,10 @@
     var verdict = svc[v] ? svc[v][4] : isAddr[v] ? "an address discovery does not know: it cannot be given an intention"
       : "a caller only: nothing recorded calls it";
     head.appendChild(el("p", svc[v] && !svc[v][2] ? "verdict not-ready" : "verdict ready", verdict));
+    if (svc[v]) {
+      head.appendChild(el("p", "n history", "history: the evidence spans " + svc[v][5] + " days (readiness asks for " +
+        D.min_history_days + ")"));
+    }
     var callers = peers(inE[v], F.source), callees = peers(outE[v], F.destination);
     head.appendChild(el("p", "n", callers.length + " caller(s), " + connIn[v] + " connections in; calls " +
       callees.length + " service(s)"));
