@@ -1,5 +1,5 @@
 //! Policy: intentions and per-service modes, the decision for a caller, the switch between
-//! learn and enforce, and the decision log.
+//! learn and enforce, and the decision log (cordon JSON lines or OCSF, to a file or syslog).
 //!
 //! Owns the `policy.toml` format. Evaluation is pure and allocation-free; file writes (mode flips,
 //! the decision log) happen off the data plane.
@@ -7,8 +7,11 @@
 mod decide;
 mod edit;
 mod log;
+mod log_settings;
+mod ocsf;
 mod parse;
 mod preflight;
+mod syslog;
 mod watch;
 
 use std::path::PathBuf;
@@ -16,7 +19,9 @@ use std::path::PathBuf;
 pub use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};
 pub use decide::{Decision, DecisionContext, Proof, Reason, Subject, decide, decide_in};
 pub use edit::{set_mode, with_mode};
-pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
+pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord, TlsSeen};
+pub use log_settings::{DEFAULT_SYSLOG_SOCKET, DecisionFormat, DecisionLogSettings, DecisionSink};
+pub use ocsf::{OCSF_VERSION, Origin};
 pub use parse::{ANY, Intention, Match, Policy};
 pub use preflight::{CutOff, DeclaredCaller, Preflight, intended_deny, preflight};
 pub use watch::{PolicyWatcher, ReloadStats};
