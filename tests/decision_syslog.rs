@@ -118,19 +118,40 @@ async fn an_agent_sends_its_refusals_to_rsyslog_as_rfc5424_ocsf_messages() {
     let log =
         format!("decision_log = \"syslog:{}\"\ndecision_log_format = \"ocsf\"", rsyslog.socket().display());
     let (db, inbound) = enforcing_db(&world, &log).await;
+    // The lateral move: a host holding batch's certificate tries db.
+    world.write_discovery("db", &[(localhost(), 1, Some(inbound.port()))]);
+    world.issue("batch");
+    let batch = Agent::start(world.config("batch-host", &[], &[("db", "batch")])).await.unwrap();
+    let refused = round_trip(batch.bound().upstream("db").unwrap(), b"let me in").await;
+    assert!(refused.map(|r| r.is_empty()).unwrap_or(true), "batch gets nothing from db");
+    // And 50 plaintext callers.
     refuse_plaintext(inbound, 50).await;
     let got = tokio::task::spawn_blocking(move || {
-        let got = rsyslog.wait_for(50, 30 * SECOND);
+        let got = rsyslog.wait_for(51, 30 * SECOND);
         (got, rsyslog)
     })
     .await
     .unwrap();
     let (got, rsyslog) = got;
-    assert_eq!(got.len(), 50);
+    assert_eq!(got.len(), 51);
     assert!(got.iter().all(|r| r["disposition"] == "Blocked" && r["dst_endpoint"]["port"] == inbound.port()));
+    let spiffe = format!("spiffe://{TRUST_DOMAIN}/service/batch");
+    assert!(
+        got.iter().any(|r| r["src_endpoint"]["uid"] == spiffe.as_str()),
+        "batch's refusal, by its SPIFFE ID"
+    );
     assert_eq!(dropped(&db), 0.0);
+    batch.shutdown().await;
     db.shutdown().await;
     ocsf_check(test, &rsyslog.records());
+    // As it arrives: one RFC 5424 message per record (shown in docs/operations.md).
+    let full = std::fs::read_to_string(rsyslog.full()).unwrap();
+    let line = full.lines().find(|l| l.contains(&spiffe)).unwrap();
+    assert!(
+        line.starts_with("<36>1 ") && line.contains(" db-host cordon ") && line.contains(" ocsf - {"),
+        "{line}"
+    );
+    eprintln!("as rsyslog wrote it:\n{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

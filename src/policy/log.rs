@@ -1,6 +1,6 @@
 //! The decision log: one record per denial and per would-deny, for a SIEM.
 //!
-//! Each record is written in cordon's own JSON lines (docs/decision-log.md) or as an OCSF event
+//! Each record is written in cordon's own JSON lines (docs/policy.md) or as an OCSF event
 //! ([`super::ocsf`]), to a file or to syslog ([`super::syslog`]), as `decision_log` and
 //! `decision_log_format` say ([`DecisionLogSettings`]).
 //!
@@ -87,7 +87,7 @@ impl TlsSeen {
     }
 }
 
-/// One line of the log (the schema is documented in docs/decision-log.md).
+/// One line of the log (the schema is documented in docs/policy.md).
 #[derive(Debug, Serialize)]
 struct Line<'a> {
     time: String,
@@ -420,7 +420,7 @@ impl Writer {
         }
     }
 
-    /// cordon's own line (docs/decision-log.md).
+    /// cordon's own line (docs/policy.md).
     fn write_cordon(&mut self, r: &DecisionRecord, count: u64, until: Option<SystemTime>) {
         let line = Line {
             time: rfc3339(r.at),

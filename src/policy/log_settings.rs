@@ -3,7 +3,7 @@
 //!
 //! `decision_log` is a file path, `"syslog:"` (the local syslog socket, `/dev/log`) or
 //! `"syslog:/path/to/socket"`; `decision_log_format` is `"cordon"` (the default: cordon's own
-//! JSON lines, docs/decision-log.md) or `"ocsf"` (OCSF 1.5.0 Network Activity events).
+//! JSON lines, docs/policy.md) or `"ocsf"` (OCSF 1.5.0 Network Activity events).
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,7 @@ pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 /// How each record is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DecisionFormat {
-    /// cordon's own JSON lines (docs/decision-log.md).
+    /// cordon's own JSON lines (docs/policy.md).
     #[default]
     Cordon,
     /// OCSF 1.5.0 Network Activity events (class 4001), one JSON object per record.
