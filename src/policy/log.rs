@@ -17,19 +17,16 @@
 //! to the socket again (after the daemon restarted).
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tracing::{error, info};
 
+use super::log_file::FileSink;
 use super::log_settings::{DecisionFormat, DecisionLogSettings, DecisionSink};
 use super::ocsf::Origin;
 use super::syslog::{Severity, Syslog};
@@ -41,8 +38,6 @@ pub const DENIALS_PER_SOURCE_PER_SECOND: u32 = 10;
 const CAPACITY: usize = 16_384;
 /// How long the writer lets records queue up after one wakes it (see `Writer::run`).
 const GATHER: Duration = Duration::from_millis(5);
-/// How often the writer checks that the path still names the file it writes.
-const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// One decision worth logging.
 #[derive(Debug, Clone)]
@@ -212,25 +207,6 @@ struct Fold {
     count: u64,
 }
 
-/// A file's device and inode: what the path must still name for the writer to keep its file.
-type FileId = (u64, u64);
-
-/// Opens `path` for appending (created if missing) and reads which file it is.
-fn open_append(path: &Path) -> std::io::Result<(std::fs::File, FileId)> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
-    let meta = file.metadata()?;
-    Ok((file, (meta.dev(), meta.ino())))
-}
-
-/// A file the writer appends to, reopened when rotated.
-struct FileSink {
-    out: BufWriter<std::fs::File>,
-    /// The open file's identity, compared with the path's at most every [`ROTATION_CHECK`].
-    id: FileId,
-    checked: Instant,
-    path: PathBuf,
-}
-
 /// Where the writer puts each record.
 enum Sink {
     File(FileSink),
@@ -254,61 +230,6 @@ fn secs(t: SystemTime) -> u64 {
 
 fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-impl FileSink {
-    fn open(path: &Path) -> Result<FileSink, PolicyError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| PolicyError::Write { path: dir.to_owned(), message: e.to_string() })?;
-        }
-        let (file, id) = open_append(path)
-            .map_err(|e| PolicyError::Write { path: path.to_owned(), message: e.to_string() })?;
-        Ok(FileSink { out: BufWriter::new(file), id, checked: Instant::now(), path: path.to_owned() })
-    }
-
-    /// Reopens the path when it no longer names the open file (checked once a [`ROTATION_CHECK`]).
-    fn check_rotation(&mut self) {
-        if self.checked.elapsed() >= ROTATION_CHECK {
-            self.checked = Instant::now();
-            let current = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
-            if current != Some(self.id) {
-                self.reopen();
-            }
-        }
-    }
-
-    /// Flushes what is buffered into the file open now (a rotated file keeps its records), then
-    /// opens the path again. If that fails the writer keeps its file and tries again later.
-    fn reopen(&mut self) {
-        self.flush();
-        match open_append(&self.path) {
-            Ok((file, id)) => {
-                if id != self.id {
-                    info!(path = %self.path.display(), "decision log reopened");
-                }
-                self.out = BufWriter::new(file);
-                self.id = id;
-            }
-            Err(e) => {
-                error!(path = %self.path.display(), error = %e, "cannot reopen the decision log; writing to the old file")
-            }
-        }
-        self.checked = Instant::now();
-    }
-
-    fn write_line(&mut self, line: &[u8]) {
-        let res = self.out.write_all(line).and_then(|_| self.out.write_all(b"\n"));
-        if let Err(e) = res {
-            error!(path = %self.path.display(), error = %e, "decision log write failed");
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Err(e) = self.out.flush() {
-            error!(path = %self.path.display(), error = %e, "decision log flush failed");
-        }
-    }
 }
 
 impl Writer {
@@ -450,6 +371,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn denial(i: usize) -> DecisionRecord {
         DecisionRecord {

@@ -7,6 +7,7 @@
 mod decide;
 mod edit;
 mod log;
+mod log_file;
 mod log_settings;
 mod ocsf;
 mod parse;
