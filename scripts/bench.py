@@ -119,13 +119,15 @@ POLICY = {
     "enforce": '[modes]\n"*" = "enforce"\n[[intention]]\nsource = "web"\ndestination = "db"\naction = "allow"\n',
 }
 open("policy.toml", "w").write(POLICY["learn"])
-def agent_cfg(name, admin, body, proxy="", discovery="discovery", policy="policy.toml", log_format="cordon"):
+def agent_cfg(name, admin, body, proxy="", discovery="discovery", policy="policy.toml", log_format=None):
+    # Only when asked: an older binary (BENCH_BASELINE) does not know decision_log_format.
+    fmt_line = f'decision_log_format = "{log_format}"' if log_format else ""
     open(f"{name}.toml", "w").write(f"""trust_domain = "{TD}"
 discovery_dir = "{discovery}"
 policy = "{policy}"
 state_dir = "state-{name}"
 decision_log = "decisions-{name}.jsonl"
-decision_log_format = "{log_format}"
+{fmt_line}
 admin = "127.0.0.1:{admin}"
 [tls]
 ca = "ca/ca.pem"

@@ -11,6 +11,8 @@ use crate::base::config_path;
 
 /// The local syslog socket `"syslog:"` names.
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+/// The longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// How each record is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,10 +80,24 @@ impl DecisionLogSettings {
                 DecisionFormat::Cordon
             }
         };
-        let log = log?;
+        let Some(log) = log else {
+            if format != DecisionFormat::Cordon {
+                problems.push("decision_log_format: set, but there is no decision_log to write".into());
+            }
+            return None;
+        };
         let sink = match log.strip_prefix("syslog:") {
             Some("") => DecisionSink::Syslog(PathBuf::from(DEFAULT_SYSLOG_SOCKET)),
-            Some(socket) => DecisionSink::Syslog(config_path("decision_log", socket.into(), base, problems)),
+            Some(socket) => {
+                let path = config_path("decision_log", socket.into(), base, problems);
+                let len = path.as_os_str().len();
+                if len > MAX_SOCKET_PATH {
+                    problems.push(format!(
+                        "decision_log: the syslog socket's path is {len} bytes; a unix socket's takes at most {MAX_SOCKET_PATH}"
+                    ));
+                }
+                DecisionSink::Syslog(path)
+            }
             None => DecisionSink::File(config_path("decision_log", log.into(), base, problems)),
         };
         Some(DecisionLogSettings { sink, format })
@@ -118,5 +134,13 @@ mod tests {
         assert_eq!(p, ["decision_log_format: must be \"cordon\" or \"ocsf\""]);
         let (_, p) = check("", None);
         assert_eq!(p, ["decision_log: must not be empty"]);
+        let (_, p) = check(&format!("syslog:/{}", "s".repeat(120)), None);
+        assert_eq!(
+            p,
+            ["decision_log: the syslog socket's path is 121 bytes; a unix socket's takes at most 107"]
+        );
+        let mut p = Vec::new();
+        assert_eq!(DecisionLogSettings::validate(None, Some("ocsf".into()), Path::new("/"), &mut p), None);
+        assert_eq!(p, ["decision_log_format: set, but there is no decision_log to write"]);
     }
 }
