@@ -16,6 +16,11 @@ BASELINE = os.path.abspath(os.environ["BENCH_BASELINE"]) if os.environ.get("BENC
 # BENCH_PERF=dir: `perf record -g` of the proxies during every measurement of the first round, to
 # dir/<topology>-<test>.data (read with `perf report -i ...`).
 PERF = os.path.abspath(os.environ["BENCH_PERF"]) if os.environ.get("BENCH_PERF") else None
+# BENCH_DECISIONS=1: two more cordon pairs whose inbound writes a decision record for every app
+# connection (learn mode, no intention: each is a would-deny), one in cordon's format and one with
+# decision_log_format = "ocsf", measured in the same rounds as "decisions-cordon" and
+# "decisions-ocsf", to show what OCSF records cost the data plane.
+DECISIONS = os.environ.get("BENCH_DECISIONS") == "1"
 TICK = os.sysconf("SC_CLK_TCK")
 work = tempfile.mkdtemp(prefix="cordon-bench-")
 procs = []
@@ -114,12 +119,15 @@ POLICY = {
     "enforce": '[modes]\n"*" = "enforce"\n[[intention]]\nsource = "web"\ndestination = "db"\naction = "allow"\n',
 }
 open("policy.toml", "w").write(POLICY["learn"])
-def agent_cfg(name, admin, body, proxy="", discovery="discovery"):
+def agent_cfg(name, admin, body, proxy="", discovery="discovery", policy="policy.toml", log_format=None):
+    # Only when asked: an older binary (BENCH_BASELINE) does not know decision_log_format.
+    fmt_line = f'decision_log_format = "{log_format}"' if log_format else ""
     open(f"{name}.toml", "w").write(f"""trust_domain = "{TD}"
 discovery_dir = "{discovery}"
-policy = "policy.toml"
+policy = "{policy}"
 state_dir = "state-{name}"
 decision_log = "decisions-{name}.jsonl"
+{fmt_line}
 admin = "127.0.0.1:{admin}"
 [tls]
 ca = "ca/ca.pem"
@@ -163,6 +171,25 @@ if BASELINE:
     for p in (CO_OUT_B, CO_IN_B, CO_OUT_BT):
         wait_port(p, "baseline cordon")
 
+DEC = {}  # format -> (outbound port, outbound agent, inbound agent, inbound admin port)
+if DECISIONS:
+    # No intention, learn: every app connection is a would-deny, and so a decision record.
+    open("policy-would-deny.toml", "w").write('[modes]\n"*" = "learn"\n')
+    for fmt in ("cordon", "ocsf"):
+        out_p, in_p, adm_out, adm_in = port(), port(), port(), port()
+        os.makedirs(f"discovery-{fmt}", exist_ok=True)
+        open(f"discovery-{fmt}/db.json", "w").write(
+            f'[{{"host": "127.0.0.1", "port": {APP}, "name": "db-1", "labels": {{"cordon_mtls_port": "{in_p}"}}}}]')
+        agent_cfg(f"in-{fmt}", adm_in, f'[[service]]\nname = "db"\nlisten = "127.0.0.1:{in_p}"\napp = "127.0.0.1:{APP}"\n',
+                  policy="policy-would-deny.toml", log_format=fmt)
+        agent_cfg(f"out-{fmt}", adm_out, f'[[upstream]]\nservice = "db"\nlisten = "127.0.0.1:{out_p}"\nidentity = "web"\n',
+                  discovery=f"discovery-{fmt}", policy="policy-would-deny.toml")
+        i = start([CORDON, "agent", "--config", f"in-{fmt}.toml"], f"cordon-in-{fmt}.log")
+        o = start([CORDON, "agent", "--config", f"out-{fmt}.toml"], f"cordon-out-{fmt}.log")
+        DEC[fmt] = (out_p, o, i, adm_in)
+    for out_p, _, _, _ in DEC.values():
+        wait_port(out_p, "decisions cordon")
+
 def set_mode(mode):
     tmp = "policy.toml.tmp"
     open(tmp, "w").write(POLICY[mode]); os.rename(tmp, "policy.toml")
@@ -179,6 +206,8 @@ TOPOLOGIES = {
 if BASELINE:
     TOPOLOGIES["cordon-baseline"] = (CO_OUT_B, [co_out_b.pid, co_in_b.pid])
     TOPOLOGIES["cordon-base-no-reuse"] = (CO_OUT_BT, [co_out_bt.pid, co_in_b.pid])
+for fmt, (out_p, o, i, _) in DEC.items():
+    TOPOLOGIES[f"decisions-{fmt}"] = (out_p, [o.pid, i.pid])
 # Topologies measured by some tests only (the rest: every test).
 ONLY = {"cordon-no-reuse": {"connect"}, "cordon-base-no-reuse": {"connect"}}
 TESTS = {
@@ -263,6 +292,19 @@ if BASELINE:
         b, c = med("cordon-base-no-reuse", "connect", "cpu_per_unit"), med("cordon-no-reuse", "connect", "cpu_per_unit")
         print(f"connect without reuse: proxy CPU {b*1e6:8.1f} -> {c*1e6:8.1f} us per conn ({c/b:5.2f}x)   "
               f"rate {med('cordon-base-no-reuse', 'connect'):10.1f} -> {med('cordon-no-reuse', 'connect'):10.1f} conn/s")
+if DECISIONS:
+    import urllib.request
+    print("\n== decision records: OCSF against cordon's format (learn, every app connection a would-deny, same rounds)")
+    for test in TESTS:
+        c, o = med("decisions-cordon", test, "cpu_per_unit"), med("decisions-ocsf", test, "cpu_per_unit")
+        print(f"{test:9} proxy CPU {c*1e6:8.1f} -> {o*1e6:8.1f} us per {PER[test]} ({o/c:5.2f}x)   "
+              f"rate {med('decisions-cordon', test):10.1f} -> {med('decisions-ocsf', test):10.1f} {UNIT[test]}")
+    for fmt, (_, _, _, adm) in DEC.items():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{adm}/metrics", timeout=5).read().decode()
+        n = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                if l.startswith("cordon_verdicts_total") and 'outcome="would-deny"' in l)
+        d = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("cordon_decision_log_dropped_total"))
+        print(f"inbound {fmt:6}: {n:.0f} would-deny decisions handed to the decision log, {d:.0f} dropped")
 print("\n== the HTTP/2 hop against the framed hop (both enforce, same inbound, same rounds)")
 for test in TESTS:
     f, h = "cordon-enforce", "cordon-h2"

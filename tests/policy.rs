@@ -260,11 +260,18 @@ fn record(source: &str, outcome: Outcome, at: SystemTime) -> DecisionRecord {
         at,
         source: source.into(),
         source_addr: "10.0.0.7:40000".parse::<SocketAddr>().unwrap(),
+        local_addr: "10.0.0.8:14000".parse::<SocketAddr>().unwrap(),
         destination: "db".into(),
         mode: if outcome == Outcome::Denied { Mode::Enforce } else { Mode::Learn },
         outcome,
         rule: Arc::from("no matching intention (default deny)"),
-        tls: true,
+        reason: cordon::policy::Reason::NoIntention,
+        // What an mTLS caller's handshake showed (the cordon format reads only that there was one).
+        tls: Some(Arc::new(cordon::policy::TlsSeen {
+            version: "1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            leaf: rustls_pki_types::CertificateDer::from(Vec::new()),
+        })),
         identified: Identified::Mtls,
     }
 }

@@ -194,6 +194,17 @@ fn rfc3339_ms(ms: i64) -> Option<String> {
     (ms > 0).then(|| rfc3339(crate::ledger::from_ms(ms)))
 }
 
+/// The decision log's dropped records on `/metrics`.
+pub(crate) fn register_decision_log(metrics: &mut Metrics, log: &crate::policy::DecisionLog) {
+    let log = log.clone();
+    metrics.register_collector(ScrapeCollector::new(
+        "decision_log_dropped",
+        "Decision records dropped: the writer fell behind, or syslog did not take them",
+        Kind::Counter,
+        move || vec![(vec![], log.dropped() as f64)],
+    ));
+}
+
 /// The shipper's counters on `/metrics`.
 pub(crate) fn register_shipper(metrics: &mut Metrics, stats: &Arc<crate::store::ShipStats>) {
     let st = stats.clone();

@@ -42,7 +42,8 @@ struct RawConfig {
     discovery_dir: PathBuf,
     policy: PathBuf,
     state_dir: PathBuf,
-    decision_log: Option<PathBuf>,
+    decision_log: Option<String>,
+    decision_log_format: Option<String>,
     admin: Option<String>,
     #[serde(default)]
     admin_allow_remote: bool,
@@ -109,7 +110,8 @@ pub struct Config {
     pub discovery_dir: PathBuf,
     pub policy: PathBuf,
     pub state_dir: PathBuf,
-    pub decision_log: Option<PathBuf>,
+    /// `decision_log` and `decision_log_format`.
+    pub decision_log: Option<crate::policy::DecisionLogSettings>,
     pub admin: Option<SocketAddr>,
     /// The name this host's ledger rows carry.
     pub host: String,
@@ -169,7 +171,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
     let discovery_dir = path("discovery_dir", raw.discovery_dir, &mut problems);
     let policy = path("policy", raw.policy, &mut problems);
     let state_dir = path("state_dir", raw.state_dir, &mut problems);
-    let decision_log = raw.decision_log.map(|p| path("decision_log", p, &mut problems));
+    let decision_log = crate::policy::DecisionLogSettings::validate(
+        raw.decision_log,
+        raw.decision_log_format,
+        base,
+        &mut problems,
+    );
 
     // Listener addresses, by who claims them, to refuse two listeners on one address.
     let mut listeners: BTreeMap<SocketAddr, String> = BTreeMap::new();

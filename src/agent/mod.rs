@@ -167,7 +167,11 @@ impl Agent {
             None => None,
         };
         declare_upstreams(&config, &recorder_handle);
-        let decisions = DecisionLog::open(config.decision_log.as_deref())?;
+        let origin = crate::policy::Origin {
+            trust_domain: config.trust_domain.to_string(),
+            host: config.host.clone(),
+        };
+        let decisions = DecisionLog::start(config.decision_log.as_ref(), origin)?;
 
         // Bind everything before serving anything, so a taken port fails the start cleanly.
         let bind = |what: String, addr: SocketAddr| async move {
@@ -203,6 +207,7 @@ impl Agent {
         if let Some(s) = &shipper {
             admin::register_shipper(&mut metrics, s.stats());
         }
+        admin::register_decision_log(&mut metrics, &decisions);
         let metrics = Arc::new(metrics);
         let life = Lifecycle::new();
 

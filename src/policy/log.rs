@@ -1,4 +1,8 @@
-//! The decision log: JSON lines for a SIEM, one record per denial and per would-deny.
+//! The decision log: one record per denial and per would-deny, for a SIEM.
+//!
+//! Each record is written in cordon's own JSON lines (docs/policy.md) or as an OCSF event
+//! ([`super::ocsf`]), to a file or to syslog ([`super::syslog`]), as `decision_log` and
+//! `decision_log_format` say ([`DecisionLogSettings`]).
 //!
 //! Blocking file writes run on their own thread, fed by a bounded channel; the data plane's
 //! [`DecisionLog::record`] never waits. Would-deny records (learn mode) are folded per edge and
@@ -9,23 +13,24 @@
 //! Rotation: the writer reopens the path on [`DecisionLog::reopen`] (the agent calls it on SIGHUP
 //! and SIGUSR1) and by itself when the path no longer names the open file (device and inode,
 //! checked at least once a second), so a logrotate-style rename loses no record: each is in
-//! either the renamed file or the new one.
+//! either the renamed file or the new one. With syslog, the same signals make the writer connect
+//! to the socket again (after the daemon restarted).
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tracing::{error, info};
 
-use super::{Identified, Mode, Outcome, PolicyError};
+use super::log_file::FileSink;
+use super::log_settings::{DecisionFormat, DecisionLogSettings, DecisionSink};
+use super::ocsf::Origin;
+use super::syslog::{Severity, Syslog};
+use super::{Identified, Mode, Outcome, PolicyError, Reason};
 
 /// Denials written individually per source and second before folding starts.
 pub const DENIALS_PER_SOURCE_PER_SECOND: u32 = 10;
@@ -33,8 +38,6 @@ pub const DENIALS_PER_SOURCE_PER_SECOND: u32 = 10;
 const CAPACITY: usize = 16_384;
 /// How long the writer lets records queue up after one wakes it (see `Writer::run`).
 const GATHER: Duration = Duration::from_millis(5);
-/// How often the writer checks that the path still names the file it writes.
-const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// One decision worth logging.
 #[derive(Debug, Clone)]
@@ -42,15 +45,44 @@ pub struct DecisionRecord {
     pub at: SystemTime,
     pub source: String,
     pub source_addr: SocketAddr,
+    /// The address the caller reached: this host's end of the connection.
+    pub local_addr: SocketAddr,
     pub destination: String,
     pub mode: Mode,
     pub outcome: Outcome,
     pub rule: Arc<str>,
-    pub tls: bool,
+    pub reason: Reason,
+    /// What the TLS handshake showed; `None` for a plaintext caller.
+    pub tls: Option<Arc<TlsSeen>>,
     pub identified: Identified,
 }
 
-/// One line of the log (the schema is documented in docs/decision-log.md).
+/// What an mTLS connection's handshake showed, kept once per connection for its records.
+#[derive(Debug)]
+pub struct TlsSeen {
+    /// The protocol version, as OCSF writes it (`1.3`).
+    pub version: &'static str,
+    /// The cipher suite's IANA name.
+    pub cipher: &'static str,
+    /// The caller's leaf certificate (DER), read by the writer thread only when a record shows it.
+    pub leaf: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TlsSeen {
+    /// What `conn` negotiated, with the caller's leaf certificate.
+    pub fn of(conn: &rustls::CommonState) -> Option<TlsSeen> {
+        let version = match conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "1.2",
+            _ => "unknown",
+        };
+        let cipher = conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str()).unwrap_or("unknown");
+        let leaf = conn.peer_certificates()?.first()?.clone().into_owned();
+        Some(TlsSeen { version, cipher, leaf })
+    }
+}
+
+/// One line of the log (the schema is documented in docs/policy.md).
 #[derive(Debug, Serialize)]
 struct Line<'a> {
     time: String,
@@ -79,7 +111,8 @@ enum Msg {
 struct Inner {
     tx: Option<SyncSender<Msg>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    dropped: AtomicU64,
+    /// Records the queue had no room for, and (with syslog) records the socket did not take.
+    dropped: Arc<AtomicU64>,
 }
 
 /// The data plane's handle on the decision log. Cheap to clone; disabled when no path is set.
@@ -89,42 +122,46 @@ pub struct DecisionLog {
 }
 
 impl DecisionLog {
-    /// Opens (appending) the log at `path`, or a log that writes nothing when `path` is `None`.
+    /// Opens (appending) the log at `path` in cordon's format, or a log that writes nothing
+    /// when `path` is `None`.
     pub fn open(path: Option<&Path>) -> Result<DecisionLog, PolicyError> {
-        let Some(path) = path else {
+        let origin = Origin { trust_domain: String::new(), host: String::new() };
+        DecisionLog::start(path.map(DecisionLogSettings::file).as_ref(), origin)
+    }
+
+    /// Starts the log `settings` describe (nothing is written when `None`); `origin` names this
+    /// agent in OCSF records and syslog messages.
+    pub fn start(settings: Option<&DecisionLogSettings>, origin: Origin) -> Result<DecisionLog, PolicyError> {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let Some(settings) = settings else {
             return Ok(DecisionLog {
-                inner: Arc::new(Inner { tx: None, thread: Mutex::new(None), dropped: AtomicU64::new(0) }),
+                inner: Arc::new(Inner { tx: None, thread: Mutex::new(None), dropped }),
             });
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| PolicyError::Write { path: dir.to_owned(), message: e.to_string() })?;
-        }
-        let (file, id) = open_append(path)
-            .map_err(|e| PolicyError::Write { path: path.to_owned(), message: e.to_string() })?;
+        let (sink, name) = match &settings.sink {
+            DecisionSink::File(path) => (Sink::File(FileSink::open(path)?), path.clone()),
+            DecisionSink::Syslog(socket) => {
+                let msgid = settings.format.as_str();
+                (
+                    Sink::Syslog(Syslog::new(socket.clone(), &origin.host, msgid, dropped.clone())),
+                    socket.clone(),
+                )
+            }
+        };
         let (tx, rx) = sync_channel(CAPACITY);
         let mut writer = Writer {
-            out: BufWriter::new(file),
-            id,
-            checked: Instant::now(),
-            path: path.to_owned(),
+            sink,
+            format: settings.format,
+            origin,
+            line: Vec::with_capacity(4096),
             folds: HashMap::new(),
             rates: HashMap::new(),
         };
         let thread = std::thread::Builder::new()
             .name("cordon-decisions".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| PolicyError::Write {
-                path: path.to_owned(),
-                message: format!("starting the writer: {e}"),
-            })?;
-        Ok(DecisionLog {
-            inner: Arc::new(Inner {
-                tx: Some(tx),
-                thread: Mutex::new(Some(thread)),
-                dropped: AtomicU64::new(0),
-            }),
-        })
+            .map_err(|e| PolicyError::Write { path: name, message: format!("starting the writer: {e}") })?;
+        Ok(DecisionLog { inner: Arc::new(Inner { tx: Some(tx), thread: Mutex::new(Some(thread)), dropped }) })
     }
 
     /// Hands a record to the writer; never blocks. Allowed outcomes are not logged.
@@ -147,7 +184,7 @@ impl DecisionLog {
         }
     }
 
-    /// Records dropped because the writer fell behind.
+    /// Records dropped because the writer fell behind or syslog did not take them.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
@@ -170,22 +207,18 @@ struct Fold {
     count: u64,
 }
 
-/// A file's device and inode: what the path must still name for the writer to keep its file.
-type FileId = (u64, u64);
-
-/// Opens `path` for appending (created if missing) and reads which file it is.
-fn open_append(path: &Path) -> std::io::Result<(std::fs::File, FileId)> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
-    let meta = file.metadata()?;
-    Ok((file, (meta.dev(), meta.ino())))
+/// Where the writer puts each record.
+enum Sink {
+    File(FileSink),
+    Syslog(Syslog),
 }
 
 struct Writer {
-    out: BufWriter<std::fs::File>,
-    /// The open file's identity, compared with the path's at most every [`ROTATION_CHECK`].
-    id: FileId,
-    checked: Instant,
-    path: PathBuf,
+    sink: Sink,
+    format: DecisionFormat,
+    origin: Origin,
+    /// The record being written (kept, so records do not allocate one each).
+    line: Vec<u8>,
     folds: HashMap<(String, String, Outcome, u64), Fold>,
     /// Denials written this second, per source: (second, count).
     rates: HashMap<String, (u64, u32)>,
@@ -227,12 +260,8 @@ impl Writer {
             // Folds of minutes that have ended are complete: write them.
             self.emit_folds(Some(secs(SystemTime::now()) / 60));
             self.flush();
-            if self.checked.elapsed() >= ROTATION_CHECK {
-                self.checked = Instant::now();
-                let current = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino())).ok();
-                if current != Some(self.id) {
-                    self.reopen();
-                }
+            if let Sink::File(f) = &mut self.sink {
+                f.check_rotation();
             }
         }
     }
@@ -251,23 +280,11 @@ impl Writer {
         false
     }
 
-    /// Flushes what is buffered into the file open now (a rotated file keeps its records), then
-    /// opens the path again. If that fails the writer keeps its file and tries again later.
     fn reopen(&mut self) {
-        self.flush();
-        match open_append(&self.path) {
-            Ok((file, id)) => {
-                if id != self.id {
-                    info!(path = %self.path.display(), "decision log reopened");
-                }
-                self.out = BufWriter::new(file);
-                self.id = id;
-            }
-            Err(e) => {
-                error!(path = %self.path.display(), error = %e, "cannot reopen the decision log; writing to the old file")
-            }
+        match &mut self.sink {
+            Sink::File(f) => f.reopen(),
+            Sink::Syslog(s) => s.reconnect(),
         }
-        self.checked = Instant::now();
     }
 
     fn take(&mut self, r: DecisionRecord) {
@@ -309,6 +326,23 @@ impl Writer {
     }
 
     fn write(&mut self, r: &DecisionRecord, count: u64, until: Option<SystemTime>) {
+        self.line.clear();
+        match self.format {
+            DecisionFormat::Cordon => self.write_cordon(r, count, until),
+            DecisionFormat::Ocsf => super::ocsf::write(&mut self.line, r, count, until, &self.origin),
+        }
+        match &mut self.sink {
+            Sink::File(f) => f.write_line(&self.line),
+            Sink::Syslog(s) => {
+                let severity =
+                    if r.outcome == Outcome::Denied { Severity::Warning } else { Severity::Notice };
+                s.send(severity, r.at, &self.line)
+            }
+        }
+    }
+
+    /// cordon's own line (docs/policy.md).
+    fn write_cordon(&mut self, r: &DecisionRecord, count: u64, until: Option<SystemTime>) {
         let line = Line {
             time: rfc3339(r.at),
             source: &r.source,
@@ -318,22 +352,18 @@ impl Writer {
             verdict: "deny",
             outcome: r.outcome.as_str(),
             rule: &r.rule,
-            transport: if r.tls { "tls" } else { "plaintext" },
+            transport: if r.tls.is_some() { "tls" } else { "plaintext" },
             identified: r.identified.as_str(),
             count,
             until: until.filter(|_| count > 1).map(rfc3339),
         };
-        let res = serde_json::to_writer(&mut self.out, &line)
-            .map_err(std::io::Error::from)
-            .and_then(|_| self.out.write_all(b"\n"));
-        if let Err(e) = res {
-            error!(path = %self.path.display(), error = %e, "decision log write failed");
-        }
+        // Serialising this struct into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.line, &line);
     }
 
     fn flush(&mut self) {
-        if let Err(e) = self.out.flush() {
-            error!(path = %self.path.display(), error = %e, "decision log flush failed");
+        if let Sink::File(f) = &mut self.sink {
+            f.flush();
         }
     }
 }
@@ -341,6 +371,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn denial(i: usize) -> DecisionRecord {
         DecisionRecord {
@@ -351,8 +382,10 @@ mod tests {
             destination: "db".into(),
             mode: Mode::Enforce,
             outcome: Outcome::Denied,
+            local_addr: SocketAddr::from(([10, 0, 0, 8], 14000)),
             rule: Arc::from("no matching intention (default deny)"),
-            tls: true,
+            reason: Reason::NoIntention,
+            tls: None,
             identified: Identified::Mtls,
         }
     }

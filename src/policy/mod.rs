@@ -1,5 +1,6 @@
 //! Policy: intentions and per-service modes, the decision for a caller, readiness to enforce, the
-//! switch between learn and enforce, and the decision log.
+//! switch between learn and enforce, and the decision log (cordon JSON lines or OCSF, to a file or
+//! syslog).
 //!
 //! Owns the `policy.toml` format. Evaluation is pure and allocation-free; file writes (mode flips,
 //! the decision log) happen off the data plane.
@@ -9,8 +10,12 @@ mod decide;
 mod edit;
 mod flip;
 mod log;
+mod log_file;
+mod log_settings;
+mod ocsf;
 mod parse;
 mod readiness;
+mod syslog;
 mod watch;
 
 use std::path::PathBuf;
@@ -20,7 +25,9 @@ pub use address::{AddressRange, address_of};
 pub use decide::{Decision, DecisionContext, Proof, Reason, Subject, decide, decide_in};
 pub use edit::{set_mode, with_mode};
 pub use flip::{FlipError, FlipEvidence, FlipOutcome, FlipRequest, check_known, closest, flip, policy_names};
-pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
+pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord, TlsSeen};
+pub use log_settings::{DEFAULT_SYSLOG_SOCKET, DecisionFormat, DecisionLogSettings, DecisionSink};
+pub use ocsf::{OCSF_VERSION, Origin};
 pub use parse::{ANY, Intention, Match, Policy};
 pub use readiness::{
     Blocker, Caller as ReadinessCaller, DeclaredCaller, Evidence, NEW_AFTER, Note, Question, Readiness,

@@ -35,7 +35,7 @@ use crate::ledger::{EdgeKey, Event, RecorderHandle};
 use crate::metrics::ListenerMetrics;
 use crate::pki::{HOP_ALPNS, RejectReason, ServiceName, TlsStore, peer_of};
 use crate::policy::{
-    Decision, DecisionContext, DecisionLog, DecisionRecord, Outcome, Policy, Reason, Subject, decide,
+    Decision, DecisionContext, DecisionLog, DecisionRecord, Outcome, Policy, Reason, Subject, TlsSeen, decide,
 };
 
 /// The first byte of a TLS handshake record.
@@ -71,6 +71,10 @@ pub struct OpenConn {
     chain: Option<Vec<CertificateDer<'static>>>,
     /// Cancelled to close the connection (and every app connection on it).
     cancel: CancellationToken,
+    /// This host's end of the connection, for the decision log.
+    local: SocketAddr,
+    /// What the handshake showed (mTLS only), for the decision log.
+    tls_seen: Option<Arc<TlsSeen>>,
 }
 
 impl OpenConn {
@@ -252,6 +256,10 @@ impl Inbound {
     ) {
         let counted = ConnCount::new(&self.metrics);
         let started = Instant::now();
+        let Ok(local) = stream.local_addr() else {
+            debug!("the accepted connection is gone already");
+            return;
+        };
         // One deadline from accept to the end of the handshake, however the time is spent.
         let deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
 
@@ -287,6 +295,8 @@ impl Inbound {
                 caller: Mutex::new(caller),
                 chain: Some(chain),
                 cancel,
+                local,
+                tls_seen: TlsSeen::of(tls.get_ref().1).map(Arc::new),
             });
             if hop == Some(Version::H2) {
                 self.serve_mux(tls, peer, &conn.conn, counted, stop, streams).await;
@@ -304,6 +314,8 @@ impl Inbound {
                 caller: Mutex::new(caller),
                 chain: None,
                 cancel,
+                local,
+                tls_seen: None,
             });
             let mut stream = stream;
             if self.serve(&mut stream, peer, &conn.conn, started).await.is_none() {
@@ -429,7 +441,7 @@ impl Inbound {
     }
 
     /// Counts and logs a decision (denials and would-denies go to the decision log).
-    fn note_decision(&self, caller: &Caller, peer: SocketAddr, edge: &EdgeKey, decision: &Decision) {
+    fn note_decision(&self, conn: &OpenConn, peer: SocketAddr, edge: &EdgeKey, decision: &Decision) {
         let outcome = decision.outcome;
         self.metrics.verdict(&edge.source, edge.identified, edge.mode, outcome);
         if outcome == Outcome::Denied {
@@ -465,11 +477,13 @@ impl Inbound {
             at: SystemTime::now(),
             source: edge.source.clone(),
             source_addr: peer,
+            local_addr: conn.local,
             destination: edge.destination.clone(),
             mode: edge.mode,
             outcome,
             rule: decision.rule.clone(),
-            tls: caller.is_tls(),
+            reason: decision.reason,
+            tls: conn.tls_seen.clone(),
             identified: edge.identified,
         });
     }
@@ -508,7 +522,7 @@ impl Inbound {
         span.record("source", tracing::field::display(&edge.source));
         span.record("mode", decision.mode.as_str());
         span.record("outcome", decision.outcome.as_str());
-        self.note_decision(&caller, peer, &edge, &decision);
+        self.note_decision(conn, peer, &edge, &decision);
         self.recorder.record(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
         decision.outcome.passes().then_some(edge)
     }

@@ -365,4 +365,5 @@ pub async fn greeted_twice(world: &World, proxy: &str) -> Agent {
 pub mod gate;
 pub mod postgres;
 pub mod readiness;
+pub mod siem;
 pub mod tmpfs;
