@@ -57,6 +57,9 @@ struct RawConfig {
     #[serde(default, rename = "upstream")]
     upstreams: Vec<RawUpstream>,
     fleet: Option<crate::store::RawFleet>,
+    /// Read by the commands that change things (`--config`); checked here.
+    audit_log: Option<PathBuf>,
+    audit_format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +219,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
 
     let tls = TlsSettings::validate(raw.tls, base, &mut problems);
     let proxy = ProxySettings::validate(raw.proxy, &mut problems);
+    crate::audit::RawAudit { audit_log: raw.audit_log, audit_format: raw.audit_format }
+        .validate(base, &mut problems);
     let fleet = raw.fleet.and_then(|f| crate::store::FleetSettings::validate(f, base, &mut problems));
 
     let mut services = Vec::new();

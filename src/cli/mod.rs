@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent;
+mod audit;
 mod demo;
 mod discovery;
 mod import;
@@ -88,6 +89,8 @@ pub enum Command {
     /// Maintain the fleet store.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// List the audit trail: flips, tokens, refused enrolments, revocations, rotations, prunes.
+    Audit(audit::Args),
 }
 
 /// What a command reports back besides errors.
@@ -136,6 +139,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Import(args) => import::run(args),
         Command::Ship(args) => store::ship(args),
         Command::Store(cmd) => store::run(cmd),
+        Command::Audit(args) => audit::run(args),
     }
 }
 

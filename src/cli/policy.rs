@@ -45,6 +45,8 @@ pub struct ModeArgs {
     /// weekly or monthly job has had its chance to show up; 0 skips the check.
     #[arg(long, value_name = "WINDOW", value_parser = min_history, default_value = "30d")]
     pub min_history: std::time::Duration,
+    #[command(flatten)]
+    pub audit: super::audit::AuditArgs,
 }
 
 /// `--min-history`: a window, or `0` for none.
@@ -88,6 +90,8 @@ fn ago(t: SystemTime) -> String {
 
 pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
     ServiceName::new(&args.service).context("SERVICE")?;
+    let audit = args.audit.open(super::audit::beside(&args.policy))?;
+    let mut flip = crate::audit::FlipAudit::begin(&args.policy, &args.service, args.mode)?;
     let mut out = std::io::stdout().lock();
     if args.mode == Mode::Enforce
         && let Some(db) = &args.db
@@ -109,8 +113,10 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
             .collect();
         let check = preflight(&after, &args.service, &callers, &declared, args.min_history);
         print_preflight(&mut out, &args, db, &check)?;
+        flip.checked(&check, &db.to_string());
         if !check.passes() {
             if !args.force {
+                super::audit::record(&audit, &flip.record(crate::audit::RecordStatus::Refused))?;
                 writeln!(
                     out,
                     "not flipped. Add intentions (cordon propose), wait for more history, or pass --force."
@@ -118,9 +124,11 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::No);
             }
             writeln!(out, "--force: flipping anyway.")?;
+            flip.forced();
         }
     }
     set_mode(&args.policy, &args.service, args.mode)?;
+    super::audit::record(&audit, &flip.record(crate::audit::RecordStatus::Success))?;
     writeln!(out, "{} is now in {} mode ({}).", args.service, args.mode, args.policy.display())?;
     Ok(Outcome::Success)
 }
