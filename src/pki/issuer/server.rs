@@ -502,7 +502,8 @@ impl Service {
         })
     }
 
-    fn metrics_text(&self) -> String {
+    /// The service's `/metrics` text (Prometheus exposition format).
+    pub fn metrics_text(&self) -> String {
         let status = self.status();
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = String::new();
