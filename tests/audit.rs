@@ -150,6 +150,30 @@ fn every_action_is_one_record_that_cordon_audit_finds_with_its_fields() {
     }
     assert!(!table.contains('\x1b'), "an escape sequence reached the terminal:\n{table}");
     assert!(table.contains("web-1\\u{1b}[2J"), "{table}");
+
+    // The report lists db's flips for its focus view, with what finds them in the log.
+    let page = world.path("report.html");
+    let (ledger, policy) = (world.path("ledger.db"), world.policy());
+    cordon_ok(&[
+        "report",
+        "--db",
+        s(&ledger),
+        "--policy",
+        s(&policy),
+        "--out",
+        s(&page),
+        "--audit-log",
+        s(&log),
+    ]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    let start = html.find("id=\"cordon-flips\">").expect("the flips block") + "id=\"cordon-flips\">".len();
+    let block: serde_json::Value =
+        serde_json::from_str(&html[start..start + html[start..].find("</script>").unwrap()]).unwrap();
+    let flips = block["flips"]["db"].as_array().expect("db's flips");
+    assert_eq!(flips.len(), 2);
+    assert_eq!((flips[1]["time"].clone(), flips[1]["forced"].clone()), (forced["time"].clone(), true.into()));
+    assert_eq!(flips[1]["policy"], now.as_str());
+    assert_eq!(block["log"], s(&log));
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod flip;
 pub mod ocsf;
 mod reader;
 mod record;
+pub mod report;
 mod settings;
 mod writer;
 

@@ -25,6 +25,9 @@ pub struct Args {
     /// Only traffic recorded in this window (30d, 12h, 90m); the whole history by default.
     #[arg(long, value_name = "WINDOW", value_parser = graph::parse_window)]
     pub since: Option<std::time::Duration>,
+    /// An audit log: each service's flips are listed on its focus view.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -43,6 +46,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let proposal = graph::propose(&observed, 1, Some(&policy));
     let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db)]);
     let html = report::render(&db_path, &observed, &policy, &services, &toml);
+    let html = match &args.audit_log {
+        Some(log) => {
+            crate::audit::report::with_flips(&html, log, &crate::audit::read(log, &Default::default())?.0)
+        }
+        None => html,
+    };
     // Whole or not at all: a browser or a copy job never sees half a page.
     crate::pki::files::write_atomic(&args.out, html.as_bytes(), 0o644)
         .with_context(|| format!("{}: cannot write the report", args.out.display()))?;
