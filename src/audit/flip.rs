@@ -76,7 +76,7 @@ impl FlipAudit {
                 to: self.to.to_string(),
                 preflight: self.preflight,
                 forced: self.forced,
-                policy: self.policy.display().to_string(),
+                policy: super::record::shown_path(&self.policy),
                 policy_before: self.before,
                 policy_after: after,
             },

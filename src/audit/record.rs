@@ -136,7 +136,7 @@ impl Record {
                 host: host.into(),
                 identities: identities.to_vec(),
                 expires: rfc3339_ms(expires),
-                ca_dir: ca_dir.display().to_string(),
+                ca_dir: shown_path(ca_dir),
             },
             RecordStatus::Success,
         )
@@ -174,7 +174,7 @@ impl Record {
                 host: host.map(str::to_owned),
                 serial: serial.map(str::to_owned),
                 reason: reason.map(str::to_owned),
-                ca_dir: ca_dir.display().to_string(),
+                ca_dir: shown_path(ca_dir),
             },
             RecordStatus::Success,
         )
@@ -186,10 +186,7 @@ impl Record {
             Ok(step) => (step.to_owned(), None, RecordStatus::Success),
             Err(why) => ("none".to_owned(), Some(why.to_owned()), RecordStatus::Refused),
         };
-        Record::new(
-            Action::RotationStep { step, forced, why_not, ca_dir: ca_dir.display().to_string() },
-            status,
-        )
+        Record::new(Action::RotationStep { step, forced, why_not, ca_dir: shown_path(ca_dir) }, status)
     }
 
     /// A prune of the fleet store keeping `older_than`: how much it dropped, or its error.
@@ -302,6 +299,12 @@ impl Record {
             }
         }
     }
+}
+
+/// A path as records name it: absolute where it can be resolved, so a record read elsewhere
+/// still says which file.
+pub fn shown_path(p: &Path) -> String {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()).display().to_string()
 }
 
 /// `sha256:<hex>` of a file's bytes, as a flip's record names the policy before and after.
