@@ -1,10 +1,11 @@
 //! The Prometheus rules in deploy/prometheus name cordon's real metrics: a signing service and
 //! two agents run (one enrolled with the service, shipping to a store that does not answer,
 //! refusing a caller in enforce mode and recording another as would-deny in learn mode), their
-//! /metrics are scraped, and every `cordon_*` series the rules and their unit tests use must be
-//! there with its labels. A renamed metric or label fails here, where promtool alone would
-//! happily test rules against series that no longer exist. (The rules' own behaviour is tested
-//! by `promtool test rules`, scripts/alerts-test.sh.)
+//! /metrics are scraped, and every `cordon_*` series the rules, their unit tests and the Grafana
+//! dashboard (deploy/grafana/cordon.json) use must be there with its labels. A renamed metric or
+//! label fails here, where promtool alone would happily test rules against series that no
+//! longer exist. (The rules' own behaviour is tested by `promtool test rules`,
+//! scripts/alerts-test.sh.)
 
 mod support;
 
@@ -116,6 +117,7 @@ async fn every_metric_the_rules_and_their_tests_use_is_in_a_live_scrape() {
     let rules_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
     let rules = std::fs::read_to_string(rules_dir.join("cordon-rules.yml")).unwrap();
     let unit = std::fs::read_to_string(rules_dir.join("tests/cordon-rules.test.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(rules_dir.join("../grafana/cordon.json")).unwrap();
 
     let world = World::new();
     world.write_policy("[modes]\n\"*\" = \"learn\"\ndb = \"enforce\"\n");
@@ -160,9 +162,13 @@ async fn every_metric_the_rules_and_their_tests_use_is_in_a_live_scrape() {
     // Refused by db (enforce, no intention), let in by cache (learn) as would-deny.
     let _ = round_trip(web.bound().upstream("db").unwrap(), b"let me in").await;
     assert_eq!(round_trip(web.bound().upstream("cache").unwrap(), b"hi").await.unwrap(), b"hi");
-    eventually("the verdicts are counted", Duration::from_secs(20), || async {
+    // Plaintext straight to db's inbound port: refused before any handshake, and counted.
+    let _ = round_trip(db.bound().service("db").unwrap(), b"GET / HTTP/1.0\r\n\r\n").await;
+    eventually("the verdicts and the refused plaintext are counted", Duration::from_secs(20), || async {
         let text = db.metrics_text();
-        text.contains("outcome=\"denied\"") && text.contains("outcome=\"would-deny\"")
+        text.contains("outcome=\"denied\"")
+            && text.contains("outcome=\"would-deny\"")
+            && text.contains("cordon_handshake_failures_total{")
     })
     .await;
 
@@ -171,8 +177,8 @@ async fn every_metric_the_rules_and_their_tests_use_is_in_a_live_scrape() {
     web.shutdown().await;
     db.shutdown().await;
 
-    let used = [selectors(&rules), selectors(&unit)];
-    assert!(used[0].len() >= 12 && used[1].len() >= 15, "found the selectors: {used:?}");
+    let used = [selectors(&rules), selectors(&unit), selectors(&dashboard)];
+    assert!(used.iter().all(|u| u.len() >= 10), "found the selectors: {used:?}");
     let mut missing = Vec::new();
     for (name, labels) in used.iter().flatten() {
         // Prometheus adds these two to every series it scrapes.
