@@ -357,6 +357,13 @@ identity = "web"
     }
 
     #[test]
+    fn audit_keys_are_accepted_and_a_bad_format_named() {
+        assert!(parse(&format!("audit_log = \"audit.jsonl\"\naudit_format = \"ocsf\"\n{GOOD}")).is_ok());
+        let bad = problems(&format!("audit_format = \"xml\"\n{GOOD}"));
+        assert!(bad.iter().any(|p| p.starts_with("audit_format:")), "{bad:?}");
+    }
+
+    #[test]
     fn parses_the_design_example() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.trust_domain.as_str(), "example.internal");
