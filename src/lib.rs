@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod audit;
 pub mod base;
 pub mod cli;
 pub mod demo;

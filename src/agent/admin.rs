@@ -388,3 +388,27 @@ pub(crate) fn register_renewer(metrics: &mut Metrics, renewer: &Arc<crate::pki::
         },
     ));
 }
+
+/// Each served service's mode by the policy in force: 1 while it enforces, 0 while it learns. A
+/// flip shows as a change, which is what the alert on denials after a flip keys on.
+pub(crate) fn register_modes(
+    metrics: &mut Metrics,
+    policy: tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
+    services: Vec<String>,
+) {
+    metrics.register_collector(ScrapeCollector::new(
+        "service_enforcing",
+        "1 while the policy puts the service in enforce mode, 0 while it learns",
+        Kind::Gauge,
+        move || {
+            let policy = policy.borrow().clone();
+            services
+                .iter()
+                .map(|s| {
+                    let enforcing = policy.mode(s) == crate::policy::Mode::Enforce;
+                    (vec![("service", s.clone())], if enforcing { 1.0 } else { 0.0 })
+                })
+                .collect()
+        },
+    ));
+}

@@ -58,6 +58,9 @@ struct RawConfig {
     #[serde(default, rename = "upstream")]
     upstreams: Vec<RawUpstream>,
     fleet: Option<crate::store::RawFleet>,
+    /// Read by the commands that change things (`--config`); checked here.
+    audit_log: Option<PathBuf>,
+    audit_format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +226,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
 
     let tls = TlsSettings::validate(raw.tls, base, &mut problems);
     let proxy = ProxySettings::validate(raw.proxy, &mut problems);
+    crate::audit::RawAudit { audit_log: raw.audit_log, audit_format: raw.audit_format }
+        .validate(base, &mut problems);
     let fleet = raw.fleet.and_then(|f| crate::store::FleetSettings::validate(f, base, &mut problems));
 
     let mut services = Vec::new();
@@ -356,6 +361,13 @@ identity = "web"
             Err(ConfigError::Invalid { problems, .. }) => problems,
             other => panic!("expected validation problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn audit_keys_are_accepted_and_a_bad_format_named() {
+        assert!(parse(&format!("audit_log = \"audit.jsonl\"\naudit_format = \"ocsf\"\n{GOOD}")).is_ok());
+        let bad = problems(&format!("audit_format = \"xml\"\n{GOOD}"));
+        assert!(bad.iter().any(|p| p.starts_with("audit_format:")), "{bad:?}");
     }
 
     #[test]

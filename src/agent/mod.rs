@@ -201,6 +201,8 @@ impl Agent {
             &recorder_handle,
             &lockdown_counters,
         );
+        let served: Vec<String> = config.services.iter().map(|s| s.name.to_string()).collect();
+        admin::register_modes(&mut metrics, policy_rx.clone(), served);
         if let Some(r) = &renewer {
             admin::register_renewer(&mut metrics, r);
         }

@@ -21,8 +21,10 @@ pub fn serve(
     listen: String,
     log: Option<PathBuf>,
     leaf_ttl: Duration,
+    audit: crate::audit::AuditLog,
 ) -> anyhow::Result<Outcome> {
-    let options = ServeOptions { log: log_path(&dir, log), dir, leaf_ttl };
+    let options =
+        ServeOptions { log: log_path(&dir, log), dir, leaf_ttl, audit: Some(std::sync::Arc::new(audit)) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cordon-ca")
@@ -54,7 +56,13 @@ pub fn serve(
     })
 }
 
-pub fn token(dir: PathBuf, host: String, services: Vec<String>, ttl: Duration) -> anyhow::Result<Outcome> {
+pub fn token(
+    dir: PathBuf,
+    host: String,
+    services: Vec<String>,
+    ttl: Duration,
+    audit: &crate::audit::AuditLog,
+) -> anyhow::Result<Outcome> {
     anyhow::ensure!(!host.trim().is_empty(), "--host must not be empty");
     anyhow::ensure!(!services.is_empty(), "at least one --service is needed");
     for s in &services {
@@ -62,6 +70,8 @@ pub fn token(dir: PathBuf, host: String, services: Vec<String>, ttl: Duration) -
     }
     Ca::load(&dir)?;
     let token = TokenStore::new(&dir).mint(&host, &services, ttl)?;
+    let minted = crate::audit::Record::token_minted(&dir, &host, &services, SystemTime::now() + ttl);
+    super::audit::record(audit, &minted)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -83,7 +93,12 @@ fn humanize(d: Duration) -> String {
     }
 }
 
-pub fn rotate(dir: PathBuf, log: Option<PathBuf>, force: bool) -> anyhow::Result<Outcome> {
+pub fn rotate(
+    dir: PathBuf,
+    log: Option<PathBuf>,
+    force: bool,
+    audit: &crate::audit::AuditLog,
+) -> anyhow::Result<Outcome> {
     let log = log_path(&dir, log);
     let (leases, _) = Leases::replay(&log)?;
     let now = SystemTime::now();
@@ -122,7 +137,17 @@ pub fn rotate(dir: PathBuf, log: Option<PathBuf>, force: bool) -> anyhow::Result
         }
     };
     let mut out = std::io::stdout().lock();
-    match issuer::rotate(&dir, ready)? {
+    let result = issuer::rotate(&dir, ready)?;
+    let stepped = result
+        .as_ref()
+        .map(|s| match s {
+            RotateStep::Prepared => "prepared",
+            RotateStep::Activated => "activated",
+            RotateStep::Retired => "retired",
+        })
+        .map_err(String::as_str);
+    super::audit::record(audit, &crate::audit::Record::rotation_step(&dir, stepped, force))?;
+    match result {
         Ok(step) => {
             let text = match step {
                 RotateStep::Prepared => {

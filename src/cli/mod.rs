@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod audit;
 mod demo;
 mod discovery;
 mod import;
@@ -86,6 +87,8 @@ pub enum Command {
     Completions(shell::CompletionsArgs),
     /// Print the man page (roff), e.g. into /usr/share/man/man1/cordon.1.
     Man,
+    /// List the audit trail: flips, tokens, refused enrolments, revocations, rotations, prunes.
+    Audit(audit::Args),
 }
 
 /// What a command reports back besides errors.
@@ -169,6 +172,7 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Store(cmd) => store::run(cmd),
         Command::Completions(args) => shell::completions(args),
         Command::Man => shell::man(),
+        Command::Audit(args) => audit::run(args),
     }
 }
 

@@ -35,6 +35,9 @@ pub enum CaCommand {
         /// Lifetime of the leaves it signs (24h, 90m, 30s).
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::pki::issuer::parse_ttl)]
         leaf_ttl: std::time::Duration,
+        /// Refused enrolments are audited.
+        #[command(flatten)]
+        audit: super::audit::AuditArgs,
     },
     /// Mint a one-time join token for a host and its identities (the last line of stdout).
     Token {
@@ -50,6 +53,8 @@ pub enum CaCommand {
         /// How long the token stays usable (24h, 30m).
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::pki::issuer::parse_ttl)]
         ttl: std::time::Duration,
+        #[command(flatten)]
+        audit: super::audit::AuditArgs,
     },
     /// Move a CA rotation one step: prepare a new CA, activate it, retire the old one.
     Rotate {
@@ -64,6 +69,8 @@ pub enum CaCommand {
         /// Step on even though hosts have not caught up with the previous step.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        audit: super::audit::AuditArgs,
     },
 }
 
@@ -112,11 +119,18 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<Outcome> {
             )?;
             Ok(Outcome::Success)
         }
-        CaCommand::Serve { dir, listen, log, leaf_ttl, .. } => {
-            super::issuer::serve(dir, listen, log, leaf_ttl)
+        CaCommand::Serve { dir, listen, log, leaf_ttl, audit, .. } => {
+            let audit = audit.open(dir.join(crate::audit::DEFAULT_FILE))?;
+            super::issuer::serve(dir, listen, log, leaf_ttl, audit)
         }
-        CaCommand::Token { dir, host, services, ttl } => super::issuer::token(dir, host, services, ttl),
-        CaCommand::Rotate { dir, log, force, .. } => super::issuer::rotate(dir, log, force),
+        CaCommand::Token { dir, host, services, ttl, audit } => {
+            let audit = audit.open(dir.join(crate::audit::DEFAULT_FILE))?;
+            super::issuer::token(dir, host, services, ttl, &audit)
+        }
+        CaCommand::Rotate { dir, log, force, audit, .. } => {
+            let audit = audit.open(dir.join(crate::audit::DEFAULT_FILE))?;
+            super::issuer::rotate(dir, log, force, &audit)
+        }
     }
 }
 

@@ -69,6 +69,14 @@ pub struct ModeArgs {
     pub min_history: std::time::Duration,
     #[command(flatten)]
     pub known: KnownArgs,
+    /// The audit log (appended to, created 0600) [default: `audit_log` of --config, else
+    /// audit.jsonl beside the policy].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// The audit log's encoding: cordon (JSON lines) or ocsf (OCSF API Activity) [default:
+    /// `audit_format` of --config, else cordon].
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub audit_format: Option<crate::audit::AuditFormat>,
 }
 
 /// `--min-history`: a window (`30d`, `12h`, `90m`, `45s`), or `0` for none.
@@ -156,6 +164,13 @@ pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
 }
 
 pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
+    // Opened first: a flip that could not be recorded is not made.
+    let audit = super::audit::AuditArgs {
+        audit_log: args.audit_log.clone(),
+        audit_format: args.audit_format,
+        audit_config: args.known.config.clone(),
+    }
+    .open(super::audit::beside(&args.policy))?;
     let discovered = Discovered::load(&args.known)?;
     let mut known = BTreeSet::new();
     discovered.names(&mut known);
@@ -182,6 +197,7 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<Outcome> {
     })?;
     let mut out = std::io::stdout().lock();
     print_outcome(&mut out, &outcome, &origin, &args.policy)?;
+    super::audit::record(&audit, &crate::audit::flip_record(&outcome, &args.policy))?;
     Ok(if outcome.flipped { Outcome::Success } else { Outcome::No })
 }
 

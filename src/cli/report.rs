@@ -29,6 +29,9 @@ pub struct Args {
     /// mode` asks; 0 skips the check.
     #[arg(long, value_name = "WINDOW", value_parser = super::policy::min_history, default_value = "30d")]
     pub min_history: std::time::Duration,
+    /// An audit log: each service's flips are listed on its focus view.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -48,6 +51,12 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let proposal = graph::propose(&observed, 1, Some(&policy));
     let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db)]);
     let html = report::render(&db_path, &observed, &policy, &services, &toml);
+    let html = match &args.audit_log {
+        Some(log) => {
+            crate::audit::report::with_flips(&html, log, &crate::audit::read(log, &Default::default())?.0)
+        }
+        None => html,
+    };
     // Whole or not at all: a browser or a copy job never sees half a page.
     crate::pki::files::write_atomic(&args.out, html.as_bytes(), 0o644)
         .with_context(|| format!("{}: cannot write the report", args.out.display()))?;

@@ -40,6 +40,9 @@ pub struct PruneArgs {
     /// Keep this much history: 90d, 48h.
     #[arg(long, value_parser = crate::graph::parse_window)]
     pub older_than: Duration,
+    /// [default: audit.jsonl in the current directory]
+    #[command(flatten)]
+    pub audit: super::audit::AuditArgs,
 }
 
 /// Parses a `--db` (a ledger path or a store URL) without echoing a refused value: it may hold a
@@ -111,7 +114,12 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
         StoreCommand::Prune(args) => {
             let now_hour = crate::ledger::unix_ms(SystemTime::now()).div_euclid(3_600_000);
             let hours = i64::try_from(args.older_than.as_secs() / 3600).unwrap_or(i64::MAX);
-            let pruned = store::prune(&args.db, now_hour.saturating_sub(hours))?;
+            let audit = args.audit.open(crate::audit::DEFAULT_FILE.into())?;
+            let pruned = store::prune(&args.db, now_hour.saturating_sub(hours));
+            let result = pruned.as_ref().map(|p| (p.partitions, p.rows)).map_err(|e| e.to_string());
+            let record = crate::audit::Record::store_prune(&args.db.to_string(), args.older_than, result);
+            super::audit::record(&audit, &record)?;
+            let pruned = pruned?;
             println!(
                 "pruned {}: dropped {} day partitions, deleted {} rows",
                 args.db, pruned.partitions, pruned.rows

@@ -148,8 +148,8 @@ pub fn flip(req: &FlipRequest<'_>) -> Result<FlipOutcome, FlipError> {
     Ok(outcome)
 }
 
-/// One line per blocker, as `--force` reports what it overrode.
-fn overridden(r: &Readiness) -> Vec<String> {
+/// One line per blocker, as `--force` reports what it overrode and the audit trail records.
+pub fn overridden(r: &Readiness) -> Vec<String> {
     use super::readiness::Blocker;
     r.blockers
         .iter()

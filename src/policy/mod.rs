@@ -24,7 +24,9 @@ pub use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict
 pub use address::{AddressRange, address_of};
 pub use decide::{Decision, DecisionContext, Proof, Reason, Subject, decide, decide_in};
 pub use edit::{set_mode, with_mode};
-pub use flip::{FlipError, FlipEvidence, FlipOutcome, FlipRequest, check_known, closest, flip, policy_names};
+pub use flip::{
+    FlipError, FlipEvidence, FlipOutcome, FlipRequest, check_known, closest, flip, overridden, policy_names,
+};
 pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord, TlsSeen};
 pub use log_settings::{DEFAULT_SYSLOG_SOCKET, DecisionFormat, DecisionLogSettings, DecisionSink};
 pub use ocsf::{OCSF_VERSION, Origin};

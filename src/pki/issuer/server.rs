@@ -62,6 +62,8 @@ pub struct ServeOptions {
     pub log: PathBuf,
     /// Lifetime of the leaves it signs.
     pub leaf_ttl: Duration,
+    /// Where refused enrolments are audited.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 /// The CAs in force and what is derived from them.
@@ -288,6 +290,22 @@ impl Service {
             message: Some(r.message.clone()),
             peer: peer.to_string(),
         });
+        if kind == "enrol"
+            && let Some(audit) = &self.options.audit
+        {
+            let ids: Vec<String> =
+                identity.map(|i| i.split(',').map(str::to_owned).collect()).unwrap_or_default();
+            let record = crate::audit::Record::enrolment_refused(
+                host,
+                &ids,
+                &peer.to_string(),
+                r.reason.as_str(),
+                &r.message,
+            );
+            if let Err(e) = audit.append(&record) {
+                tracing::error!(error = %e, "a refused enrolment is not in the audit log");
+            }
+        }
         Failure::Refused(r)
     }
 
@@ -486,7 +504,7 @@ impl Service {
 
     /// The exposition `/metrics` serves ([`crate::exposition`]): issued and refused counts, the
     /// rotation gauges, the build and process metrics.
-    fn metrics_text(&self) -> String {
+    pub fn metrics_text(&self) -> String {
         use crate::metrics::{Kind, Sample, ScrapeCollector};
         let status = self.status();
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
