@@ -50,7 +50,11 @@ pub fn check(path: &Path) -> Result<Checked, Vec<String>> {
         problems.push(format!("tls: {e}"));
     }
     check_dir_writable("state_dir", &config.state_dir, &mut problems);
-    if let Some(log) = &config.decision_log {
+    // A syslog socket may come and go (the records are counted while it is away): only a file's
+    // directory must be writable now.
+    if let Some(crate::policy::DecisionLogSettings { sink: crate::policy::DecisionSink::File(log), .. }) =
+        &config.decision_log
+    {
         let parent = log.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         check_dir_writable("decision_log", parent, &mut problems);
     }
