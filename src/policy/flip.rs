@@ -199,7 +199,9 @@ pub fn check_known(policy: &Policy, known: &BTreeSet<String>, name: &str) -> Res
 pub fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<String> {
     let lower = name.to_lowercase();
     let limit = (name.chars().count().div_ceil(3)).max(1);
+    // Only well-formed names are offered: a merged ledger's names are not trusted to be.
     known
+        .filter(|k| ServiceName::new(k).is_ok())
         .map(|k| (distance(&lower, &k.to_lowercase()), k))
         .filter(|(d, _)| *d <= limit)
         .min()
@@ -280,5 +282,6 @@ mod tests {
         assert_eq!(near("dbb").as_deref(), Some("db"));
         assert_eq!(near("cahce").as_deref(), Some("cache"));
         assert_eq!(near("billing"), None);
+        assert_eq!(closest("db", ["d\u{1b}[2J"].into_iter()), None, "a hostile name is never echoed");
     }
 }
