@@ -671,6 +671,12 @@ impl TlsStore {
                     }
                 }
             };
+            // The revocation list may have changed between the start's read and the watch: read
+            // it again now that a change cannot be missed.
+            let s = store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.reload_revocations()).await {
+                error!(error = %e, "revocation list refused; keeping the one in force");
+            }
             loop {
                 let wait =
                     store.next_renewal().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
