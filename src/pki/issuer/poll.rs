@@ -148,11 +148,10 @@ impl Renewer {
                         }
                         if wrote {
                             let tls = tls.clone();
-                            match tokio::task::spawn_blocking(move || tls.reload_revocations()).await {
-                                Ok(Err(e)) => {
-                                    warn!(error = %e, "revocation list refused; keeping the one in force")
-                                }
-                                Ok(Ok(_)) | Err(_) => {}
+                            let reloaded =
+                                tokio::task::spawn_blocking(move || tls.reload_revocations()).await;
+                            if let Ok(Err(e)) = reloaded {
+                                warn!(error = %e, "revocation list refused; keeping the one in force");
                             }
                         }
                     }
