@@ -259,6 +259,7 @@ fn record(source: &str, outcome: Outcome, at: SystemTime) -> DecisionRecord {
         mode: if outcome == Outcome::Denied { Mode::Enforce } else { Mode::Learn },
         outcome,
         rule: Arc::from("no matching intention (default deny)"),
+        reason: cordon::policy::Reason::NoIntention,
         tls: true,
         identified: Identified::Mtls,
     }

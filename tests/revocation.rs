@@ -138,10 +138,7 @@ async fn revoking_a_serial_cuts_off(proxy: &str) {
         );
     }
     eventually("the refusal is in the decision log", 3 * SECOND, || async {
-        world
-            .decision_log("db-host")
-            .iter()
-            .any(|r| r["rule"].as_str().is_some_and(|s| s.contains("revoked")) && r["outcome"] == "denied")
+        world.decision_log("db-host").iter().any(|r| r["reason"] == "revoked" && r["outcome"] == "denied")
     })
     .await;
     let status = db.status();

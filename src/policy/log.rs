@@ -46,6 +46,8 @@ pub struct DecisionRecord {
     pub mode: Mode,
     pub outcome: Outcome,
     pub rule: Arc<str>,
+    /// Why, as a label (`no-intention`, `plaintext`, `revoked`, ...).
+    pub reason: super::Reason,
     pub tls: bool,
     pub identified: Identified,
 }
@@ -61,6 +63,7 @@ struct Line<'a> {
     verdict: &'a str,
     outcome: &'a str,
     rule: &'a str,
+    reason: &'a str,
     transport: &'a str,
     identified: &'a str,
     count: u64,
@@ -318,6 +321,7 @@ impl Writer {
             verdict: "deny",
             outcome: r.outcome.as_str(),
             rule: &r.rule,
+            reason: r.reason.as_str(),
             transport: if r.tls { "tls" } else { "plaintext" },
             identified: r.identified.as_str(),
             count,
@@ -352,6 +356,7 @@ mod tests {
             mode: Mode::Enforce,
             outcome: Outcome::Denied,
             rule: Arc::from("no matching intention (default deny)"),
+            reason: super::super::Reason::NoIntention,
             tls: true,
             identified: Identified::Mtls,
         }

@@ -465,6 +465,7 @@ impl Inbound {
             mode: edge.mode,
             outcome,
             rule: decision.rule.clone(),
+            reason: decision.reason,
             tls: caller.is_tls(),
             identified: edge.identified,
         });

@@ -174,6 +174,37 @@ impl Renewer {
 mod tests {
     use super::*;
 
+    fn renewer(dir: &std::path::Path) -> Arc<Renewer> {
+        let settings = super::super::IssuerSettings::parse("https://127.0.0.1:1", None).unwrap();
+        Renewer::new(
+            settings,
+            crate::pki::TrustDomain::new("example.internal").unwrap(),
+            dir.join("ca.pem"),
+            dir.to_owned(),
+            "web-1".into(),
+            vec![],
+        )
+    }
+
+    /// The list in an enrol or renew answer is kept as the host's copy; an answer without one,
+    /// or with one refused here, leaves the copy alone.
+    #[test]
+    fn the_list_in_an_answer_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = renewer(dir.path());
+        let path = dir.path().join(FILE_NAME);
+        r.take_revocations(br#"{"leaves":[],"bundle":"","signing_ca":"x"}"#);
+        assert!(!path.exists(), "an older service's answer says nothing of revocations");
+        r.take_revocations(
+            br#"{"leaves":[],"bundle":"","signing_ca":"x","revoked":{"serials":["0AB"],"hosts":["web-9"]}}"#,
+        );
+        let kept = Revocations::load(&path).unwrap();
+        assert!(kept.covers("ab", None) && kept.covers("1", Some("web-9")), "0AB is the serial ab");
+        r.take_revocations(br#"{"leaves":[],"bundle":"","signing_ca":"x","revoked":{"hosts":["bad host"]}}"#);
+        assert_eq!(Revocations::load(&path).unwrap(), kept, "a refused list changes nothing");
+        assert!(r.poll_stats().last_ok.load(Ordering::Relaxed) > 0);
+    }
+
     #[test]
     fn failures_are_logged_once_per_change_of_state() {
         let s = PollStats::default();
