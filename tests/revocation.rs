@@ -244,6 +244,11 @@ async fn a_bad_list_keeps_the_one_in_force() {
     assert!(refused(upstream).await, "web stays refused");
     web.shutdown().await;
     db.shutdown().await;
+    // Started with a list it cannot read, an agent does not serve: it would let in what the
+    // fleet has cut off.
+    let again = world.config("web-host", &[], &[("db", "web")]);
+    let err = Agent::start(again).await.err().expect("the start is refused");
+    assert!(err.to_string().contains("revoked.json"), "{err}");
 }
 
 /// `cordon ca serve` as a child process; killed when dropped.

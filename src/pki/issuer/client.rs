@@ -31,6 +31,9 @@ use crate::pki::{PkiError, ServiceName, TlsStore, TrustDomain, spiffe_id_of};
 
 /// How long one request may take, connect to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest answer read from the service: leaves, the bundle and a revocation list of at most
+/// [`crate::pki::revoked::MAX_BYTES`].
+const MAX_ANSWER: usize = 2 * crate::pki::revoked::MAX_BYTES;
 /// Longest wait between two attempts while the service is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -407,7 +410,11 @@ impl Renewer {
                 .map_err(|e| self.bad(e.to_string()))?;
             let resp = sender.send_request(req).await.map_err(|e| self.unreachable(e))?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e))?
+                .to_bytes();
             Ok::<_, IssuerError>((status, bytes))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
