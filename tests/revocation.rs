@@ -147,6 +147,10 @@ async fn revoking_a_serial_cuts_off(proxy: &str) {
     let text = db.metrics_text();
     assert_eq!(metric(&text, "cordon_revocations", &[("kind", "serial")]), 1.0, "{text}");
     assert!(metric(&text, "cordon_revocations_age_seconds", &[]) > 0.0, "{text}");
+    let admin = db.bound().admin.unwrap().to_string();
+    // Off this thread: the agent under test runs on it.
+    let shown = tokio::task::spawn_blocking(move || cordon_ok(&["status", "--admin", &admin])).await.unwrap();
+    assert!(shown.contains("revocation list: 1 serials, 0 hosts"), "{shown}");
     web.shutdown().await;
     db.shutdown().await;
 }
