@@ -1,11 +1,11 @@
 //! The one authorization decision. Every verdict cordon gives is made here: the inbound proxy at
 //! accept and for every app connection on a reused hop, the re-check of open connections when the
-//! policy or the trust bundle changes, the preflight of `cordon mode`, `cordon diff`, the report
-//! and `cordon check`.
+//! policy, the trust bundle or the revocation list changes, the preflight of `cordon mode`,
+//! `cordon diff`, the report and `cordon check`.
 //!
-//! The rule, written once: a caller gets in when its certificate is valid now and was verified
-//! against the trust bundle in force, it arrived over mTLS, and the most specific intention for
-//! the pair allows it. A destination that learns lets in what the rule would refuse, and says so
+//! The rule, written once: a caller gets in when its certificate is valid now, was verified
+//! against the trust bundle in force and is not revoked, it arrived over mTLS, and the most
+//! specific intention for the pair allows it. A destination that learns lets in what the rule would refuse, and says so
 //! (`would-deny`), except a certificate that is no longer good (expired, not yet valid, verified
 //! against a bundle no longer in force, or revoked: its serial or its host is in the revocation
 //! list in force): that is refused in every mode, as a fresh handshake with it would be.
@@ -61,7 +61,8 @@ pub struct Subject<'a> {
 }
 
 impl<'a> Subject<'a> {
-    /// A connection that is open already, decided again after a change of policy or bundle.
+    /// A connection that is open already, decided again after a change of policy, bundle or
+    /// revocation list.
     pub fn open(caller: &'a Caller, source: &'a str) -> Self {
         let proof = match caller {
             Caller::Mtls(peer) => Proof::OpenCertificate { bundle: peer.bundle, leaf: LeafId::of(peer) },

@@ -14,7 +14,7 @@ mod watch;
 use std::path::PathBuf;
 
 pub use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};
-pub use decide::{Decision, DecisionContext, Proof, Reason, Subject, decide, decide_in};
+pub use decide::{Decision, DecisionContext, LeafId, Proof, Reason, Subject, decide, decide_in};
 pub use edit::{set_mode, with_mode};
 pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord};
 pub use parse::{ANY, Intention, Match, Policy};
