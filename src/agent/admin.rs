@@ -167,6 +167,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
         },
         "lockdown": *parts.lockdown.lock().unwrap_or_else(|p| p.into_inner()),
         "issuer": parts.renewer.as_ref().map(|r| r.status()),
+        "revocations": super::revoked::status(&parts.tls, parts.renewer.as_ref()),
         "ledger": {
             "path": parts.config.ledger_path().display().to_string(),
             "events_received": rs.received.load(Ordering::Relaxed),

@@ -384,6 +384,27 @@ identity = "web"
         assert_eq!(c.host, "db-1");
     }
 
+    /// The revocation poll keeps its 30 s bound (a revoked leaf refused fleet-wide within 60 s):
+    /// shorter is accepted, longer is refused naming the field.
+    #[test]
+    fn the_revocation_poll_is_at_most_30_seconds() {
+        let issuer = GOOD
+            .replace("dir = \"/etc/cordon/tls\"", "dir = \"/etc/cordon/tls\"\nissuer = \"https://ca:8443\"");
+        let c = parse(&issuer).unwrap();
+        let poll = |c: &Config| c.issuer.as_ref().map(|i| i.revocation_poll);
+        assert_eq!(poll(&c), Some(std::time::Duration::from_secs(30)));
+        let fast = issuer.replace("issuer =", "revocation_poll_ms = 500\nissuer =");
+        assert_eq!(poll(&parse(&fast).unwrap()), Some(std::time::Duration::from_millis(500)));
+        for bad in ["30001", "60000", "0"] {
+            let slow = issuer.replace("issuer =", &format!("revocation_poll_ms = {bad}\nissuer ="));
+            let p = problems(&slow);
+            assert!(p.iter().any(|p| p.starts_with("tls.revocation_poll_ms: must be 100 to 30000")), "{p:?}");
+        }
+        let without =
+            GOOD.replace("dir = \"/etc/cordon/tls\"", "dir = \"/etc/cordon/tls\"\nrevocation_poll_ms = 500");
+        assert!(problems(&without).iter().any(|p| p.contains("only used with tls.issuer")));
+    }
+
     #[test]
     fn the_data_plane_is_single_threaded_unless_told() {
         assert_eq!(parse(GOOD).unwrap().proxy.threads, 1);

@@ -9,6 +9,7 @@ mod admin;
 pub mod check;
 pub mod config;
 pub mod limits;
+mod revoked;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -206,6 +207,7 @@ impl Agent {
         if let Some(r) = &renewer {
             admin::register_renewer(&mut metrics, r);
         }
+        revoked::register(&mut metrics, &tls, renewer.as_ref());
         if let Some(s) = &shipper {
             admin::register_shipper(&mut metrics, s.stats());
         }
@@ -263,6 +265,7 @@ impl Agent {
         tls.spawn_refresh(admin_stop.clone());
         if let Some(r) = &renewer {
             r.spawn(tls.clone(), admin_stop.clone());
+            r.spawn_revocation_poll(tls.clone(), admin_stop.clone());
         }
         let locked: Vec<_> = config.services.iter().filter_map(|s| s.guarded()).collect();
         if !locked.is_empty() {

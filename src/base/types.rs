@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -161,15 +162,21 @@ impl fmt::Display for Identified {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BundleId(pub u64);
 
-/// A client certificate as the handshake proved it: who, how long it is valid, and the bundle
-/// it was verified against. A resumed TLS session carries the certificate of its first
-/// handshake, so the validity is checked again at every decision.
+/// A client certificate as the handshake proved it: who, how long it is valid, the bundle it
+/// was verified against, and which leaf it is. A resumed TLS session carries the certificate of
+/// its first handshake, so the validity and revocation are checked again at every decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub id: ServiceId,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub bundle: BundleId,
+    /// The leaf's serial number, lowercase hex without leading zero bytes (as the revocation list
+    /// writes it).
+    pub serial: Arc<str>,
+    /// The host the leaf names (its one DNS-name SAN, checked as a host name by pki), None for a
+    /// leaf that names none.
+    pub host: Option<Arc<str>>,
 }
 
 /// The caller of an inbound connection.

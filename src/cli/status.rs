@@ -105,6 +105,16 @@ pub fn render(status: &Value) -> String {
             );
         }
     }
+    if let Some(r) = status["revocations"].as_object() {
+        o += &format!(
+            "  revocation list: {} serials, {} hosts (version {}, generated {}){}\n",
+            r["serials"],
+            r["hosts"],
+            s(&r["version"]),
+            s(&r["generated"]),
+            r["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default()
+        );
+    }
     o += "\nserved services (inbound)\n";
     for svc in arr("services") {
         let lockdown = if svc["lockdown"].as_bool() == Some(true) { "lockdown on" } else { "lockdown off" };

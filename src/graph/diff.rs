@@ -233,7 +233,7 @@ pub fn diff(
     service: Option<&str>,
     judging: &Judging<'_>,
 ) -> Vec<ServiceReadiness> {
-    let ctx = DecisionContext { now: judging.now, bundle: None };
+    let ctx = DecisionContext { now: judging.now, bundle: None, revoked: None };
     let span = observed.span();
     let long_window = span.is_some_and(|(first, last)| {
         last.duration_since(first).unwrap_or_default().as_secs() >= RARE_AFTER_DAYS * 86_400

@@ -7,6 +7,7 @@ mod ca;
 pub(crate) mod files;
 mod host;
 pub mod issuer;
+pub(crate) mod revoked;
 mod settings;
 mod tickets;
 mod tls;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 pub use crate::base::{IdError, ServiceId, ServiceName, TrustDomain};
 pub use ca::{Ca, Leaf};
 pub use host::{HostName, HostNameError, MAX_HOST_LEN, host_of};
+pub use revoked::{RevocationWatch, Revocations, RevokedError, serial_of};
 pub use settings::{RawTls, TlsSettings, TlsSource};
 pub use tls::{HOP_ALPN_H2, HOP_ALPN_V1, HOP_ALPN_V2, HOP_ALPNS, HopOffer, ServerTls, TlsStore, read_certs};
 pub use verify::{

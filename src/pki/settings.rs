@@ -2,6 +2,7 @@
 //! validated ([`TlsSettings`]). The agent's config composes it; nothing here reads files.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +21,9 @@ pub struct RawTls {
     /// `https://HOST:PORT` of `cordon ca serve`: enrol and renew `dir`'s leaves there.
     issuer: Option<String>,
     join_token_file: Option<PathBuf>,
+    /// How often to poll the signing service's revocation list, in milliseconds (at most 30 s,
+    /// the default).
+    revocation_poll_ms: Option<u64>,
 }
 
 /// Where this host's certificates come from.
@@ -64,8 +68,24 @@ impl TlsSettings {
 
         let join_token_file =
             raw.join_token_file.map(|f| config_path("tls.join_token_file", f, base, problems));
+        let poll = raw.revocation_poll_ms.map(Duration::from_millis);
+        if let Some(p) = poll
+            && !(super::issuer::MIN_REVOCATION_POLL..=super::issuer::DEFAULT_REVOCATION_POLL).contains(&p)
+        {
+            problems.push(
+                "tls.revocation_poll_ms: must be 100 to 30000 (a revoked leaf is refused fleet-wide within 60 s)"
+                    .into(),
+            );
+        }
+        if poll.is_some() && raw.issuer.is_none() {
+            problems.push("tls.revocation_poll_ms: only used with tls.issuer".into());
+        }
         let issuer = match (raw.issuer, &source) {
             (Some(url), Some(TlsSource::Files { .. })) => IssuerSettings::parse(&url, join_token_file)
+                .map(|mut s| {
+                    s.revocation_poll = poll.unwrap_or(s.revocation_poll);
+                    s
+                })
                 .map_err(|e| problems.push(format!("tls.issuer: {e}")))
                 .ok(),
             (Some(_), _) => {

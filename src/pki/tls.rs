@@ -144,6 +144,9 @@ pub struct TlsStore {
     /// reusable hops) from before carry a server verified under the old bundle or our old
     /// certificate, which expires on its own schedule, and are not used again.
     client_generation: std::sync::atomic::AtomicU64,
+    /// The revocation list in force, read from `revoked.json` beside the leaves (`tls.dir`) or in
+    /// the local CA's directory, with every reload.
+    revoked: super::RevocationWatch,
 }
 
 /// A server config and the trust bundle its client verifier holds: a connection accepted with
@@ -211,6 +214,9 @@ impl TlsStore {
         identities: &[ServiceName],
     ) -> Result<Arc<Self>, PkiError> {
         let store = Self::empty(source, trust_domain, identities)?;
+        // A list that cannot be read stops the start: serving without it would let in what the
+        // fleet has cut off.
+        store.revoked.install(super::Revocations::load(&store.revocation_path())?);
         let (material, problems) = store.build(None);
         if let Some(first) = problems.into_iter().next() {
             return Err(first);
@@ -237,7 +243,13 @@ impl TlsStore {
             };
         }
         match Self::empty(source, trust_domain, identities) {
-            Ok(store) => store.build(None).1,
+            Ok(store) => {
+                let mut problems = store.build(None).1;
+                if let Err(e) = super::Revocations::load(&store.revocation_path()) {
+                    problems.push(e);
+                }
+                problems
+            }
             Err(e) => vec![e],
         }
     }
@@ -264,6 +276,7 @@ impl TlsStore {
             tickets: TicketJars::default(),
             bundle_tx: tokio::sync::watch::Sender::new(BundleId(0)),
             client_generation: std::sync::atomic::AtomicU64::new(0),
+            revoked: super::RevocationWatch::new(super::Revocations::empty()),
         })
     }
 
@@ -350,9 +363,44 @@ impl TlsStore {
         Some(config)
     }
 
+    /// Where the revocation list is read: `revoked.json` in the local CA's directory, or in
+    /// `tls.dir` (where the agent keeps what the signing service sends).
+    pub fn revocation_path(&self) -> PathBuf {
+        match &self.source {
+            TlsSource::Files { dir, .. } => dir.join(super::revoked::FILE_NAME),
+            TlsSource::LocalCa { ca_dir, .. } => ca_dir.join(super::revoked::FILE_NAME),
+        }
+    }
+
+    /// The revocation list in force.
+    pub fn revocations(&self) -> Arc<super::Revocations> {
+        self.revoked.current()
+    }
+
+    /// The revocation list in force, its changes and when it was installed.
+    pub fn revocation_watch(&self) -> &super::RevocationWatch {
+        &self.revoked
+    }
+
+    /// Re-reads the revocation list; a list that cannot be read is refused with an error naming
+    /// the file, and the list in force stays. Whether the list changed.
+    pub fn reload_revocations(&self) -> Result<bool, PkiError> {
+        let loaded = super::Revocations::load(&self.revocation_path());
+        self.revoked.note(loaded.as_ref().err().map(ToString::to_string));
+        let new = loaded?;
+        let (serials, hosts) = (new.serial_count(), new.host_count());
+        let changed = self.revoked.install(new);
+        if changed {
+            warn!(serials, hosts, "revocation list changed: open connections are checked again");
+        }
+        Ok(changed)
+    }
+
     /// Re-reads (or, from a local CA, re-issues) everything. A bad file is refused with an error
-    /// naming it, and the identity it belongs to keeps its old material.
+    /// naming it, and the identity it belongs to keeps its old material (and a bad revocation
+    /// list, the list in force).
     pub fn reload(&self) -> Result<(), PkiError> {
+        let revoked = self.reload_revocations();
         let old = self.material();
         let (material, problems) = self.build(Some(&old));
         let renewed = material.identities.iter().any(|(name, i)| {
@@ -372,9 +420,9 @@ impl TlsStore {
             self.client_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         self.install(material);
-        match problems.into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(()),
+        match (problems.into_iter().next(), revoked) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(_)) => Ok(()),
         }
     }
 
@@ -625,6 +673,8 @@ impl TlsStore {
         let mut dirs = match &self.source {
             TlsSource::Files { ca, dir } => {
                 let mut d: Vec<PathBuf> = self.names.iter().map(|n| dir.join(n.as_str())).collect();
+                // revoked.json
+                d.push(dir.clone());
                 d.push(ca.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from(".")));
                 d
             }
@@ -664,6 +714,12 @@ impl TlsStore {
                     }
                 }
             };
+            // The revocation list may have changed between the start's read and the watch: read
+            // it again now that a change cannot be missed.
+            let s = store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.reload_revocations()).await {
+                error!(error = %e, "revocation list refused; keeping the one in force");
+            }
             loop {
                 let wait =
                     store.next_renewal().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());

@@ -59,6 +59,8 @@ pub enum RejectReason {
     Protocol,
     Timeout,
     PlaintextInEnforce,
+    /// The leaf's serial or host is in the revocation list in force (refused by the decision).
+    Revoked,
 }
 
 impl RejectReason {
@@ -76,6 +78,7 @@ impl RejectReason {
             RejectReason::Protocol => "protocol",
             RejectReason::Timeout => "timeout",
             RejectReason::PlaintextInEnforce => "plaintext_in_enforce",
+            RejectReason::Revoked => "revoked",
         }
     }
 
@@ -176,7 +179,8 @@ fn spiffe_id_in(
 }
 
 /// The peer of a finished server-side handshake (full or resumed) as the decision needs it: its
-/// SPIFFE ID, its certificate's validity, and `bundle`, the trust bundle the server config that
+/// SPIFFE ID, its certificate's validity, serial and host (read once here, for the revocation
+/// check of every later decision), and `bundle`, the trust bundle the server config that
 /// accepted it verifies against. Also its chain, to verify again if the bundle changes while the
 /// connection is open. None when the peer presented no usable certificate.
 pub fn peer_of(
@@ -195,6 +199,8 @@ pub fn peer_of(
         not_before: at(x509.validity().not_before),
         not_after: at(x509.validity().not_after),
         bundle,
+        serial: super::issuer::serial_hex(x509.raw_serial()).into(),
+        host: super::host_of(chain.first()?).map(|h| h.as_str().into()),
     };
     Some((peer, chain.to_vec()))
 }

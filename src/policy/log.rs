@@ -51,6 +51,7 @@ pub struct DecisionRecord {
     pub mode: Mode,
     pub outcome: Outcome,
     pub rule: Arc<str>,
+    /// Why, as a label (`no-intention`, `plaintext`, `revoked`, ...).
     pub reason: Reason,
     /// What the TLS handshake showed; `None` for a plaintext caller.
     pub tls: Option<Arc<TlsSeen>>,
@@ -93,6 +94,7 @@ struct Line<'a> {
     verdict: &'a str,
     outcome: &'a str,
     rule: &'a str,
+    reason: &'a str,
     transport: &'a str,
     identified: &'a str,
     count: u64,
@@ -352,6 +354,7 @@ impl Writer {
             verdict: "deny",
             outcome: r.outcome.as_str(),
             rule: &r.rule,
+            reason: r.reason.as_str(),
             transport: if r.tls.is_some() { "tls" } else { "plaintext" },
             identified: r.identified.as_str(),
             count,

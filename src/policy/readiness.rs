@@ -339,7 +339,7 @@ pub fn days_text(d: Duration) -> String {
 
 /// Judges whether `q.service` may enforce. See the module doc for the rule.
 pub fn readiness(q: &Question<'_>) -> Readiness {
-    let ctx = DecisionContext { now: q.now, bundle: None };
+    let ctx = DecisionContext { now: q.now, bundle: None, revoked: None };
     let enforcing = q.mode_now == Mode::Enforce;
     let policy = q.policy_after;
     let judge = |source: &str, identified: Identified| {

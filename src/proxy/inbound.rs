@@ -3,7 +3,8 @@
 //! policy, records the connection, and relays to the app.
 //!
 //! A denied caller is refused before cordon dials the app, so the app never sees an accept. Open
-//! connections are decided again whenever the policy changes.
+//! connections are decided again whenever the policy, the trust bundle or the revocation list
+//! changes.
 //!
 //! Another cordon may offer the reusable hop (`proxy::hop`): then one mTLS connection carries its
 //! app connections one after another (or, over HTTP/2, many at once), each decided, recorded and
@@ -205,20 +206,23 @@ impl Inbound {
         .await;
     }
 
-    /// The one re-check task of this listener: on every new policy or trust bundle, each open
-    /// connection is decided again and closed when the decision now refuses it. A certificate
-    /// the bundle in force no longer verifies is always closed; a caller the new policy refuses
-    /// is closed when `close_denied_on_enforce` says so.
+    /// The one re-check task of this listener: on every new policy, trust bundle or revocation
+    /// list, each open connection is decided again and closed when the decision now refuses it.
+    /// A certificate the bundle in force no longer verifies, or that is revoked, is always
+    /// closed; a caller the new policy refuses is closed when `close_denied_on_enforce` says so.
     async fn recheck(self: Arc<Self>, life: Lifecycle) {
         let mut policy_rx = self.policy.clone();
         let mut bundle_rx = self.tls.watch_bundle();
+        let mut revoked_rx = self.tls.revocation_watch().subscribe();
         policy_rx.mark_unchanged();
         bundle_rx.mark_unchanged();
+        revoked_rx.mark_unchanged();
         let mut stopping = false;
         loop {
             tokio::select! {
                 changed = policy_rx.changed() => if changed.is_err() { return },
                 changed = bundle_rx.changed() => if changed.is_err() { return },
+                changed = revoked_rx.changed() => if changed.is_err() { return },
                 _ = life.force_close.cancelled() => return,
                 _ = life.stop_accepting.cancelled(), if !stopping => { stopping = true; continue }
                 _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {
@@ -228,7 +232,9 @@ impl Inbound {
             }
             let policy = policy_rx.borrow_and_update().clone();
             let bundle = *bundle_rx.borrow_and_update();
-            let ctx = DecisionContext { now: SystemTime::now(), bundle: Some(bundle) };
+            let revoked = revoked_rx.borrow_and_update().clone();
+            let ctx =
+                DecisionContext { now: SystemTime::now(), bundle: Some(bundle), revoked: Some(&revoked) };
             let mut verified = Verified::default();
             for conn in self.open.snapshot() {
                 let caller = conn.caller(&self.tls, bundle, &mut verified);
@@ -431,11 +437,13 @@ impl Inbound {
         }
     }
 
-    /// Decides one app connection of `conn` now, with the policy and trust bundle in force.
+    /// Decides one app connection of `conn` now, with the policy, trust bundle and revocation
+    /// list in force.
     fn decide_now(&self, policy: &Policy, conn: &OpenConn) -> (Caller, Decision) {
         let bundle = self.tls.bundle();
         let caller = conn.caller(&self.tls, bundle, &mut Verified::default());
-        let ctx = DecisionContext { now: SystemTime::now(), bundle: Some(bundle) };
+        let revoked = self.tls.revocations();
+        let ctx = DecisionContext { now: SystemTime::now(), bundle: Some(bundle), revoked: Some(&revoked) };
         let decision = decide(policy, &Subject::live(&caller, &conn.source), self.service.as_str(), &ctx);
         (caller, decision)
     }
@@ -450,6 +458,7 @@ impl Inbound {
                 Reason::CertificateExpired => Some(RejectReason::Expired),
                 Reason::CertificateNotYetValid => Some(RejectReason::NotYetValid),
                 Reason::TrustBundleChanged => Some(RejectReason::UnknownCa),
+                Reason::Revoked => Some(RejectReason::Revoked),
                 _ => None,
             };
             if let Some(r) = refused {

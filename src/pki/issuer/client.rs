@@ -31,6 +31,9 @@ use crate::pki::{PkiError, ServiceName, TlsStore, TrustDomain, spiffe_id_of};
 
 /// How long one request may take, connect to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest answer read from the service: leaves, the bundle and a revocation list of at most
+/// [`crate::pki::revoked::MAX_BYTES`].
+const MAX_ANSWER: usize = 2 * crate::pki::revoked::MAX_BYTES;
 /// Longest wait between two attempts while the service is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -41,6 +44,9 @@ pub struct IssuerSettings {
     pub addr: String,
     /// The file holding the join token, read at first enrolment.
     pub join_token_file: Option<PathBuf>,
+    /// How often the revocation list is polled (`tls.revocation_poll_ms`), at most
+    /// [`super::DEFAULT_REVOCATION_POLL`].
+    pub revocation_poll: Duration,
 }
 
 impl IssuerSettings {
@@ -51,7 +57,11 @@ impl IssuerSettings {
         if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
             return Err("expected https://HOST:PORT".into());
         }
-        Ok(IssuerSettings { addr: addr.to_string(), join_token_file })
+        Ok(IssuerSettings {
+            addr: addr.to_string(),
+            join_token_file,
+            revocation_poll: super::DEFAULT_REVOCATION_POLL,
+        })
     }
 }
 
@@ -100,6 +110,8 @@ pub struct Renewer {
     identities: Vec<ServiceName>,
     provider: Arc<CryptoProvider>,
     progress: Mutex<BTreeMap<ServiceName, Progress>>,
+    /// The revocation list's poll (`poll.rs`).
+    poll: super::poll::PollStats,
 }
 
 impl std::fmt::Debug for Renewer {
@@ -159,7 +171,28 @@ impl Renewer {
             identities,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             progress: Mutex::new(BTreeMap::new()),
+            poll: Default::default(),
         })
+    }
+
+    /// `tls.dir`, where the leaves and the revocation list are kept.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The signing service's `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.settings.addr
+    }
+
+    /// How often the revocation list is polled.
+    pub fn revocation_poll(&self) -> Duration {
+        self.settings.revocation_poll
+    }
+
+    /// The revocation list poll's counts.
+    pub fn poll_stats(&self) -> &super::poll::PollStats {
+        &self.poll
     }
 
     fn cert_path(&self, id: &ServiceName) -> PathBuf {
@@ -331,7 +364,11 @@ impl Renewer {
     ) -> Result<Issued, IssuerError> {
         let (status, bytes) = self.request(hyper::Method::POST, path, body, cert).await?;
         match status.as_u16() {
-            200 => serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string())),
+            200 => {
+                let issued = serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string()))?;
+                self.take_revocations(&bytes);
+                Ok(issued)
+            }
             403 => {
                 let r: Refusal = serde_json::from_slice(&bytes).map_err(|e| self.bad(e.to_string()))?;
                 Err(IssuerError::Refused { reason: r.reason, message: r.message })
@@ -341,7 +378,7 @@ impl Renewer {
     }
 
     /// One request: connect, TLS, send, read the answer.
-    async fn request(
+    pub(super) async fn request(
         &self,
         method: hyper::Method,
         path: &str,
@@ -373,7 +410,11 @@ impl Renewer {
                 .map_err(|e| self.bad(e.to_string()))?;
             let resp = sender.send_request(req).await.map_err(|e| self.unreachable(e))?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e))?
+                .to_bytes();
             Ok::<_, IssuerError>((status, bytes))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)

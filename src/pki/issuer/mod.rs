@@ -10,6 +10,7 @@
 //! | `POST /v1/enrol` | the join token | [`EnrolRequest`] |
 //! | `POST /v1/renew` | the host's current certificate (mTLS) | [`RenewRequest`] |
 //! | `GET /v1/status` | nothing (counts only) | |
+//! | `GET /v1/revoked` | nothing (what is refused) | the CA directory's `revoked.json`, checked |
 //! | `GET /metrics` | nothing (counts only) | |
 //!
 //! A success is an [`Issued`], a refusal a 403 with a [`Refusal`].
@@ -17,6 +18,7 @@
 mod cas;
 pub mod client;
 mod leases;
+mod poll;
 pub mod server;
 mod tls;
 mod tokens;
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use cas::{CaSet, Phase, RotateStep, rotate};
 pub use client::{IssuerSettings, Renewer};
 pub use leases::{IssuanceLog, Leases};
+pub use poll::{DEFAULT_REVOCATION_POLL, MIN_REVOCATION_POLL, PollStats};
 pub use server::{ServeOptions, Service};
 pub use tokens::TokenStore;
 

@@ -209,6 +209,29 @@ impl Service {
                 "application/json",
                 serde_json::to_string_pretty(&self.status()).unwrap_or_default(),
             ),
+            // The revocation list of the CA directory, checked, for agents to poll (no client
+            // certificate needed: it says only what is refused).
+            (&Method::GET, "/v1/revoked") => {
+                let path = self.options.dir.join(crate::pki::revoked::FILE_NAME);
+                match tokio::task::spawn_blocking(move || crate::pki::Revocations::load(&path)).await {
+                    Ok(Ok(list)) => reply(
+                        StatusCode::OK,
+                        "application/json",
+                        String::from_utf8_lossy(&list.to_json()).into_owned(),
+                    ),
+                    Ok(Err(e)) => {
+                        error!(error = %e, "revocation list refused; not serving it");
+                        reply(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "text/plain",
+                            "revocation list unreadable\n".into(),
+                        )
+                    }
+                    Err(_) => {
+                        reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "internal error\n".into())
+                    }
+                }
+            }
             (&Method::GET, "/metrics") => {
                 reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, self.metrics_text())
             }
