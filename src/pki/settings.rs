@@ -64,6 +64,11 @@ impl TlsSettings {
 
         let join_token_file =
             raw.join_token_file.map(|f| config_path("tls.join_token_file", f, base, problems));
+        if let Some(problem) =
+            join_token_file.as_deref().and_then(|f| super::files::secret_problem("tls.join_token_file", f))
+        {
+            problems.push(problem);
+        }
         let issuer = match (raw.issuer, &source) {
             (Some(url), Some(TlsSource::Files { .. })) => IssuerSettings::parse(&url, join_token_file)
                 .map_err(|e| problems.push(format!("tls.issuer: {e}")))
