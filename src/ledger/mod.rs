@@ -19,6 +19,7 @@ mod merge;
 mod read;
 mod recorder;
 mod rescue;
+mod salvage;
 pub mod schema;
 pub mod spool;
 
