@@ -133,3 +133,19 @@ fn diff_text_escapes_every_name() {
     assert_inert("diff", &text);
     assert!(text.contains("\\u{1b}"), "{text}");
 }
+
+#[test]
+fn discovery_text_escapes_names_from_synapse_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = serde_json::json!([{
+        "host": "10.0.0.5", "port": 8080, "name": format!("db-0{TERMINAL}\nfake-row"),
+        "id": 0, "weight": null, "haproxy_server_options": null, "labels": {"cordon_mtls_port": "14000"},
+    }]);
+    std::fs::write(dir.path().join("db.json"), entries.to_string()).unwrap();
+    let out = support::cordon(&["discovery", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10.0.0.5:8080"), "the backend is listed: {text}");
+    assert_inert("discovery", &text);
+    assert!(!text.lines().any(|l| l.starts_with("fake-row")), "{text}");
+}
