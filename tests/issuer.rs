@@ -79,6 +79,8 @@ fn token(world: &World, host: &str, services: &[&str], ttl: &str) -> PathBuf {
     assert!(token.starts_with("cordon-join-"), "{out}");
     let path = world.path(&format!("{host}-{}.token", services.join("-")));
     std::fs::write(&path, format!("{token}\n")).unwrap();
+    // A secret: readable by its owner only, or the agent refuses it.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
 
@@ -510,6 +512,7 @@ async fn thundering_herd_of_renewals_after_an_outage() {
             let file = world.path(&format!("tokens/{host}"));
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
             std::fs::write(&file, token).unwrap();
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
             Renewer::new(
                 IssuerSettings::parse(&format!("https://{addr}"), Some(file)).unwrap(),
                 TrustDomain::new(TRUST_DOMAIN).unwrap(),

@@ -11,8 +11,9 @@ use cordon::ledger::{self, EdgeKey, Event, LedgerError, Recorder};
 use cordon::policy::{Identified, Mode, Verdict};
 
 const HOUR: u64 = 3600;
-/// 2026-11-20T00:00:00Z.
-const T0: u64 = 1_795_132_800;
+/// 2026-10-01T00:00:00Z: every fixture time (up to T0 + 30 days) is in the past, as readers
+/// refuse a ledger that records the future.
+const T0: u64 = 1_790_812_800;
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
@@ -170,9 +171,10 @@ fn while_writes_fail_pending_counters_are_bounded_and_kept() {
     let lock = blocker.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
     let e = edge("web", "db", Identified::Mtls, Verdict::Allow);
     let total = ledger::MAX_PENDING_KEYS as u64 + 100;
-    // One distinct hour per event: every event is a new counter.
+    // One distinct hour per event, back from T0 (a ledger may not record the future): every
+    // event is a new counter.
     for hour in 0..total {
-        handle.record_wait(Event::Opened { edge: e.clone(), at: at(T0 + hour * HOUR) });
+        handle.record_wait(Event::Opened { edge: e.clone(), at: at(T0 - hour * HOUR) });
     }
     eventually("all events taken", || handle.stats().received.load(Ordering::Relaxed) == total);
     assert!(handle.stats().write_errors.load(Ordering::Relaxed) >= 1);

@@ -220,6 +220,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<String>> {
             problems.push("host: must not be empty".into());
             String::new()
         }
+        Some(h) if !crate::ledger::valid_host(&h) => {
+            problems.push(format!(
+                "host: \"{}\" is not a host name (at most 253 bytes of A-Z a-z 0-9 . - _): it names every ledger row",
+                crate::base::escape::text(&h.chars().take(64).collect::<String>())
+            ));
+            String::new()
+        }
         Some(h) => h,
         None => local_hostname(),
     };
@@ -319,7 +326,7 @@ pub fn local_hostname() -> String {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
         .ok()
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && crate::ledger::valid_host(s))
         .unwrap_or_else(|| "localhost".to_string())
 }
 

@@ -5,6 +5,7 @@
 //! module imports no other module of cordon. It holds types and pure checks only, no I/O and no decisions (the
 //! one decision is [`crate::policy::decide`]).
 
+pub mod escape;
 mod field;
 mod id;
 mod source;

@@ -12,6 +12,7 @@ use cordon_discovery::{Backend, Snapshot, load_dir};
 use serde_json::{Value, json};
 
 use super::Outcome;
+use crate::base::escape;
 
 /// How the snapshot is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     out.flush()?;
     let mut err = std::io::stderr().lock();
     for problem in snapshot.problems() {
-        writeln!(err, "cordon: discovery: refused {problem}")?;
+        writeln!(err, "cordon: discovery: refused {}", escape::text(&problem.to_string()))?;
     }
     Ok(Outcome::Success)
 }
@@ -66,7 +67,13 @@ fn write_text(out: &mut impl Write, snapshot: &Snapshot) -> std::io::Result<()> 
     let (mut mtls, mut plaintext) = (0usize, 0usize);
     for (service, backends) in snapshot.services() {
         if backends.is_empty() {
-            rows.push([service, "(no backends)", "", "", ""].map(str::to_string));
+            rows.push([
+                escape::cell(service).into_owned(),
+                "(no backends)".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]);
         }
         for b in backends {
             if b.is_mtls() {
@@ -74,17 +81,18 @@ fn write_text(out: &mut impl Write, snapshot: &Snapshot) -> std::io::Result<()> 
             } else {
                 plaintext += 1;
             }
+            let host = escape::cell(&b.host);
             let address = if b.host.contains(':') {
-                format!("[{}]:{}", b.host, b.port)
+                format!("[{host}]:{}", b.port)
             } else {
-                format!("{}:{}", b.host, b.port)
+                format!("{host}:{}", b.port)
             };
             rows.push([
-                service.to_string(),
+                escape::cell(service).into_owned(),
                 address,
                 transport(b),
                 b.weight.map_or_else(|| "-".to_string(), |w| w.to_string()),
-                b.name.clone().unwrap_or_else(|| "-".to_string()),
+                b.name.as_deref().map_or_else(|| "-".to_string(), |n| escape::text(n).into_owned()),
             ]);
         }
     }

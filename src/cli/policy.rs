@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 
 use super::Outcome;
-use crate::base::Source;
+use crate::base::{Source, escape};
 use crate::policy::{
     Blocker, DecisionContext, FlipEvidence, FlipOutcome, FlipRequest, Identified, Mode, Note,
     Outcome as DecisionOutcome, Policy, Readiness, ReadinessCaller, Subject, Verdict, check_known, days_text,
@@ -146,9 +146,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<Outcome> {
     let subject = Subject::recorded(&args.source, identified);
     let decision = decide(&policy, &subject, &args.destination, &DecisionContext::review());
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{} -> {}: {}", args.source, args.destination, decision.verdict)?;
+    let (source, dest) = (escape::text(&args.source), escape::text(&args.destination));
+    writeln!(out, "{source} -> {dest}: {}", decision.verdict)?;
     writeln!(out, "  rule: {}", decision.rule)?;
-    let dest = &args.destination;
     match decision.outcome {
         DecisionOutcome::Allowed if decision.mode == Mode::Enforce => {
             writeln!(out, "  {dest} enforces: the connection is let in")?

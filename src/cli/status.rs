@@ -61,9 +61,10 @@ pub fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     })
 }
 
+/// A value of the agent's answer as text; what the agent reports (names, errors) is escaped.
 fn s(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::base::escape::text(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -101,7 +102,10 @@ pub fn render(status: &Value) -> String {
                 s(&i["identity"]),
                 i["renewed"],
                 i["failed"],
-                i["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default()
+                i["last_error"]
+                    .as_str()
+                    .map(|e| format!(", last error: {}", crate::base::escape::text(e)))
+                    .unwrap_or_default()
             );
         }
     }

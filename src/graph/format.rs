@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use super::{Declared, NodeKind, Observed, Proposal, ServiceReadiness};
+use crate::base::escape;
 use crate::policy::Identified;
 
 /// `2026-11-22` (UTC).
@@ -100,8 +101,8 @@ pub fn graph_text_by(observed: &Observed, policy: Option<&crate::policy::Policy>
     }
     for e in &observed.edges {
         rows.push(vec![
-            e.source.clone(),
-            e.destination.clone(),
+            escape::cell(&e.source).into_owned(),
+            escape::cell(&e.destination).into_owned(),
             e.identified.to_string(),
             e.connections.to_string(),
             e.bytes_to_destination.to_string(),
@@ -117,7 +118,11 @@ pub fn graph_text_by(observed: &Observed, policy: Option<&crate::policy::Policy>
         }
     }
     for (d, service) in observed.declarations.never_seen(observed) {
-        let mut row = vec![d.identity.clone(), service.to_owned(), "declared".to_owned()];
+        let mut row = vec![
+            escape::cell(&d.identity).into_owned(),
+            escape::cell(service).into_owned(),
+            "declared".to_owned(),
+        ];
         row.extend(["0", "0", "0", "-", "-", "0", "never-seen"].map(String::from));
         row.push(declared_cell(observed, &d.identity, service).to_owned());
         if policy.is_some() {
@@ -210,20 +215,7 @@ pub fn graph_json_by(observed: &Observed, policy: Option<&crate::policy::Policy>
 
 /// A DOT string literal.
 fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(ch);
-            }
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    escape::dot_quoted(s)
 }
 
 /// The graph for Graphviz (`dot -Tsvg`). Edge colour is the verdict (green allowed, orange
@@ -291,9 +283,15 @@ fn connections(n: u64) -> String {
     if n == 1 { "1 connection".to_owned() } else { format!("{n} connections") }
 }
 
-/// A TOML string literal (also used inside comments, so a name can never break a line).
+/// A TOML string literal, for values.
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
+}
+
+/// One `# ` comment line whatever `line` holds: a name in it can never end the comment and
+/// write live TOML after it.
+fn comment(out: &mut String, line: &str) {
+    let _ = writeln!(out, "# {}", escape::toml_comment(line));
 }
 
 /// The proposal as policy TOML: `header` lines as comments, one `[[intention]]` per proposal,
@@ -301,7 +299,7 @@ fn toml_str(s: &str) -> String {
 pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
     let mut out = String::new();
     for line in header.iter().chain(&proposal.rules) {
-        let _ = writeln!(out, "# {}", line.replace(['\n', '\r'], " "));
+        comment(&mut out, line);
     }
     if proposal.intentions.is_empty() {
         out.push_str("# Nothing to propose.\n");
@@ -326,23 +324,24 @@ pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
     if !proposal.declared_only.is_empty() {
         out.push_str("\n# Declared but not proposed; review by hand:\n");
         for d in &proposal.declared_only {
-            let _ =
-                writeln!(out, "#   {} -> {}  ({})", toml_str(&d.source), toml_str(&d.destination), d.reason);
+            comment(&mut out, &format!("  \"{}\" -> \"{}\"  ({})", d.source, d.destination, d.reason));
         }
     }
     if !proposal.unproven.is_empty() {
         out.push_str("\n# Seen but not proposed (not proven, or only probes); review by hand:\n");
         for u in &proposal.unproven {
-            let _ = writeln!(
-                out,
-                "#   {} -> {}  {}: {}, {}..{} ({})",
-                toml_str(&u.source),
-                toml_str(&u.destination),
-                u.identified,
-                connections(u.connections),
-                day(u.first_seen),
-                day(u.last_seen),
-                u.reason
+            comment(
+                &mut out,
+                &format!(
+                    "  \"{}\" -> \"{}\"  {}: {}, {}..{} ({})",
+                    u.source,
+                    u.destination,
+                    u.identified,
+                    connections(u.connections),
+                    day(u.first_seen),
+                    day(u.last_seen),
+                    u.reason
+                ),
             );
         }
     }
@@ -354,9 +353,9 @@ pub fn proposal_toml(proposal: &Proposal, header: &[String]) -> String {
 pub fn diff_text(services: &[ServiceReadiness]) -> String {
     let mut out = String::new();
     for s in services {
-        let _ = writeln!(out, "{} ({}): {}", s.service, s.mode, s.summary());
+        let _ = writeln!(out, "{}", escape::text(&format!("{} ({}): {}", s.service, s.mode, s.summary())));
         for line in readiness_facts(s) {
-            let _ = writeln!(out, "  {line}");
+            let _ = writeln!(out, "  {}", escape::text(&line));
         }
         if s.callers.is_empty() {
             out.push_str("  no callers recorded\n");
@@ -389,7 +388,7 @@ pub fn diff_text(services: &[ServiceReadiness]) -> String {
             }
             rows.push(vec![
                 if status.is_empty() { "ok".to_owned() } else { status.join(",") },
-                c.source.clone(),
+                escape::cell(&c.source).into_owned(),
                 c.identified.to_string(),
                 c.verdict.to_string(),
                 c.connections.to_string(),

@@ -31,6 +31,7 @@ use std::time::SystemTime;
 use rusqlite::Connection;
 
 use super::LedgerError;
+use super::check;
 use super::read::from_ms;
 use super::recorder::unix_ms;
 use super::schema::{self, classify};
@@ -156,7 +157,14 @@ pub(crate) fn read_all(db: &Path, conn: &Connection, version: i64) -> Result<Vec
         )
         .map_err(err)?;
     let mut rows = stmt.query([]).map_err(err)?;
+    let mut number = 0;
     while let Some(row) = rows.next().map_err(err)? {
+        number += 1;
+        let at = |table| check::At { path: db, table, row: number };
+        check::row(at(schema::DECLARER_TABLE), &["host", "identity", "origin", "declared_at"], row, 0)?;
+        if row.get_ref(4).map_err(err)? != rusqlite::types::ValueRef::Null {
+            check::row(at(schema::DECLARED_TABLE), &["service"], row, 4)?;
+        }
         let host: String = row.get(0).map_err(err)?;
         let identity: String = row.get(1).map_err(err)?;
         let origin_text: String = row.get(2).map_err(err)?;

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use rusqlite::types::ValueRef;
 
 use super::LedgerError;
+use super::check;
 use super::read::from_ms;
 use super::recorder::unix_ms;
 use super::schema::{self, IMPORTED_TABLE, classify};
@@ -77,7 +78,11 @@ pub fn imported_prefixes(db: &Path, max_len: u64) -> Result<Vec<ImportedPrefix>,
         value,
     };
     let mut prefixes = Vec::new();
+    let mut number = 0;
     while let Some(row) = rows.next().map_err(err)? {
+        number += 1;
+        let at = check::At { path: db, table: IMPORTED_TABLE, row: number };
+        check::row(at, &["len", "sha256", "lines", "file", "imported_at"], row, 0)?;
         let sha256 = match row.get_ref(1).map_err(err)? {
             ValueRef::Blob(b) => {
                 <[u8; 32]>::try_from(b).map_err(|_| bad("sha256", format!("{} bytes", b.len())))?

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use super::LedgerError;
+use super::check;
 use super::schema::{self, classify};
 use super::{declared, imported};
 
@@ -29,9 +30,21 @@ pub struct MergeStats {
 }
 
 /// Merges `inputs` into `out` (created when missing; an existing ledger is merged into).
-/// Inputs are validated first; a version-1 input's rows have host `""`. All in one transaction:
-/// a failure leaves `out` as it was.
+/// Inputs are validated first (their schema before any query, then every row as it is read, see
+/// [`super::check`]); a version-1 input's rows have host `""`. All in one transaction: a failure
+/// or a refused input leaves `out` as it was (an `out` that did not exist is not left behind).
 pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> {
+    let existed = out.exists();
+    let result = merge_into(out, inputs);
+    if result.is_err() && !existed {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
+        }
+    }
+    result
+}
+
+fn merge_into(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> {
     let out_canon = std::fs::canonicalize(out).ok();
     for input in inputs {
         if out_canon.is_some() && std::fs::canonicalize(input).ok() == out_canon {
@@ -62,7 +75,7 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
             if input.version == 0 {
                 continue;
             }
-            let host = if input.version == 1 { "''" } else { "host" };
+            let host = if input.version == 1 { "'' AS host" } else { "host" };
             let in_err = |e| classify(path, "read the ledger", e);
             let mut select = input
                 .conn
@@ -71,8 +84,9 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
                         bytes_to_destination, bytes_to_source, first_seen, last_seen FROM edge_hour"
                 ))
                 .map_err(in_err)?;
+            let at = check::At { path, table: "edge_hour", row: 0 };
             stats.rows_read +=
-                copy_rows(&mut select, &mut insert, in_err, out_err("write the merged ledger"))?;
+                copy_rows(at, &mut select, &mut insert, in_err, out_err("write the merged ledger"))?;
         }
         let mut insert = tx.prepare(imported::INSERT).map_err(out_err("prepare the merge"))?;
         for (path, input) in &opened {
@@ -84,8 +98,9 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
                 .conn
                 .prepare("SELECT len, sha256, lines, file, imported_at FROM imported_prefix")
                 .map_err(in_err)?;
+            let at = check::At { path, table: "imported_prefix", row: 0 };
             stats.imports_read +=
-                copy_rows(&mut select, &mut insert, in_err, out_err("write the merged ledger"))?;
+                copy_rows(at, &mut select, &mut insert, in_err, out_err("write the merged ledger"))?;
         }
         for (path, input) in &opened {
             for decl in declared::read_all(path, &input.conn, input.version)? {
@@ -98,18 +113,22 @@ pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> 
     Ok(stats)
 }
 
-/// Runs `select` on an input and `insert` with each of its rows, column for column; returns the
-/// rows copied.
+/// Runs `select` on an input and `insert` with each of its rows, column for column, after
+/// checking each row's values (named as in `at`); returns the rows copied.
 fn copy_rows(
+    at: check::At<'_>,
     select: &mut rusqlite::Statement<'_>,
     insert: &mut rusqlite::Statement<'_>,
     in_err: impl Fn(rusqlite::Error) -> LedgerError,
     out_err: impl Fn(rusqlite::Error) -> LedgerError,
 ) -> Result<u64, LedgerError> {
     let columns = select.column_count();
+    let names: Vec<String> = select.column_names().into_iter().map(str::to_owned).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut rows = select.query([]).map_err(&in_err)?;
     let mut copied = 0;
     while let Some(row) = rows.next().map_err(&in_err)? {
+        check::row(check::At { row: copied + 1, ..at }, &names, row, 0)?;
         let values = (0..columns)
             .map(|i| row.get::<_, rusqlite::types::Value>(i))
             .collect::<Result<Vec<_>, _>>()

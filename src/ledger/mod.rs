@@ -11,6 +11,7 @@
 //! and writes one transaction per flush interval. It must not be called from async code for
 //! anything else: every other function here does blocking file I/O.
 
+mod check;
 mod declared;
 mod event;
 mod imported;
@@ -18,9 +19,11 @@ mod merge;
 mod read;
 mod recorder;
 mod rescue;
+mod salvage;
 pub mod schema;
 pub mod spool;
 
+pub use check::{FUTURE_SKEW, MAX_COUNT, valid_host};
 pub use declared::{Declaration, DeclarationOrigin, declarations, record_declaration};
 pub use event::{EdgeKey, Event};
 pub use imported::{ImportedPrefix, imported_prefixes};
@@ -64,6 +67,13 @@ pub enum LedgerError {
     /// A row holds a value cordon never writes (the file was edited by hand).
     #[error("{}: unexpected {column} {value:?} in table {table}", path.display())]
     BadRow { path: PathBuf, table: &'static str, column: &'static str, value: String },
+    /// The file's schema holds what a cordon ledger never does (a view, a trigger cordon did not
+    /// install, a foreign index): refused before any query runs.
+    #[error("{}: refused: {why}; nothing was read from it", path.display())]
+    Hostile { path: PathBuf, why: String },
+    /// A value in a row breaks the ledger's rules (type, range, name): the file is refused.
+    #[error("{}: table {table}, row {row}, column {column}: {why}; the file is refused and nothing from it was written", path.display())]
+    BadValue { path: PathBuf, table: &'static str, row: u64, column: String, why: String },
     /// The writer thread could not be spawned.
     #[error("cannot start the ledger writer thread: {0}")]
     Thread(std::io::Error),

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
 
+use super::check;
 use super::schema::{self, classify};
 use super::{LedgerError, recorder::unix_ms};
 use crate::base::{Identified, Mode, Outcome, Verdict};
@@ -83,15 +84,15 @@ pub fn edge_totals(db: &Path, since: Option<SystemTime>) -> Result<Vec<EdgeTotal
             edges.len() - 1
         });
         let edge = &mut edges[i];
-        edge.connections += r.connections;
+        edge.connections = edge.connections.saturating_add(r.connections);
         edge.bytes_to_destination = edge.bytes_to_destination.saturating_add(r.bytes_to_destination);
         edge.bytes_to_source = edge.bytes_to_source.saturating_add(r.bytes_to_source);
         edge.first_seen = edge.first_seen.min(from_ms(r.first_ms));
         edge.last_seen = edge.last_seen.max(from_ms(r.last_ms));
         match Outcome::of(r.mode, r.verdict) {
-            Outcome::Allowed => edge.allowed += r.connections,
-            Outcome::WouldDeny => edge.would_deny += r.connections,
-            Outcome::Denied => edge.denied += r.connections,
+            Outcome::Allowed => edge.allowed = edge.allowed.saturating_add(r.connections),
+            Outcome::WouldDeny => edge.would_deny = edge.would_deny.saturating_add(r.connections),
+            Outcome::Denied => edge.denied = edge.denied.saturating_add(r.connections),
         }
         if !edge.modes.contains(&r.mode) {
             edge.modes.push(r.mode);
@@ -133,11 +134,11 @@ pub fn callers_into(
             callers.len() - 1
         });
         let caller = &mut callers[i];
-        caller.connections += r.connections;
+        caller.connections = caller.connections.saturating_add(r.connections);
         caller.bytes_to_destination = caller.bytes_to_destination.saturating_add(r.bytes_to_destination);
         caller.bytes_to_source = caller.bytes_to_source.saturating_add(r.bytes_to_source);
         if Outcome::of(r.mode, r.verdict) == Outcome::Denied {
-            caller.denied += r.connections;
+            caller.denied = caller.denied.saturating_add(r.connections);
         }
         caller.first_seen = caller.first_seen.min(from_ms(r.first_ms));
         caller.last_seen = caller.last_seen.max(from_ms(r.last_ms));
@@ -213,13 +214,32 @@ fn scan(
     let err = |e| classify(db, "read the ledger", e);
     let mut stmt = opened.conn.prepare(sql).map_err(err)?;
     let mut rows = stmt.query(rusqlite::params![since_hour, destination]).map_err(err)?;
+    let mut number = 0;
     while let Some(row) = rows.next().map_err(err)? {
-        each(&raw_row(db, row)?);
+        number += 1;
+        each(&raw_row(db, row, number)?);
     }
     Ok(())
 }
 
-fn raw_row<'a>(db: &Path, row: &'a Row<'_>) -> Result<RawRow<'a>, LedgerError> {
+/// The columns [`scan`] selects, in order.
+const SCANNED: [&str; 11] = [
+    "source",
+    "destination",
+    "identified",
+    "mode",
+    "verdict",
+    "hour",
+    "connections",
+    "bytes_to_destination",
+    "bytes_to_source",
+    "first_seen",
+    "last_seen",
+];
+
+/// The `number`th row read, after checking every value ([`super::check`]).
+fn raw_row<'a>(db: &Path, row: &'a Row<'_>, number: u64) -> Result<RawRow<'a>, LedgerError> {
+    check::row(check::At { path: db, table: "edge_hour", row: number }, &SCANNED, row, 0)?;
     let err = |e| classify(db, "read the ledger", e);
     let bad = |column: &'static str, value: &str| LedgerError::BadRow {
         path: db.to_owned(),
@@ -234,6 +254,7 @@ fn raw_row<'a>(db: &Path, row: &'a Row<'_>) -> Result<RawRow<'a>, LedgerError> {
         }
     };
     let int = |i: usize| -> Result<i64, LedgerError> { row.get::<_, i64>(i).map_err(err) };
+    // Checked above: 0..=MAX_COUNT.
     let count = |i: usize| -> Result<u64, LedgerError> { Ok(u64::try_from(int(i)?).unwrap_or(0)) };
     let identified = text(2, "identified")?;
     let mode = text(3, "mode")?;

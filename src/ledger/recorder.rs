@@ -63,6 +63,8 @@ pub struct RecorderStats {
     pub batches: AtomicU64,
     /// Damaged ledgers moved aside for a fresh one.
     pub ledgers_set_aside: AtomicU64,
+    /// Rows carried from damaged ledgers into the fresh ones that replaced them.
+    pub rows_salvaged: AtomicU64,
     /// Why the last batch write failed (`database or disk is full`); `None` once one succeeds.
     pub last_write_error: std::sync::Mutex<Option<String>>,
 }
@@ -232,7 +234,9 @@ impl Recorder {
                     moved_to = %aside.display(),
                     "THE LEDGER IS DAMAGED: moved it aside and started a fresh one; what it held is in the moved file"
                 );
-                schema::open_write(path, host, busy)?
+                let mut conn = schema::open_write(path, host, busy)?;
+                salvage_into(&mut conn, path, &aside, host, &stats);
+                conn
             }
             other => other?,
         };
@@ -300,6 +304,30 @@ impl Drop for Recorder {
 
 /// Adds the side ledgers a previous stop left beside `path` into the ledger, then removes them.
 /// One that cannot be read or added stays, and is logged.
+/// Carries what the damaged ledger moved to `aside` still holds into the fresh `conn`, and says
+/// what was carried and what is lost.
+fn salvage_into(conn: &mut Connection, ledger: &Path, aside: &Path, host: &str, stats: &RecorderStats) {
+    match super::salvage::salvage(aside, conn, host) {
+        Ok(s) => {
+            stats.rows_salvaged.fetch_add(s.rows, Ordering::Relaxed);
+            tracing::warn!(
+                ledger = %ledger.display(),
+                from = %aside.display(),
+                rows = s.rows,
+                refused_rows = s.refused,
+                damaged_tables = ?s.damaged_tables,
+                "salvaged the damaged ledger's readable rows into the fresh one; rows on its damaged pages are lost"
+            );
+        }
+        Err(e) => tracing::error!(
+            ledger = %ledger.display(),
+            from = %aside.display(),
+            error = %e,
+            "nothing could be salvaged from the damaged ledger; its history is only in the moved file"
+        ),
+    }
+}
+
 fn adopt_unwritten(conn: &mut Connection, path: &Path) {
     for side in rescue::unwritten_beside(path) {
         let added = (|| -> Result<usize, String> {
@@ -635,6 +663,7 @@ impl Writer {
                     moved_to = %aside.display(),
                     "THE LEDGER IS DAMAGED: moved it aside and started a fresh one; what it held is in the moved file"
                 );
+                salvage_into(&mut self.conn, &self.path, &aside, &self.host, &self.stats);
                 true
             }
             Err(e) => {

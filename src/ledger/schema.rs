@@ -170,6 +170,8 @@ pub(crate) fn open_write(path: &Path, host: &str, busy: Duration) -> Result<Conn
     .map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
     let sql = |what: &'static str| move |source| classify(path, what, source);
     conn.busy_timeout(busy).map_err(sql("set busy timeout"))?;
+    super::check::harden(&conn).map_err(sql("restrict what the file may run"))?;
+    super::check::schema_objects(&conn, path)?;
     let version = check(&conn, path)?;
     quick_check(&conn, path)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
@@ -183,7 +185,8 @@ pub(crate) fn open_write(path: &Path, host: &str, busy: Duration) -> Result<Conn
     Ok(conn)
 }
 
-/// Opens `path` read-only, validating it; the agent may be writing it at the same time.
+/// Opens `path` read-only, validating its schema ([`super::check`]); the agent may be writing it
+/// at the same time.
 pub(crate) fn open_read(path: &Path) -> Result<Opened, LedgerError> {
     if !path.exists() {
         return Err(LedgerError::Missing { path: path.to_owned() });
@@ -192,6 +195,10 @@ pub(crate) fn open_read(path: &Path) -> Result<Opened, LedgerError> {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| classify(path, "set busy timeout", e))?;
+    // The file may come from another host: nothing in it runs, and no query runs before its
+    // schema is known to be a ledger's.
+    super::check::harden(&conn).map_err(|e| classify(path, "restrict what the file may run", e))?;
+    super::check::schema_objects(&conn, path)?;
     // Version 0 is an empty file: nothing recorded yet, and every query returns nothing.
     let version = check(&conn, path)?;
     Ok(Opened { conn, version })

@@ -21,6 +21,7 @@ use rusqlite::Connection;
 use rusqlite::types::{Value, ValueRef};
 
 use super::LedgerError;
+use super::check;
 use super::schema::{self, classify};
 
 /// A column's SQL type.
@@ -245,9 +246,18 @@ impl Batch {
         self.len() == 0
     }
 
-    /// Appends one SQLite row whose columns `offset..` are the table's columns.
-    fn push(&mut self, db: &Path, row: &rusqlite::Row<'_>, offset: usize) -> Result<(), LedgerError> {
+    /// Appends one SQLite row whose columns `offset..` are the table's columns, the `number`th
+    /// read, after checking every value ([`super::check`]).
+    fn push(
+        &mut self,
+        db: &Path,
+        row: &rusqlite::Row<'_>,
+        offset: usize,
+        number: u64,
+    ) -> Result<(), LedgerError> {
         let table = self.table;
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+        check::row(check::At { path: db, table: table.name, row: number }, &names, row, offset)?;
         for (i, (column, values)) in table.columns.iter().zip(&mut self.columns).enumerate() {
             let value = row.get_ref(offset + i).map_err(|e| classify(db, "read the ledger", e))?;
             let bad = || LedgerError::BadRow {
@@ -294,20 +304,33 @@ fn sorted_set(text: &str) -> String {
     items.join("\n")
 }
 
-/// Opens the ledger `db` read-only and validates it (a missing, foreign or too new file is an
-/// error naming it).
+/// Opens the ledger `db` read-only and validates it whole: a missing, foreign, too new or hostile
+/// file, or any row that breaks [`super::check`]'s rules, is an error naming it. `cordon ship`
+/// calls this before it connects, so a refused file ships nothing.
 pub fn check(db: &Path) -> Result<(), LedgerError> {
-    schema::open_read(db).map(|_| ())
+    let opened = schema::open_read(db)?;
+    read_tables(db, &opened, usize::MAX, &mut |_| Ok::<_, LedgerError>(()))
 }
 
 /// Reads every shipped table of the ledger `db` in batches of at most `batch_rows`, calling
-/// `each` with each batch (`cordon ship`). A version-1 ledger's rows have host `""`.
+/// `each` with each batch (`cordon ship`). A version-1 ledger's rows have host `""`. Every row
+/// is checked as it is read; [`check`] first when nothing may be handed on from a bad file.
 pub fn read_all<E: From<LedgerError>>(
     db: &Path,
     batch_rows: usize,
     mut each: impl FnMut(Batch) -> Result<(), E>,
 ) -> Result<(), E> {
     let opened = schema::open_read(db)?;
+    read_tables(db, &opened, batch_rows, &mut each)
+}
+
+/// One pass of [`read_all`] over the opened ledger.
+fn read_tables<E: From<LedgerError>>(
+    db: &Path,
+    opened: &schema::Opened,
+    batch_rows: usize,
+    each: &mut impl FnMut(Batch) -> Result<(), E>,
+) -> Result<(), E> {
     for &table in SHIPPED {
         if opened.version < table.since_version {
             continue;
@@ -328,10 +351,15 @@ pub fn read_all<E: From<LedgerError>>(
             .map_err(err)?;
         let mut rows = stmt.query([]).map_err(err)?;
         let mut batch = Batch::new(table);
+        let mut number = 0;
         while let Some(row) = rows.next().map_err(err)? {
-            batch.push(db, row, 0)?;
+            number += 1;
+            batch.push(db, row, 0, number)?;
             if batch.len() >= batch_rows {
                 each(std::mem::replace(&mut batch, Batch::new(table)))?;
+            } else if batch_rows == usize::MAX {
+                // The checking pass keeps nothing.
+                batch = Batch::new(table);
             }
         }
         if !batch.is_empty() {
@@ -339,6 +367,40 @@ pub fn read_all<E: From<LedgerError>>(
         }
     }
     Ok(())
+}
+
+/// The change-tracking triggers [`Spool::open`] installs: (table, trigger name, its SQL). The
+/// only triggers a ledger may hold ([`super::check`] refuses any other).
+pub(crate) fn trigger_sql() -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    for table in SHIPPED {
+        let keys: Vec<&str> = table.key().map(|c| c.name).collect();
+        let pending = table.pending();
+        let bump_of = |row: &str| {
+            let values: Vec<String> = keys.iter().map(|k| format!("{row}.{k}")).collect();
+            format!(
+                "INSERT INTO {pending} ({keys}, gen) VALUES ({values}, 1) ON CONFLICT DO UPDATE SET gen = gen + 1;",
+                keys = keys.join(", "),
+                values = values.join(", ")
+            )
+        };
+        let t = table.name;
+        let bump = bump_of("NEW");
+        for event in ["INSERT", "UPDATE"] {
+            let name = format!("ship_track_{t}_{}", event.to_lowercase());
+            let sql = format!("CREATE TRIGGER {name} AFTER {event} ON {t} BEGIN {bump} END");
+            out.push((t, name, sql));
+        }
+        for feeder in table.fed_by {
+            for (event, row) in [("INSERT", "NEW"), ("DELETE", "OLD")] {
+                let name = format!("ship_track_{t}_from_{feeder}_{}", event.to_lowercase());
+                let sql =
+                    format!("CREATE TRIGGER {name} AFTER {event} ON {feeder} BEGIN {} END", bump_of(row));
+                out.push((t, name, sql));
+            }
+        }
+    }
+    out
 }
 
 /// An agent's ledger opened for shipping: its own connection, beside the recorder's.
@@ -366,32 +428,16 @@ impl Spool {
                 if exists > 0 {
                     continue;
                 }
-                let keys: Vec<&str> = table.key().map(|c| c.name).collect();
                 let pending = table.pending();
-                let bump_of = |row: &str| {
-                    let values: Vec<String> = keys.iter().map(|k| format!("{row}.{k}")).collect();
-                    format!(
-                        "INSERT INTO {pending} ({keys}, gen) VALUES ({values}, 1) ON CONFLICT DO UPDATE SET gen = gen + 1;",
-                        keys = keys.join(", "),
-                        values = values.join(", ")
-                    )
-                };
-                let bump = bump_of("NEW");
+                let keys: Vec<&str> = table.key().map(|c| c.name).collect();
+                for (_, _, sql) in trigger_sql().iter().filter(|(t, ..)| *t == table.name) {
+                    conn.execute_batch(sql)?;
+                }
                 conn.execute_batch(&format!(
-                    "CREATE TRIGGER {trigger} AFTER INSERT ON {t} BEGIN {bump} END;
-                     CREATE TRIGGER ship_track_{t}_update AFTER UPDATE ON {t} BEGIN {bump} END;
-                     INSERT INTO {pending} ({keys}, gen) SELECT {keys}, 1 FROM {t} WHERE true ON CONFLICT DO NOTHING;",
+                    "INSERT INTO {pending} ({keys}, gen) SELECT {keys}, 1 FROM {t} WHERE true ON CONFLICT DO NOTHING;",
                     t = table.name,
                     keys = keys.join(", "),
                 ))?;
-                for feeder in table.fed_by {
-                    let bump_old = bump_of("OLD");
-                    conn.execute_batch(&format!(
-                        "CREATE TRIGGER ship_track_{t}_from_{feeder}_insert AFTER INSERT ON {feeder} BEGIN {bump} END;
-                         CREATE TRIGGER ship_track_{t}_from_{feeder}_delete AFTER DELETE ON {feeder} BEGIN {bump_old} END;",
-                        t = table.name,
-                    ))?;
-                }
             }
             Ok(())
         })();
@@ -430,9 +476,11 @@ impl Spool {
             let limit = i64::try_from(batch_rows).unwrap_or(i64::MAX);
             let mut rows = stmt.query([limit]).map_err(err)?;
             let mut batch = Batch::new(table);
+            let mut number = 0;
             while let Some(row) = rows.next().map_err(err)? {
+                number += 1;
                 batch.generations.push(row.get(0).map_err(err)?);
-                batch.push(&self.path, row, 1)?;
+                batch.push(&self.path, row, 1, number)?;
             }
             if !batch.is_empty() {
                 batches.push(batch);

@@ -87,6 +87,39 @@ pub fn read_private_key(path: &Path) -> Result<String, PkiError> {
     Ok(text)
 }
 
+/// The permission bits of `path` when group or others may access it, as [`read_secret`] would
+/// refuse it; `None` when it is private or cannot be read (reading it will say why).
+pub fn too_open(path: &Path) -> Option<u32> {
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & KEY_FORBIDDEN_BITS != 0).then_some(mode)
+}
+
+/// Reads a secret that is not a key (a join token, the store's password), refusing it when group
+/// or others may access it, as [`read_private_key`] refuses a key. `what` names it in the error.
+pub fn read_secret(path: &Path, what: &'static str) -> Result<String, PkiError> {
+    let io = |source| PkiError::Read { path: path.to_owned(), source };
+    let mut f = File::open(path).map_err(io)?;
+    let mode = f.metadata().map_err(io)?.permissions().mode() & 0o7777;
+    if mode & KEY_FORBIDDEN_BITS != 0 {
+        return Err(PkiError::SecretPermissions { path: path.to_owned(), mode, what });
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(io)?;
+    Ok(text)
+}
+
+/// The problem a configuration check reports for a secret file `field` names at `path` that
+/// group or others may read; `None` when it is private (or missing: loading it says so).
+pub fn secret_problem(field: &str, path: &Path) -> Option<String> {
+    too_open(path).map(|mode| {
+        format!(
+            "{field}: {} has permissions {mode:04o}, too open for a secret: make it readable by its owner only (chmod 600 {})",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

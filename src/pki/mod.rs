@@ -49,6 +49,13 @@ pub enum PkiError {
         path.display()
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
+    /// A secret file (join token, password) that group or others may read; refused like a key.
+    #[error(
+        "{}: permissions {mode:04o} are too open: a {what} must be readable by its owner only (chmod 600 {})",
+        path.display(),
+        path.display()
+    )]
+    SecretPermissions { path: PathBuf, mode: u32, what: &'static str },
     /// `ca init` would overwrite an existing CA.
     #[error("{} already holds a CA (ca.pem or ca-key.pem); refusing to overwrite it", dir.display())]
     CaExists { dir: PathBuf },

@@ -80,6 +80,11 @@ impl TlsSettings {
         if poll.is_some() && raw.issuer.is_none() {
             problems.push("tls.revocation_poll_ms: only used with tls.issuer".into());
         }
+        if let Some(problem) =
+            join_token_file.as_deref().and_then(|f| super::files::secret_problem("tls.join_token_file", f))
+        {
+            problems.push(problem);
+        }
         let issuer = match (raw.issuer, &source) {
             (Some(url), Some(TlsSource::Files { .. })) => IssuerSettings::parse(&url, join_token_file)
                 .map(|mut s| {

@@ -63,6 +63,18 @@ pub async fn connect(url: &StoreUrl) -> Result<tokio_postgres::Client, StoreErro
 
 /// The password in the first line of `path`; an unreadable or empty file is an error naming it.
 pub fn read_password(path: &std::path::Path) -> Result<String, StoreError> {
+    if let Some(mode) = crate::pki::files::too_open(path) {
+        return Err(StoreError::PasswordFile {
+            path: path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "permissions {mode:04o} are too open: a password file must be readable by its owner only (chmod 600 {})",
+                    path.display()
+                ),
+            ),
+        });
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|source| StoreError::PasswordFile { path: path.to_owned(), source })?;
     let password = text.lines().next().unwrap_or("").trim_end_matches('\r');

@@ -155,6 +155,11 @@ impl FleetSettings {
         };
         let password_file =
             raw.password_file.map(|p| crate::base::config_path("fleet.password_file", p, base, problems));
+        if let Some(problem) =
+            password_file.as_deref().and_then(|p| crate::pki::files::secret_problem("fleet.password_file", p))
+        {
+            problems.push(problem);
+        }
         let ca = raw.ca.map(|p| crate::base::config_path("fleet.ca", p, base, problems));
         let ship_interval = match raw.ship_interval_ms {
             Some(0) => {

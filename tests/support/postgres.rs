@@ -176,6 +176,8 @@ impl Postgres {
     pub fn password_file(&self, name: &str, password: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, format!("{password}\n")).unwrap();
+        // A secret: readable by its owner only, or cordon refuses it.
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         p
     }
 

@@ -67,20 +67,9 @@ impl EdgeClass {
     }
 }
 
-/// HTML-escapes text for element content and attribute values.
+/// HTML-escapes text for element content and attribute values ([`crate::base::escape::html`]).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::base::escape::html(s).into_owned()
 }
 
 /// The link to a service's focus view: `#service=` and the name, percent-encoded.
@@ -177,8 +166,12 @@ pub fn render(
         .span()
         .map(|(a, b)| format!("{} to {}", format::minute(a), format::minute(b)))
         .unwrap_or_else(|| "nothing recorded yet".into());
-    let connections: u64 = observed.edges.iter().map(|e| e.connections).sum();
-    let bytes: u64 = observed.edges.iter().map(|e| e.bytes_to_destination + e.bytes_to_source).sum();
+    // Saturating: a counter from a ledger file never wraps a total (or panics a debug build).
+    let connections: u64 = observed.edges.iter().fold(0, |n, e| n.saturating_add(e.connections));
+    let bytes: u64 = observed
+        .edges
+        .iter()
+        .fold(0, |n, e| n.saturating_add(e.bytes_to_destination).saturating_add(e.bytes_to_source));
     let not_ready = services.iter().filter(|s| !s.ready()).count();
     // The policy's say on each edge, asked once and shared by the picture and the data block.
     let class: Vec<EdgeClass> = observed

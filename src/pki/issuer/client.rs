@@ -235,7 +235,7 @@ impl Renewer {
         let Some(token_file) = &self.settings.join_token_file else {
             return Err(IssuerError::NoToken { identity: identities[0].to_string() });
         };
-        let token = read(token_file)?.trim().to_string();
+        let token = crate::pki::files::read_secret(token_file, "join token file")?.trim().to_string();
         let mut keys = Vec::new();
         let mut csrs = Vec::new();
         for id in identities {
