@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     out.flush()?;
     let mut err = std::io::stderr().lock();
     for problem in snapshot.problems() {
-        writeln!(err, "cordon: discovery: refused {problem}")?;
+        writeln!(err, "{}", crate::logging::command_line("WARN", &format!("discovery: refused {problem}")))?;
     }
     Ok(Outcome::Success)
 }
