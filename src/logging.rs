@@ -50,6 +50,7 @@ pub fn init_logging(format: LogFormat, filter: &str) -> tracing_appender::non_bl
         .lossy(true)
         .finish(std::io::stderr());
     let _ = LOG_DROPPED.set(writer.error_counter());
+    let _ = FORMAT.set(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -69,19 +70,28 @@ pub fn init_logging(format: LogFormat, filter: &str) -> tracing_appender::non_bl
 pub fn fatal_line(format: LogFormat, message: &str) -> String {
     match format {
         LogFormat::Human => format!("cordon: error: {message}"),
-        LogFormat::Json => {
-            let timestamp = time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
-            serde_json::json!({
-                "timestamp": timestamp,
-                "level": "ERROR",
-                "message": message,
-                "target": "cordon",
-            })
-            .to_string()
-        }
+        LogFormat::Json => json_line("ERROR", message),
     }
+}
+
+/// A line a command writes to stderr itself (a summary, a refused input line): `cordon: TEXT`
+/// for a person, or, with JSON logs, one JSON object at `level` (`INFO`, `WARN`).
+pub fn command_line(level: &str, text: &str) -> String {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => json_line(level, text),
+        _ => format!("cordon: {text}"),
+    }
+}
+
+/// The format [`init_logging`] set up, for the lines commands write themselves.
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+fn json_line(level: &str, message: &str) -> String {
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    serde_json::json!({"timestamp": timestamp, "level": level, "message": message, "target": "cordon"})
+        .to_string()
 }
 
 /// Keys with a line written in the last interval, past which the map is cleared (a scan from

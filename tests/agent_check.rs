@@ -79,3 +79,25 @@ fn config_errors_are_all_listed_too() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("trust_domain") && stderr.contains("admin"), "{stderr}");
 }
+
+#[test]
+fn with_a_signing_service_a_missing_leaf_is_to_enrol_and_needs_its_join_token() {
+    let world = World::new();
+    world.config("db-1", &[("db", "127.0.0.1:5432".parse().unwrap())], &[]);
+    let path = world.path("db-1.toml");
+    let token = world.path("join-token");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[tls]\n",
+        &format!("[tls]\nissuer = \"https://127.0.0.1:1\"\njoin_token_file = \"{}\"\n", token.display()),
+    );
+    std::fs::write(&path, text).unwrap();
+    // No leaf yet and no token: the one problem is the token the enrolment needs.
+    let out = cordon(&["agent", "--check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("1 problem found") && stderr.contains("tls.join_token_file"), "{stderr}");
+    // With the token, the missing leaf is enrolled at start: nothing to report, nothing contacted.
+    std::fs::write(&token, "cordon-join-x\n").unwrap();
+    let out = cordon(&["agent", "--check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

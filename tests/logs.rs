@@ -121,3 +121,23 @@ fn fatal_and_parse_errors_are_json_objects_when_json_is_asked() {
     let out = cordon(&["agent", "--config", missing.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("cordon: error: "), "{out:?}");
 }
+
+#[test]
+fn lines_a_command_writes_itself_follow_the_log_format() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("db.json"), "this is not JSON").unwrap();
+    let discovery = dir.path().to_str().unwrap();
+    let json_run = cordon(&["--log-format", "json", "discovery", "--dir", discovery]);
+    let stderr = String::from_utf8_lossy(&json_run.stderr);
+    assert!(json_run.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "the refused file is reported");
+    for line in &lines {
+        let v = json(line);
+        assert_eq!(v["level"], "WARN", "{line}");
+        assert!(v["message"].as_str().unwrap().contains("db.json"), "{line}");
+    }
+    // For a person, the same line as before.
+    let human = cordon(&["discovery", "--dir", discovery]);
+    assert!(String::from_utf8_lossy(&human.stderr).starts_with("cordon: discovery: refused"), "{human:?}");
+}

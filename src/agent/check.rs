@@ -42,12 +42,28 @@ pub fn check(path: &Path) -> Result<Checked, Vec<String>> {
         }
     };
     let identities = config.identities();
+    let mut to_enrol = false;
     for e in TlsStore::check(&config.tls, &config.trust_domain, &identities) {
-        // With a signing service, a leaf not there yet is enrolled at start, not a problem.
+        // With a signing service, a leaf not there yet is enrolled at start, not a problem...
         if config.issuer.is_some() && is_missing_leaf(&e, &config.tls) {
+            to_enrol = true;
             continue;
         }
         problems.push(format!("tls: {e}"));
+    }
+    // ...if the join token it enrols with is there.
+    if let Some(issuer) = config.issuer.as_ref().filter(|_| to_enrol) {
+        match &issuer.join_token_file {
+            None => problems.push(
+                "tls.join_token_file: a certificate is missing and no join token is configured to enrol it"
+                    .into(),
+            ),
+            Some(f) => {
+                if let Err(e) = std::fs::read_to_string(f) {
+                    problems.push(format!("tls.join_token_file: {}: {e}", f.display()));
+                }
+            }
+        }
     }
     check_dir_writable("state_dir", &config.state_dir, &mut problems);
     // A syslog socket may come and go (the records are counted while it is away): only a file's

@@ -48,7 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     out.flush()?;
     let mut err = std::io::stderr().lock();
     for problem in snapshot.problems() {
-        writeln!(err, "cordon: discovery: refused {}", escape::text(&problem.to_string()))?;
+        let problem = problem.to_string();
+        let problem = escape::text(&problem);
+        writeln!(err, "{}", crate::logging::command_line("WARN", &format!("discovery: refused {problem}")))?;
     }
     Ok(Outcome::Success)
 }

@@ -50,14 +50,14 @@ pub fn run(args: CfgArgs) -> anyhow::Result<Outcome> {
         };
         crate::ledger::record_declaration(db, &decl)
             .with_context(|| format!("recording the upstreams {identity} declares"))?;
-        writeln!(
-            std::io::stderr().lock(),
-            "cordon: recorded {identity} on {} as declaring {} upstream(s) ({}) into {}",
+        let text = format!(
+            "recorded {identity} on {} as declaring {} upstream(s) ({}) into {}",
             decl.host,
             decl.services.len(),
             decl.services.join(", "),
             db.display()
-        )?;
+        );
+        writeln!(std::io::stderr().lock(), "{}", crate::logging::command_line("INFO", &text))?;
     }
     std::io::stdout().lock().write_all(toml.as_bytes())?;
     Ok(Outcome::Success)

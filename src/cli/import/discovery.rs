@@ -25,7 +25,11 @@ impl DiscoveryNames {
         let snapshot = load_dir(dir).with_context(|| format!("--discovery {}", dir.display()))?;
         let mut stderr = std::io::stderr().lock();
         for problem in snapshot.problems() {
-            writeln!(stderr, "cordon: warning: discovery: {problem}")?;
+            writeln!(
+                stderr,
+                "{}",
+                crate::logging::command_line("WARN", &format!("warning: discovery: {problem}"))
+            )?;
         }
         let mut by_host: HashMap<String, BTreeSet<String>> = HashMap::new();
         for (service, backends) in snapshot.services() {

@@ -83,7 +83,8 @@ impl Tally {
     fn problem(&mut self, file: &str, line: usize, what: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
         if self.shown < SHOWN {
             self.shown += 1;
-            writeln!(std::io::stderr().lock(), "cordon: {file}:{line}: {what}")?;
+            let text = format!("{file}:{line}: {what}");
+            writeln!(std::io::stderr().lock(), "{}", crate::logging::command_line("WARN", &text))?;
         }
         Ok(())
     }
@@ -257,12 +258,11 @@ impl Import<'_> {
         while let Some(line) = lines.next_line().with_context(reading)? {
             if !line.newline {
                 if !String::from_utf8_lossy(line.bytes).trim().is_empty() {
-                    writeln!(
-                        std::io::stderr().lock(),
-                        "cordon: {name}:{}: no newline at the end (still being written?); left for \
-                         the next import",
+                    let text = format!(
+                        "{name}:{}: no newline at the end (still being written?); left for the next import",
                         line.number
-                    )?;
+                    );
+                    writeln!(std::io::stderr().lock(), "{}", crate::logging::command_line("WARN", &text))?;
                 }
                 break;
             }
@@ -373,9 +373,8 @@ fn report(tally: &Tally, elapsed: Duration, args: &LogArgs) -> anyhow::Result<()
         0 => String::new(),
         n => format!(", {n} lines skipped as already imported"),
     };
-    writeln!(
-        err,
-        "cordon: {} lines: {} connections imported ({}), {} malformed, {} without a known caller{}; \
+    let summary = format!(
+        "{} lines: {} connections imported ({}), {} malformed, {} without a known caller{}; \
          {:.0} lines/s",
         tally.lines,
         tally.imported,
@@ -384,7 +383,8 @@ fn report(tally: &Tally, elapsed: Duration, args: &LogArgs) -> anyhow::Result<()
         tally.unattributed,
         already,
         tally.lines as f64 / secs
-    )?;
+    );
+    writeln!(err, "{}", crate::logging::command_line("INFO", &summary))?;
     Ok(())
 }
 
