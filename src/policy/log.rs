@@ -186,6 +186,11 @@ impl DecisionLog {
         }
     }
 
+    /// Whether records are written at all (a `decision_log` is set).
+    pub fn is_on(&self) -> bool {
+        self.inner.tx.is_some()
+    }
+
     /// Records dropped because the writer fell behind or syslog did not take them.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)

@@ -302,7 +302,12 @@ impl Inbound {
                 chain: Some(chain),
                 cancel,
                 local,
-                tls_seen: TlsSeen::of(tls.get_ref().1).map(Arc::new),
+                // Kept only for a decision log that may show it.
+                tls_seen: self
+                    .decisions
+                    .is_on()
+                    .then(|| TlsSeen::of(tls.get_ref().1).map(Arc::new))
+                    .flatten(),
             });
             if hop == Some(Version::H2) {
                 self.serve_mux(tls, peer, &conn.conn, counted, stop, streams).await;
