@@ -140,6 +140,9 @@ pub fn graph_json(observed: &Observed) -> String {
                 "days_seen": e.days_seen,
                 "outcomes": { "allowed": e.allowed, "would_deny": e.would_deny, "denied": e.denied },
                 "modes": e.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                // Seen: the destination recorded it (or an operator shipped it); claimed: only
+                // its source says so.
+                "evidence": if e.claimed { "claimed" } else { "seen" },
                 "declared": match declared_cell(observed, &e.source, &e.destination) {
                     "-" => serde_json::Value::Null,
                     d => d.into(),
