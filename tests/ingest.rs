@@ -340,3 +340,54 @@ fn an_agent_config_with_the_stores_password_is_refused() {
     assert!(!out.status.success());
     assert!(err.contains("fleet.store") && err.contains("through the ingest service"), "{err}");
 }
+
+/// The ingest rate: rows/s of `edge_hour` through the service (one host, its own destination's
+/// rows, batches of 5,000 as the shipper sends them) against the same rows written straight to
+/// PostgreSQL with operator credentials. `cargo test --release --test ingest -- --ignored`;
+/// `INGEST_BENCH_ROWS` rows (default 200,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_ingest_rate() {
+    let Some(f) = fleet("bench_ingest_rate").await else { return };
+    issue_on_host(&f.world, "db", "db-host", &f.world.path("tls").join("db"));
+    let total: i64 = std::env::var("INGEST_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let hour = now_ms() / 3_600_000 - 24;
+    let names: Vec<String> = (0..5000).map(|i| format!("svc-{i}")).collect();
+    let batches = |host: &'static str, shift: i64| {
+        (0..total / 5000).map(move |b| {
+            let rows: Vec<(&str, i64, &str, &str, &str, i64)> = (0..5000)
+                .map(|i| (host, hour - (b + shift) % 24, "x", "db", "learn", 1 + i as i64))
+                .collect();
+            (b, rows)
+        })
+    };
+    let named = |rows: Vec<(&str, i64, &str, &str, &str, i64)>, b: i64| {
+        let mut batch = edges(&rows);
+        if let Values::Text(src) = &mut batch.columns[2] {
+            for (i, s) in src.iter_mut().enumerate() {
+                *s = names[(i + b as usize * 7) % names.len()].clone();
+            }
+        }
+        batch
+    };
+    let started = std::time::Instant::now();
+    for (b, rows) in batches("db-host", 0) {
+        let a = f.post_as("db", &named(rows, b)).await.unwrap();
+        assert_eq!(a.accepted, 5000, "{a:?}");
+    }
+    let through = started.elapsed();
+    let url = StoreUrl::parse(&f.operator).unwrap();
+    let mut c = cordon::store::connect(&url).await.unwrap();
+    let mut parts = cordon::store::schema::Partitions::default();
+    let started = std::time::Instant::now();
+    for (b, rows) in batches("other-host", 0) {
+        cordon::store::write::ship(&mut c, "bench", &mut parts, &named(rows, b)).await.unwrap();
+    }
+    let direct = started.elapsed();
+    let rate = |d: Duration| (total / 5000 * 5000) as f64 / d.as_secs_f64();
+    println!(
+        "ingest rate: {:.0} rows/s through the service ({through:?}), {:.0} rows/s straight to PostgreSQL ({direct:?})",
+        rate(through),
+        rate(direct)
+    );
+}
