@@ -46,10 +46,13 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Edge rows `(host, hour, source, destination, mode, connections)`, each a few ms into its hour.
-fn edges(rows: &[(&str, i64, &str, &str, &str, i64)]) -> Batch {
-    let t = |f: fn(&(&str, i64, &str, &str, &str, i64)) -> String| Values::Text(rows.iter().map(f).collect());
-    let n = |f: fn(&(&str, i64, &str, &str, &str, i64)) -> i64| Values::Int(rows.iter().map(f).collect());
+/// An edge row: `(host, hour, source, destination, mode, connections)`.
+type Row<'a> = (&'a str, i64, &'a str, &'a str, &'a str, i64);
+
+/// Edge rows, each a few ms into its hour.
+fn edges(rows: &[Row<'_>]) -> Batch {
+    let t = |f: fn(&Row<'_>) -> String| Values::Text(rows.iter().map(f).collect());
+    let n = |f: fn(&Row<'_>) -> i64| Values::Int(rows.iter().map(f).collect());
     Batch::from_columns(
         &EDGE_HOUR,
         vec![
@@ -301,6 +304,12 @@ async fn one_compromised_host_cannot_change_the_fleets_evidence() {
         (Some("attacker"), Some("db"))
     );
     assert!(before["edges"].as_array().unwrap().iter().all(|e| e["evidence"] == "seen"), "{before:#}");
+    let text = cordon_ok(&["graph", "--db", &f.operator]);
+    assert!(text.lines().any(|l| l.starts_with("attacker ") && l.contains(" mtls,claimed ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("web ") && l.contains(" mtls ")), "{text}");
+    let proposal = cordon_ok(&["propose", "--db", &f.operator]);
+    assert!(proposal.contains("claimed by the caller only"), "{proposal}");
+    assert_eq!(proposal.matches("claimed by the caller only").count(), 1, "{proposal}");
     assert_eq!(
         f.pg.psql("fleet", "SELECT DISTINCT host FROM edge_hour WHERE source = 'attacker'"),
         "attacker-host",
@@ -355,13 +364,13 @@ async fn bench_ingest_rate() {
     let names: Vec<String> = (0..5000).map(|i| format!("svc-{i}")).collect();
     let batches = |host: &'static str, shift: i64| {
         (0..total / 5000).map(move |b| {
-            let rows: Vec<(&str, i64, &str, &str, &str, i64)> = (0..5000)
+            let rows: Vec<Row<'_>> = (0..5000)
                 .map(|i| (host, hour - (b + shift) % 24, "x", "db", "learn", 1 + i as i64))
                 .collect();
             (b, rows)
         })
     };
-    let named = |rows: Vec<(&str, i64, &str, &str, &str, i64)>, b: i64| {
+    let named = |rows: Vec<Row<'_>>, b: i64| {
         let mut batch = edges(&rows);
         if let Values::Text(src) = &mut batch.columns[2] {
             for (i, s) in src.iter_mut().enumerate() {

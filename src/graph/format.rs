@@ -86,7 +86,7 @@ pub fn graph_text(observed: &Observed) -> String {
         rows.push(vec![
             e.source.clone(),
             e.destination.clone(),
-            e.identified.to_string(),
+            if e.claimed { format!("{},claimed", e.identified) } else { e.identified.to_string() },
             e.connections.to_string(),
             e.bytes_to_destination.to_string(),
             e.bytes_to_source.to_string(),
