@@ -61,6 +61,9 @@ pub enum Refusal {
     BadTime,
     /// A table hosts do not ship through the service.
     Table,
+    /// A second row with the key of an earlier one in the same request (once stamped with the
+    /// shipping host): one statement cannot write a key twice.
+    Duplicate,
 }
 
 impl Refusal {
@@ -73,11 +76,12 @@ impl Refusal {
             Refusal::BadCounter => "bad_counter",
             Refusal::BadTime => "bad_time",
             Refusal::Table => "table",
+            Refusal::Duplicate => "duplicate",
         }
     }
 
     /// Every cause, for zero-valued metrics.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::NotYours,
         Refusal::OtherIdentity,
         Refusal::BadName,
@@ -85,6 +89,7 @@ impl Refusal {
         Refusal::BadCounter,
         Refusal::BadTime,
         Refusal::Table,
+        Refusal::Duplicate,
     ];
 }
 
@@ -142,6 +147,7 @@ pub fn check(batch: &Batch, who: &Shipper, now_ms: i64) -> Checked {
         Shipper::Host { host, identity } => (Some(host.as_str()), identity.as_str()),
         Shipper::Operator => (None, OPERATOR),
     };
+    let mut keys = std::collections::HashSet::with_capacity(n);
     for i in 0..n {
         // By name: the tables are constants, so their addresses are not theirs to compare.
         let verdict = match table.name {
@@ -150,6 +156,9 @@ pub fn check(batch: &Batch, who: &Shipper, now_ms: i64) -> Checked {
             n if n == IMPORTED_PREFIX.name => prefix_row(&cols, i, now_ms).map(|()| None),
             _ => Err(Refusal::Table),
         };
+        let verdict = verdict.and_then(|ev| {
+            if keys.insert(key_of(batch, i, host)) { Ok(ev) } else { Err(Refusal::Duplicate) }
+        });
         match verdict {
             Ok(ev) => {
                 keep.push(i);
@@ -169,6 +178,26 @@ pub fn check(batch: &Batch, who: &Shipper, now_ms: i64) -> Checked {
         v.iter_mut().for_each(|h| *h = host.to_owned());
     }
     Checked { batch: out, shipper, evidence, refused }
+}
+
+/// Row `i`'s key as it will be stored (`host` as stamped), one text.
+fn key_of(batch: &Batch, i: usize, host: Option<&str>) -> String {
+    let mut key = String::new();
+    for (c, v) in batch.table.columns.iter().zip(&batch.columns) {
+        if c.combine != crate::ledger::spool::Combine::Key {
+            continue;
+        }
+        match v {
+            Values::Text(_) if c.name == "host" && host.is_some() => key.push_str(host.unwrap_or("")),
+            Values::Text(v) => key.push_str(v.get(i).map(String::as_str).unwrap_or("")),
+            Values::Int(v) => key.push_str(&v.get(i).copied().unwrap_or(0).to_string()),
+            Values::Bytes(v) => {
+                v.get(i).iter().flat_map(|b| b.iter()).for_each(|b| key.push_str(&format!("{b:02x}")))
+            }
+        }
+        key.push('\0');
+    }
+    key
 }
 
 /// Column access by name; a missing column or one of the wrong type reads as a refused value.
@@ -385,6 +414,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_key_twice_in_one_request_is_refused_once_stamped() {
+        let mut b = edge("web", "db", "learn", 5, HOUR);
+        for v in &mut b.columns {
+            match v {
+                Values::Text(v) => {
+                    v.push(if v[0] == "claimed-host" { "other-host".into() } else { v[0].clone() })
+                }
+                Values::Int(v) => v.push(v[0]),
+                Values::Bytes(v) => v.push(v[0].clone()),
+            }
+        }
+        // Two hosts named, one host stamped: the same key twice.
+        let got = check(&b, &host("db"), NOW);
+        assert_eq!((got.batch.len(), got.refused.clone()), (1, vec![Refusal::Duplicate]));
+        // As the operator, the hosts stay as named: two keys.
+        assert_eq!(check(&b, &Shipper::Operator, NOW).batch.len(), 2);
     }
 
     #[test]
