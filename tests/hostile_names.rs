@@ -34,6 +34,7 @@ fn edge(source: &str, destination: &str, identified: Identified) -> ObservedEdge
         would_deny: 0,
         denied: 0,
         modes: vec![Mode::Learn],
+        claimed: false,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cordon::ledger::{Declaration, DeclarationOrigin, EdgeKey, Event, Recorder};
 use cordon::policy::{Identified, Mode, Verdict};
-use cordon::store::{self, FleetSettings, StoreUrl};
+use cordon::store::{self, FleetSettings, ShipTo, StoreUrl};
 use support::postgres::Postgres;
 use support::{cordon, cordon_ok};
 
@@ -238,7 +238,10 @@ fn a_store_of_version_1_gains_the_declarations_when_a_newer_cordon_ships() {
     pg.psql("postgres", "DROP TABLE declarer; UPDATE cordon_schema SET version = 1");
     declare(&a, "host-a", "web", now_hour(), &["db"]);
     cordon_ok(&["ship", "--db", s(&a), "--to", &url]);
-    assert_eq!(pg.psql("postgres", "SELECT version FROM cordon_schema"), "2");
+    assert_eq!(
+        pg.psql("postgres", "SELECT version FROM cordon_schema"),
+        store::schema::CURRENT_VERSION.to_string()
+    );
     assert_eq!(pg.psql("postgres", "SELECT identity, services FROM declarer"), "web|{db}");
     assert_eq!(pg.psql("postgres", "SELECT count(*) FROM edge_hour"), "1", "the traffic is kept");
 }
@@ -340,7 +343,7 @@ fn tls_to_the_store_verifies_the_server_against_the_ca() {
 
 fn fleet(url: &str, interval_ms: u64) -> FleetSettings {
     FleetSettings {
-        store: StoreUrl::parse(url).unwrap(),
+        to: ShipTo::Store(StoreUrl::parse(url).unwrap()),
         ship_interval: Duration::from_millis(interval_ms),
         batch_rows: 2,
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use cordon::store::{Db, FleetSettings, StoreUrl};
+use cordon::store::{Db, FleetSettings, ShipTo, StoreUrl};
 use support::postgres::Postgres;
 use support::tmpfs::Tmpfs;
 use support::{eventually, localhost, metric, round_trip_from};
@@ -56,7 +56,7 @@ async fn a_full_spool_disk_keeps_traffic_flowing_is_counted_and_loses_nothing_on
     let mut config = world.config("db-host", &[("db", app.addr)], &[]);
     config.state_dir = disk.path().join("state");
     config.fleet = Some(FleetSettings {
-        store: StoreUrl::parse(&url).unwrap(),
+        to: ShipTo::Store(StoreUrl::parse(&url).unwrap()),
         ship_interval: Duration::from_millis(50),
         batch_rows: 50,
     });

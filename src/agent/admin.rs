@@ -181,6 +181,7 @@ pub(crate) fn status(parts: &Parts) -> serde_json::Value {
             "store": store.to_string(),
             "rows_waiting": st.waiting.load(Ordering::Relaxed),
             "rows_shipped": st.shipped.load(Ordering::Relaxed),
+            "rows_refused": st.refused.load(Ordering::Relaxed),
             "batches_shipped": st.batches.load(Ordering::Relaxed),
             "last_ship": rfc3339_ms(st.last_success_ms.load(Ordering::Relaxed)),
             "lag_seconds": st.lag(std::time::SystemTime::now()).as_secs(),

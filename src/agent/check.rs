@@ -74,13 +74,15 @@ pub fn check(path: &Path) -> Result<Checked, Vec<String>> {
         let parent = log.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         check_dir_writable("decision_log", parent, &mut problems);
     }
-    if let Some(fleet) = &config.fleet {
-        if let Some(pw) = &fleet.store.password_file
+    // An agent ships through the ingest service with the leaves checked above; a store URL with
+    // credentials is refused when the config is validated, so there is no password to read here.
+    if let Some(crate::store::FleetSettings { to: crate::store::ShipTo::Store(store), .. }) = &config.fleet {
+        if let Some(pw) = &store.password_file
             && let Err(e) = crate::store::read_password(pw)
         {
             problems.push(format!("fleet.password_file: {e}"));
         }
-        if let Some(ca) = &fleet.store.ca
+        if let Some(ca) = &store.ca
             && let Err(e) = crate::pki::read_certs(ca)
         {
             problems.push(format!("fleet.ca: {e}"));

@@ -110,7 +110,7 @@ pub(crate) struct Parts {
     /// Enrols and renews the certificates with the signing service (`tls.issuer`).
     pub renewer: Option<Arc<Renewer>>,
     /// The fleet store shipped to and the shipper's counters, with `[fleet]`.
-    pub shipper: Option<(crate::store::StoreUrl, Arc<crate::store::ShipStats>)>,
+    pub shipper: Option<(crate::store::ShipTo, Arc<crate::store::ShipStats>)>,
 }
 
 /// A running agent.
@@ -164,7 +164,12 @@ impl Agent {
             config.proxy.flush_interval,
         )?;
         let shipper = match &config.fleet {
-            Some(fleet) => Some(crate::store::Shipper::start(&config.ledger_path(), &config.host, fleet)?),
+            Some(fleet) => Some(crate::store::Shipper::start(
+                &config.ledger_path(),
+                &config.host,
+                fleet,
+                Some((tls.clone(), config.identities())),
+            )?),
             None => None,
         };
         declare_upstreams(&config, &recorder_handle);

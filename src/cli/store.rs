@@ -1,4 +1,5 @@
-//! `cordon ship` (one ledger file into the fleet store) and `cordon store prune`.
+//! `cordon ship` (one ledger file into the fleet store, directly or through the ingest service),
+//! `cordon store init`, `cordon store serve` (the ingest service) and `cordon store prune`.
 //!
 //! Thin: parse arguments, call [`crate::store`], print what happened.
 
@@ -17,9 +18,14 @@ pub struct ShipArgs {
     /// The ledger file (a host's ledger.db, an import, or a merged ledger).
     #[arg(long)]
     pub db: PathBuf,
-    /// The store: postgres://USER@HOST:PORT/DB[?password_file=PATH&ca=PATH].
-    #[arg(long, value_parser = UrlParser)]
-    pub to: StoreUrl,
+    /// The ingest service, https://HOST:PORT (as the host of --config: its leaves, its rows), or
+    /// the store itself with operator credentials, postgres://USER@HOST:PORT/DB[?password_file=PATH&ca=PATH]
+    /// (rows count as seen, stamped `operator`).
+    #[arg(long, value_parser = TargetParser)]
+    pub to: store::ShipTo,
+    /// The agent config whose certificates speak for this host (with an https:// --to).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Rows per batch (one statement on the server).
     #[arg(long, default_value_t = store::DEFAULT_BATCH_ROWS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_rows: u64,
@@ -28,8 +34,36 @@ pub struct ShipArgs {
 /// Maintain the fleet store.
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
+    /// Create or upgrade the schema, its value checks, today's partitions and the roles
+    /// cordon_ingest, cordon_operator and cordon_reviewer (idempotent; run as the database owner).
+    Init(InitArgs),
+    /// The ingest service: agents ship through it over mTLS; it holds the only write credentials.
+    Serve(ServeArgs),
     /// Drop the history older than a window (whole day partitions, then the rest of that day).
     Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The store: postgres://USER@HOST:PORT/DB[?password_file=PATH&ca=PATH].
+    #[arg(long, value_parser = UrlParser)]
+    pub db: StoreUrl,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The store, as a member of cordon_ingest: postgres://USER@HOST:PORT/DB?password_file=PATH[&ca=PATH].
+    #[arg(long, value_parser = UrlParser)]
+    pub db: StoreUrl,
+    /// Address to listen on (HOST:PORT; port 0 picks one, printed on stdout).
+    #[arg(long)]
+    pub listen: String,
+    /// The CA bundle agents' leaves chain to.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// Directory holding cordon-store/cert.pem and cordon-store/key.pem (spiffe://TD/service/cordon-store).
+    #[arg(long)]
+    pub tls_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +114,30 @@ impl clap::builder::TypedValueParser for UrlParser {
     }
 }
 
+/// Parses a `--to`: the ingest service (https://) or the store (postgres://), without echoing
+/// a refused value.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetParser;
+
+impl clap::builder::TypedValueParser for TargetParser {
+    type Value = store::ShipTo;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<store::ShipTo, clap::Error> {
+        redacted(arg, value, |s| {
+            if StoreUrl::is_url(s) {
+                StoreUrl::parse(s).map(store::ShipTo::Store)
+            } else {
+                store::ShipTo::parse_ingest(s)
+            }
+        })
+    }
+}
+
 fn redacted<T>(
     arg: Option<&clap::Arg>,
     value: &std::ffi::OsStr,
@@ -96,9 +154,28 @@ pub fn ship(args: ShipArgs) -> anyhow::Result<Outcome> {
     if !args.db.exists() {
         anyhow::bail!("{}: no such ledger", args.db.display());
     }
-    let shipped =
-        store::ship_file(&args.db, &args.to, usize::try_from(args.batch_rows).unwrap_or(usize::MAX))
-            .with_context(|| format!("shipping {} to {}", args.db.display(), args.to))?;
+    let batch_rows = usize::try_from(args.batch_rows).unwrap_or(usize::MAX);
+    let (shipped, refused) = match &args.to {
+        store::ShipTo::Store(url) => {
+            anyhow::ensure!(
+                args.config.is_none(),
+                "--config is for shipping through the ingest service (https://)"
+            );
+            (store::ship_file(&args.db, url, batch_rows), Default::default())
+        }
+        store::ShipTo::Ingest(addr) => {
+            let path =
+                args.config.as_deref().context("--to https://... ships as a host: give its --config")?;
+            let config = crate::agent::config::Config::load(path)?;
+            let tls = crate::pki::TlsStore::load(&config.tls, &config.trust_domain, &config.identities())?;
+            let out = store::Outbound { tls, identities: config.identities(), addr: addr.clone() };
+            match store::ship_through(&args.db, &out, batch_rows) {
+                Ok((s, answer)) => (Ok(s), answer.refused),
+                Err(e) => (Err(e), Default::default()),
+            }
+        }
+    };
+    let shipped = shipped.with_context(|| format!("shipping {} to {}", args.db.display(), args.to))?;
     println!(
         "shipped {} rows in {} batches from {} to {}",
         shipped.rows,
@@ -106,11 +183,23 @@ pub fn ship(args: ShipArgs) -> anyhow::Result<Outcome> {
         args.db.display(),
         args.to
     );
+    for (cause, n) in &refused {
+        println!("refused {n} rows: {cause}");
+    }
     Ok(Outcome::Success)
 }
 
 pub fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
     match cmd {
+        StoreCommand::Init(args) => {
+            let done = store::init(&args.db)?;
+            println!(
+                "{}: schema version {}, roles cordon_ingest, cordon_operator, cordon_reviewer",
+                args.db, done.version
+            );
+            Ok(Outcome::Success)
+        }
+        StoreCommand::Serve(args) => serve(args),
         StoreCommand::Prune(args) => {
             let now_hour = crate::ledger::unix_ms(SystemTime::now()).div_euclid(3_600_000);
             let hours = i64::try_from(args.older_than.as_secs() / 3600).unwrap_or(i64::MAX);
@@ -127,4 +216,36 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Success)
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
+    use std::io::Write as _;
+    let options = store::ingest::IngestOptions { db: args.db, ca: args.ca, tls_dir: args.tls_dir };
+    let (tls, trust_domain) = store::ingest::tls_config(&options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cordon-store")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let ingest = store::ingest::Ingest::open(&options, trust_domain).await?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        // The address on stdout, for scripts that listen on port 0.
+        writeln!(std::io::stdout().lock(), "listening on {}", listener.local_addr()?)?;
+        let life = crate::proxy::Lifecycle::new();
+        let run = tokio::spawn(store::ingest::serve(listener, ingest, tls, life.clone()));
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        life.stop_accepting.cancel();
+        let _ = run.await;
+        tracing::info!("ingest service stopped");
+        Ok(Outcome::Success)
+    })
 }

@@ -57,6 +57,9 @@ pub struct CallerReadiness {
     pub probe_only: bool,
     /// An explicit deny intention names the caller: denied on purpose.
     pub intended_deny: bool,
+    /// Only the caller says so (the fleet store's claimed evidence): it blocks a flip like any
+    /// caller, but adds nothing to the destination's history.
+    pub claimed: bool,
 }
 
 impl CallerReadiness {
@@ -187,7 +190,7 @@ pub fn evidence_of(
         source: e.source.clone(),
         identified: e.identified,
         discovered_as: crate::policy::address_of(&e.source).and_then(discovered),
-        claimed: false,
+        claimed: e.claimed,
         connections: e.connections,
         probe_only: super::declared::probe_only(e),
         first_seen: e.first_seen,
@@ -274,6 +277,7 @@ pub fn diff(
             blocks: false,
             declared: decl.edge(&e.source, &e.destination),
             probe_only: super::declared::probe_only(e),
+            claimed: e.claimed,
         });
     }
     // Services only declared, never recorded, are reported too.

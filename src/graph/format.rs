@@ -103,7 +103,7 @@ pub fn graph_text_by(observed: &Observed, policy: Option<&crate::policy::Policy>
         rows.push(vec![
             escape::cell(&e.source).into_owned(),
             escape::cell(&e.destination).into_owned(),
-            e.identified.to_string(),
+            if e.claimed { format!("{},claimed", e.identified) } else { e.identified.to_string() },
             e.connections.to_string(),
             e.bytes_to_destination.to_string(),
             e.bytes_to_source.to_string(),
@@ -172,6 +172,9 @@ pub fn graph_json_by(observed: &Observed, policy: Option<&crate::policy::Policy>
                 "days_seen": e.days_seen,
                 "outcomes": { "allowed": e.allowed, "would_deny": e.would_deny, "denied": e.denied },
                 "modes": e.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                // Seen: the destination recorded it (or an operator shipped it); claimed: only
+                // its source says so.
+                "evidence": if e.claimed { "claimed" } else { "seen" },
                 "declared": match declared_cell(observed, &e.source, &e.destination) {
                     "-" => serde_json::Value::Null,
                     d => d.into(),
@@ -385,6 +388,9 @@ pub fn diff_text(services: &[ServiceReadiness]) -> String {
             }
             if c.declared == Declared::No {
                 status.push("undeclared");
+            }
+            if c.claimed {
+                status.push("claimed");
             }
             rows.push(vec![
                 if status.is_empty() { "ok".to_owned() } else { status.join(",") },

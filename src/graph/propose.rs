@@ -52,6 +52,9 @@ pub struct ProposedIntention {
     /// `None` for a declared edge never seen.
     pub first_seen: Option<SystemTime>,
     pub last_seen: Option<SystemTime>,
+    /// Only the caller says so (the fleet store's claimed evidence): no record of the
+    /// destination's own or an operator's.
+    pub claimed: bool,
 }
 
 impl ProposedIntention {
@@ -71,7 +74,8 @@ impl ProposedIntention {
             (Some(f), Some(l)) => format!(", {}..{}", super::format::day(f), super::format::day(l)),
             _ => String::new(),
         };
-        format!("{n} connection{} ({evidence}){days}", if n == 1 { "" } else { "s" })
+        let claimed = if self.claimed { ", claimed by the caller only" } else { "" };
+        format!("{n} connection{} ({evidence}{claimed}){days}", if n == 1 { "" } else { "s" })
     }
 
     /// The intention's `note`: which rule proposed it, and its evidence.
@@ -181,7 +185,10 @@ pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&Policy
             bytes: 0,
             first_seen: Some(e.first_seen),
             last_seen: Some(e.last_seen),
+            claimed: true,
         });
+        // Claimed until one of its edges is seen.
+        p.claimed &= e.claimed;
         match e.identified {
             Identified::Mtls => p.mtls_connections += e.connections,
             _ => p.haproxy_connections += e.connections,
@@ -278,6 +285,7 @@ pub fn propose(observed: &Observed, min_connections: u64, policy: Option<&Policy
             bytes: 0,
             first_seen: None,
             last_seen: None,
+            claimed: false,
         });
     }
     intentions.sort_by(|a, b| (&a.destination, &a.source).cmp(&(&b.destination, &b.source)));

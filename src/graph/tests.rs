@@ -34,6 +34,7 @@ fn edge(
         would_deny: 0,
         denied: 0,
         modes: vec![Mode::Learn],
+        claimed: false,
     }
 }
 

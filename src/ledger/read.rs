@@ -29,6 +29,10 @@ pub struct ObservedCaller {
     pub last_seen: SystemTime,
     /// Distinct days with traffic (a caller seen on one or two days is a periodic job).
     pub days_seen: u32,
+    /// Only the caller says so (the fleet store's *claimed* evidence: no record of the
+    /// destination's own, nor an operator's); the figures above are then its claims. A ledger
+    /// file's rows are never claimed.
+    pub claimed: bool,
 }
 
 /// One edge (source, destination, how identified) summed over a window.
@@ -53,6 +57,9 @@ pub struct EdgeTotals {
     pub denied: u64,
     /// The destination's modes while this edge was recorded, sorted.
     pub modes: Vec<Mode>,
+    /// Only its source says so (the fleet store's *claimed* evidence); the figures above are
+    /// then the source's claims. A ledger file's edges are never claimed.
+    pub claimed: bool,
 }
 
 /// Every edge recorded since `since` (the whole history when `None`), sorted by destination,
@@ -80,6 +87,7 @@ pub fn edge_totals(db: &Path, since: Option<SystemTime>) -> Result<Vec<EdgeTotal
                 would_deny: 0,
                 denied: 0,
                 modes: Vec::new(),
+                claimed: false,
             });
             edges.len() - 1
         });
@@ -130,6 +138,7 @@ pub fn callers_into(
                 first_seen: from_ms(r.first_ms),
                 last_seen: from_ms(r.last_ms),
                 days_seen: 0,
+                claimed: false,
             });
             callers.len() - 1
         });

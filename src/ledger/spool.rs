@@ -232,6 +232,12 @@ impl Batch {
         Batch { table, columns, generations: Vec::new() }
     }
 
+    /// A batch of `columns` (in [`Table::columns`] order) that came from elsewhere than a
+    /// ledger (a shipper's request to the ingest service); it carries no pending generations.
+    pub fn from_columns(table: &'static Table, columns: Vec<Values>) -> Self {
+        Batch { table, columns, generations: Vec::new() }
+    }
+
     /// Rows in the batch.
     pub fn len(&self) -> usize {
         match self.columns.first() {

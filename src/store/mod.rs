@@ -11,15 +11,21 @@
 
 mod client;
 mod db;
+pub mod ingest;
+mod outbound;
 pub mod read;
+pub mod roles;
+pub mod rules;
 pub mod schema;
 mod settings;
 mod shipper;
+pub mod wire;
 pub mod write;
 
 pub use client::{CONNECT_TIMEOUT, connect, read_password};
 pub use db::Db;
-pub use settings::{DEFAULT_BATCH_ROWS, DEFAULT_SHIP_INTERVAL, FleetSettings, RawFleet, StoreUrl};
+pub use outbound::{Outbound, ship_file as ship_through};
+pub use settings::{DEFAULT_BATCH_ROWS, DEFAULT_SHIP_INTERVAL, FleetSettings, RawFleet, ShipTo, StoreUrl};
 pub use shipper::{ShipStats, Shipper};
 
 use std::path::PathBuf;
@@ -58,6 +64,12 @@ pub enum StoreError {
     /// The ledger side (the spool or a file to ship) failed.
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// The ingest service refused a batch or could not be reached.
+    #[error("{url}: the ingest service: {detail}")]
+    Ingest { url: String, detail: String, transient: bool },
+    /// The store is not ready for the ingest service (no schema, or an older one).
+    #[error("{url}: {detail}")]
+    NotInitialised { url: String, detail: String },
     /// A runtime or thread for talking to the store could not be started.
     #[error("cannot start the store client: {0}")]
     Runtime(std::io::Error),
@@ -69,6 +81,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Unreachable { .. } | StoreError::Timeout { .. } => true,
+            StoreError::Ingest { transient, .. } => *transient,
             StoreError::Sql { source, .. } | StoreError::Connect { source, .. } => {
                 source.as_db_error().is_none() || source.is_closed()
             }
@@ -151,6 +164,15 @@ pub fn ship_file(db: &std::path::Path, url: &StoreUrl, batch_rows: usize) -> Res
             other => other?,
         }
         Ok(shipped)
+    })?
+}
+
+/// `cordon store init`: schema, checks, today's partitions, roles and grants.
+pub fn init(url: &StoreUrl) -> Result<roles::Initialised, StoreError> {
+    block_on(async {
+        let name = url.to_string();
+        let mut client = connect(url).await?;
+        roles::init(&mut client, &name).await
     })?
 }
 

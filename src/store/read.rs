@@ -43,24 +43,39 @@ pub async fn edge_totals(
     url: &str,
     since: Option<SystemTime>,
 ) -> Result<Vec<EdgeTotals>, StoreError> {
+    // Per edge: its seen rows when it has any, else its claimed ones (the edge is then claimed).
+    let pick = |agg: &str| {
+        format!(
+            "CASE WHEN bool_or(seen) THEN {} ELSE {} END",
+            agg.replace("{f}", " FILTER (WHERE seen)"),
+            agg.replace("{f}", "")
+        )
+    };
+    let total = |c: &str| pick(&format!("LEAST(coalesce(sum({c}){{f}}, 0), 9223372036854775807)::bigint"));
     let sql = format!(
-        "SELECT source, destination, identified, {conns}, {btd}, {bts}, min(fs), max(ls), count(*)::bigint,
-                {allowed}, {would_deny}, {denied}, bool_or(learn), bool_or(enforce), bool_or(other)
-         FROM (SELECT source, destination, identified, {day_conns} AS c,
+        "SELECT source, destination, identified, {conns}, {btd}, {bts}, {fs}, {ls}, {days},
+                {allowed}, {would_deny}, {denied}, {learn}, {enforce}, {other}, NOT bool_or(seen)
+         FROM (SELECT source, destination, identified, evidence <> 'claimed' AS seen, {day_conns} AS c,
                       {day_btd} AS btd, {day_bts} AS bts,
                       min(first_seen) AS fs, max(last_seen) AS ls,
                       {day_allowed} AS allowed, {day_would_deny} AS would_deny, {day_denied} AS denied,
                       bool_or(mode = 'learn') AS learn, bool_or(mode = 'enforce') AS enforce,
                       bool_or(mode NOT IN ('learn', 'enforce')) AS other
                FROM edge_hour WHERE hour >= $1
-               GROUP BY source, destination, identified, {day}) AS per_day
+               GROUP BY source, destination, identified, {day}, evidence <> 'claimed') AS per_day
          GROUP BY source, destination, identified",
-        conns = sum("c"),
-        btd = sum("btd"),
-        bts = sum("bts"),
-        allowed = sum("allowed"),
-        would_deny = sum("would_deny"),
-        denied = sum("denied"),
+        conns = total("c"),
+        btd = total("btd"),
+        bts = total("bts"),
+        fs = pick("min(fs){f}"),
+        ls = pick("max(ls){f}"),
+        days = pick("count(*){f}::bigint"),
+        allowed = total("allowed"),
+        would_deny = total("would_deny"),
+        denied = total("denied"),
+        learn = pick("bool_or(learn){f}"),
+        enforce = pick("bool_or(enforce){f}"),
+        other = pick("bool_or(other){f}"),
         day = DAY,
         day_conns = sum("connections"),
         day_btd = sum("bytes_to_destination"),
@@ -86,14 +101,28 @@ pub async fn callers_into(
     destination: &str,
     since: Option<SystemTime>,
 ) -> Result<Vec<ObservedCaller>, StoreError> {
+    // As for the graph: a caller's seen rows when it has any, else its claims (then claimed).
+    let pick = |agg: &str| {
+        format!(
+            "CASE WHEN bool_or(evidence <> 'claimed') THEN {} ELSE {} END",
+            agg.replace("{f}", " AND evidence <> 'claimed'"),
+            agg.replace("{f}", "")
+        )
+    };
+    let total = |c: &str, when: &str| {
+        pick(&format!("LEAST(coalesce(sum({c}) FILTER (WHERE {when}{{f}}), 0), 9223372036854775807)::bigint"))
+    };
     let sql = format!(
-        "SELECT source, identified, {conns}, min(first_seen), max(last_seen), count(DISTINCT div(hour, 24))::bigint,
-                {to_dst}, {to_src}, {denied}
+        "SELECT source, identified, {conns}, {fs}, {ls}, {days}, {to_dst}, {to_src}, {denied},
+                NOT bool_or(evidence <> 'claimed')
          FROM edge_hour WHERE hour >= $1 AND destination = $2 GROUP BY source, identified",
-        conns = sum("connections"),
-        to_dst = sum("bytes_to_destination"),
-        to_src = sum("bytes_to_source"),
-        denied = sum("connections) FILTER (WHERE verdict = 'deny' AND mode = 'enforce'"),
+        conns = total("connections", "true"),
+        fs = pick("min(first_seen) FILTER (WHERE true{f})"),
+        ls = pick("max(last_seen) FILTER (WHERE true{f})"),
+        days = pick("count(DISTINCT div(hour, 24)) FILTER (WHERE true{f})::bigint"),
+        to_dst = total("bytes_to_destination", "true"),
+        to_src = total("bytes_to_source", "true"),
+        denied = total("connections", "verdict = 'deny' AND mode = 'enforce'"),
     );
     let rows = client
         .query(sql.as_str(), &[&since_hour(since), &destination])
@@ -111,6 +140,7 @@ pub async fn callers_into(
             bytes_to_destination: count(r.get(6)),
             bytes_to_source: count(r.get(7)),
             denied: count(r.get(8)),
+            claimed: r.get::<_, Option<bool>>(9) == Some(true),
         });
     }
     callers.sort_by(|a, b| (&a.source, a.identified).cmp(&(&b.source, b.identified)));
@@ -184,6 +214,7 @@ fn edge(url: &str, r: &Row) -> Result<EdgeTotals, StoreError> {
         would_deny: count(r.get(10)),
         denied: count(r.get(11)),
         modes,
+        claimed: r.get::<_, Option<bool>>(15) == Some(true),
     })
 }
 

@@ -22,6 +22,11 @@
 //!     services text[], PRIMARY KEY (host, identity, origin));
 //! ```
 //!
+//! Version 3 stamps each row with the identity that shipped it (`shipper`: a service, or
+//! `operator`) and each edge with its `evidence` (`seen` or `claimed`), adds CHECK constraints on
+//! every value, and creates day partitions only through `cordon_add_partitions`
+//! ([`super::roles`] has the SQL and the roles).
+//!
 //! The tables are made from their descriptions in [`crate::ledger::spool::SHIPPED`]; a table
 //! appears in the version its `store_version` names.
 //! Every cordon that connects checks the version; the first one to find an older (or no)
@@ -39,11 +44,11 @@ use super::StoreError;
 use crate::ledger::spool::{Column, Kind, SHIPPED, Table};
 
 /// The store schema version this cordon writes.
-pub const CURRENT_VERSION: i32 = 2;
+pub const CURRENT_VERSION: i32 = 3;
 /// Advisory lock key held while migrating ("cordon-m").
 const MIGRATE_LOCK: i64 = 0x636f_7264_6f6e_2d6d;
 /// Advisory lock key held while creating partitions ("cordon-p").
-const PARTITION_LOCK: i64 = 0x636f_7264_6f6e_2d70;
+pub(super) const PARTITION_LOCK: i64 = 0x636f_7264_6f6e_2d70;
 /// Hours in a partition.
 const PARTITION_HOURS: i64 = 24;
 
@@ -76,6 +81,9 @@ pub async fn ensure(client: &mut Client, url: &str) -> Result<(), StoreError> {
     check_version(found, url)?;
     for table in SHIPPED.iter().filter(|t| found < t.store_version) {
         tx.batch_execute(&create_sql(table)).await.map_err(sql("create the tables"))?;
+    }
+    if found < 3 {
+        tx.batch_execute(&super::roles::migration_sql()).await.map_err(sql("add the value checks"))?;
     }
     tx.execute(
         "INSERT INTO cordon_schema (version) VALUES ($1) ON CONFLICT (one) DO UPDATE SET version = EXCLUDED.version",
@@ -134,7 +142,8 @@ fn create_sql(table: &Table) -> String {
     )
 }
 
-/// The partition of `table` holding `hour`.
+/// The partition of `table` holding `hour` (as `cordon_add_partitions` names it).
+#[cfg(test)]
 fn partition_name(table: &Table, day: i64) -> String {
     if day < 0 { format!("{}_dm{}", table.name, -day) } else { format!("{}_d{day}", table.name) }
 }
@@ -166,30 +175,12 @@ impl Partitions {
             return Ok(());
         }
         let sql = |what| move |source| StoreError::Sql { url: url.to_owned(), what, source };
-        let tx = client.transaction().await.map_err(sql("begin creating partitions"))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
-            .await
-            .map_err(sql("take the partition lock"))?;
-        for day in &days {
-            let name = partition_name(table, *day);
-            let exists: bool = tx
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-                .await
-                .map_err(sql("look for a partition"))?
-                .get(0);
-            if exists {
-                continue;
-            }
-            let from = day * PARTITION_HOURS;
-            tx.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {} FOR VALUES FROM ({from}) TO ({})",
-                table.name,
-                from + PARTITION_HOURS
-            ))
+        // Through the operator's function: whoever ships (the ingest role included) never owns a
+        // partition, so cannot drop or truncate one.
+        client
+            .execute("SELECT cordon_add_partitions($1)", &[&days])
             .await
             .map_err(sql("create a partition"))?;
-        }
-        tx.commit().await.map_err(sql("commit the partitions"))?;
         self.known.extend(days.into_iter().map(|d| (table.name, d)));
         Ok(())
     }

@@ -121,12 +121,50 @@ pub struct RawFleet {
     batch_rows: Option<usize>,
 }
 
-/// The validated `[fleet]` section: this agent ships its ledger to `store`.
+/// Where a shipper sends its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipTo {
+    /// The ingest service at `HOST:PORT` (`https://HOST:PORT` in cordon.toml), over mTLS with the
+    /// agent's own leaves: the only target an agent's `[fleet]` may name.
+    Ingest(String),
+    /// The store itself, with its credentials. Refused in an agent's cordon.toml (a host would
+    /// hold credentials that write every host's evidence); kept for the library's callers that
+    /// run as the operator.
+    Store(StoreUrl),
+}
+
+impl fmt::Display for ShipTo {
+    /// The target without secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShipTo::Ingest(addr) => write!(f, "https://{addr}"),
+            ShipTo::Store(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl ShipTo {
+    /// Parses `https://HOST:PORT` (the ingest service): a port is required, nothing after it.
+    pub fn parse_ingest(s: &str) -> Result<ShipTo, String> {
+        let rest = s.strip_prefix("https://").ok_or("the ingest service's address starts with https://")?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '@', '#']) || rest.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("give the ingest service as https://HOST:PORT, nothing more".into());
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or("the ingest service's address needs a port")?;
+        if host.is_empty() || host.len() > 253 {
+            return Err("the ingest service's address needs a host".into());
+        }
+        port.parse::<u16>().ok().filter(|p| *p > 0).ok_or("bad port in the ingest service's address")?;
+        Ok(ShipTo::Ingest(rest.to_owned()))
+    }
+}
+
+/// The validated `[fleet]` section: this agent ships its ledger to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetSettings {
-    /// The store, with `password_file` and `ca` from the section (resolved against the config
-    /// file's directory).
-    pub store: StoreUrl,
+    /// The ingest service (or, for the library's operator callers, the store itself).
+    pub to: ShipTo,
     /// How often the shipper looks for unshipped rows.
     pub ship_interval: Duration,
     /// Rows per batch (one transaction on the server).
@@ -141,26 +179,32 @@ pub const DEFAULT_BATCH_ROWS: usize = 5000;
 impl FleetSettings {
     /// Validates `raw`; paths are resolved against `base` (the config file's directory). Every
     /// problem is pushed onto `problems`, naming its field.
-    pub fn validate(raw: RawFleet, base: &Path, problems: &mut Vec<String>) -> Option<FleetSettings> {
-        let mut store = match StoreUrl::parse(&raw.store) {
-            Ok(u) if u.password_file.is_none() && u.ca.is_none() => Some(u),
-            Ok(_) => {
-                problems.push("fleet.store: give password_file and ca as their own fields".into());
-                None
-            }
-            Err(e) => {
-                problems.push(format!("fleet.store: {e}"));
-                None
+    pub fn validate(raw: RawFleet, _base: &Path, problems: &mut Vec<String>) -> Option<FleetSettings> {
+        let to = if StoreUrl::is_url(&raw.store) {
+            problems.push(
+                "fleet.store: an agent ships through the ingest service (store = \"https://HOST:PORT\", \
+                 `cordon store serve`), not straight to PostgreSQL: a host holding the store's password \
+                 could rewrite or delete every host's evidence"
+                    .into(),
+            );
+            None
+        } else {
+            match ShipTo::parse_ingest(&raw.store) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    problems.push(format!("fleet.store: {e}"));
+                    None
+                }
             }
         };
-        let password_file =
-            raw.password_file.map(|p| crate::base::config_path("fleet.password_file", p, base, problems));
-        if let Some(problem) =
-            password_file.as_deref().and_then(|p| crate::pki::files::secret_problem("fleet.password_file", p))
-        {
-            problems.push(problem);
+        for (field, given) in [("password_file", raw.password_file.is_some()), ("ca", raw.ca.is_some())] {
+            if given {
+                problems.push(format!(
+                    "fleet.{field}: the ingest service is reached with the agent's own leaves and trust bundle; \
+                     remove {field}"
+                ));
+            }
         }
-        let ca = raw.ca.map(|p| crate::base::config_path("fleet.ca", p, base, problems));
         let ship_interval = match raw.ship_interval_ms {
             Some(0) => {
                 problems.push("fleet.ship_interval_ms: must be greater than 0".into());
@@ -177,11 +221,7 @@ impl FleetSettings {
             Some(n) => n,
             None => DEFAULT_BATCH_ROWS,
         };
-        if let Some(s) = store.as_mut() {
-            s.password_file = password_file;
-            s.ca = ca;
-        }
-        Some(FleetSettings { store: store?, ship_interval, batch_rows })
+        Some(FleetSettings { to: to?, ship_interval, batch_rows })
     }
 }
 
@@ -223,6 +263,20 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_may_not_hold_the_stores_credentials() {
+        let raw: RawFleet =
+            toml::from_str("store = \"postgres://u@h/d\"\npassword_file = \"pw\"\nca = \"ca.pem\"\n")
+                .unwrap();
+        let mut problems = Vec::new();
+        assert!(FleetSettings::validate(raw, Path::new("/etc/cordon"), &mut problems).is_none());
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("through the ingest service"), "{problems:?}");
+        for bad in ["https://h", "https://h:0", "https://u@h:1", "https://h:1/x", "http://h:1"] {
+            assert!(ShipTo::parse_ingest(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn fleet_section_reports_every_bad_field() {
         let raw: RawFleet =
             toml::from_str("store = \"postgres://u:pw@h/d\"\nship_interval_ms = 0\nbatch_rows = 0\n")
@@ -230,9 +284,9 @@ mod tests {
         let mut problems = Vec::new();
         assert!(FleetSettings::validate(raw, Path::new("/etc/cordon"), &mut problems).is_none());
         assert_eq!(problems.len(), 3, "{problems:?}");
-        let raw: RawFleet = toml::from_str("store = \"postgres://u@h/d\"\npassword_file = \"pw\"\n").unwrap();
+        let raw: RawFleet = toml::from_str("store = \"https://ingest.internal:7443\"\n").unwrap();
         let ok = FleetSettings::validate(raw, Path::new("/etc/cordon"), &mut problems).unwrap();
-        assert_eq!(ok.store.password_file.as_deref(), Some(Path::new("/etc/cordon/pw")));
+        assert_eq!(ok.to, ShipTo::Ingest("ingest.internal:7443".into()));
         assert_eq!(ok.ship_interval, DEFAULT_SHIP_INTERVAL);
     }
 }

@@ -18,9 +18,12 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
+use super::outbound::Outbound;
 use super::schema::Partitions;
-use super::{FleetSettings, StoreError, StoreUrl, client, schema, write};
+use super::settings::ShipTo;
+use super::{FleetSettings, StoreError, client, schema, write};
 use crate::ledger::spool::Spool;
+use crate::pki::{ServiceName, TlsStore};
 
 /// The longest pause between attempts while the store fails.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -46,6 +49,8 @@ pub struct ShipStats {
     pub caught_up_ms: AtomicI64,
     /// CPU time the shipper thread has used, in milliseconds (Linux; 0 elsewhere).
     pub cpu_ms: AtomicU64,
+    /// Rows the ingest service refused (or no identity of this host could speak for).
+    pub refused: AtomicU64,
     /// The last error, for `/status` (never holds the password).
     pub last_error: Mutex<Option<String>>,
 }
@@ -73,14 +78,35 @@ pub struct Shipper {
     stop: mpsc::Sender<()>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<ShipStats>,
-    store: StoreUrl,
+    store: ShipTo,
 }
 
 impl Shipper {
     /// Starts shipping the ledger at `ledger` (recorded as `host`) to the store. Fails only if
     /// the thread cannot be spawned: an unreachable or refusing store is retried in the
     /// background and shows in the stats.
-    pub fn start(ledger: &Path, host: &str, settings: &FleetSettings) -> Result<Shipper, StoreError> {
+    ///
+    /// Shipping to the ingest service needs `leaves`: the agent's certificates and the
+    /// identities they prove.
+    pub fn start(
+        ledger: &Path,
+        host: &str,
+        settings: &FleetSettings,
+        leaves: Option<(Arc<TlsStore>, Vec<ServiceName>)>,
+    ) -> Result<Shipper, StoreError> {
+        let outbound = match (&settings.to, leaves) {
+            (ShipTo::Ingest(addr), Some((tls, identities))) => {
+                Some(Outbound { tls, identities, addr: addr.clone() })
+            }
+            (ShipTo::Ingest(addr), None) => {
+                return Err(StoreError::Ingest {
+                    url: format!("https://{addr}"),
+                    detail: "shipping to the ingest service needs the agent's certificates".into(),
+                    transient: false,
+                });
+            }
+            (ShipTo::Store(_), _) => None,
+        };
         let (stop, stop_rx) = mpsc::channel();
         let stats = Arc::new(ShipStats::default());
         let mut worker = Worker {
@@ -90,20 +116,21 @@ impl Shipper {
             stats: stats.clone(),
             spool: None,
             conn: None,
+            outbound,
         };
         let thread = std::thread::Builder::new()
             .name("cordon-shipper".into())
             .spawn(move || worker.run(stop_rx))
             .map_err(StoreError::Runtime)?;
-        Ok(Shipper { stop, thread: Some(thread), stats, store: settings.store.clone() })
+        Ok(Shipper { stop, thread: Some(thread), stats, store: settings.to.clone() })
     }
 
     pub fn stats(&self) -> &Arc<ShipStats> {
         &self.stats
     }
 
-    /// The store shipped to (its URL, without secrets).
-    pub fn store(&self) -> &StoreUrl {
+    /// Where the rows go (without secrets).
+    pub fn store(&self) -> &ShipTo {
         &self.store
     }
 
@@ -133,6 +160,8 @@ struct Worker {
     stats: Arc<ShipStats>,
     spool: Option<Spool>,
     conn: Option<(tokio_postgres::Client, Partitions)>,
+    /// The ingest service and this host's leaves, when shipping through it.
+    outbound: Option<Outbound>,
 }
 
 impl Worker {
@@ -150,7 +179,7 @@ impl Worker {
                 Ok(true) => Duration::ZERO,
                 Ok(false) => {
                     if failures > 0 {
-                        info!(store = %self.settings.store, "shipping to the fleet store again");
+                        info!(store = %self.settings.to, "shipping to the fleet store again");
                     }
                     failures = 0;
                     self.settings.ship_interval
@@ -158,7 +187,7 @@ impl Worker {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     if failures == 1 || failures.is_power_of_two() {
-                        warn!(store = %self.settings.store, error = %e, failures, "shipping to the fleet store failed; rows stay in the ledger and are retried");
+                        warn!(store = %self.settings.to, error = %e, failures, "shipping to the fleet store failed; rows stay in the ledger and are retried");
                     }
                     self.failed(&e);
                     // A ledger error (its disk full) says nothing about the store's connection.
@@ -200,10 +229,34 @@ impl Worker {
             return Ok(false);
         }
         self.stats.waiting.store(spool.waiting()?, Ordering::Relaxed);
-        let url = self.settings.store.to_string();
+        let url = self.settings.to.to_string();
         let timed = |what| StoreError::Timeout { url: url.clone(), what };
+        if let Some(out) = &self.outbound {
+            let mut full = false;
+            for batch in &batches {
+                let answer = rt.block_on(out.send(batch))?;
+                spool.mark_shipped(batch)?;
+                let refused: u64 = answer.refused.values().sum();
+                if refused > 0 {
+                    self.stats.refused.fetch_add(refused, Ordering::Relaxed);
+                    warn!(store = %url, refused = ?answer.refused, "the ingest service refused rows of this host's ledger");
+                }
+                self.stats.shipped.fetch_add(answer.accepted, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .last_success_ms
+                    .store(crate::ledger::unix_ms(SystemTime::now()), Ordering::Relaxed);
+                full |= batch.len() >= self.settings.batch_rows;
+            }
+            self.stats.waiting.store(spool.waiting()?, Ordering::Relaxed);
+            *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.stats.cpu_ms.store(thread_cpu_ms(), Ordering::Relaxed);
+            return Ok(full);
+        }
+        let ShipTo::Store(store) = &self.settings.to else {
+            return Err(StoreError::Runtime(std::io::ErrorKind::Other.into()));
+        };
         if self.conn.is_none() {
-            let store = &self.settings.store;
             let client = rt.block_on(async {
                 let mut c = client::connect(store).await?;
                 tokio::time::timeout(deadline, schema::ensure(&mut c, &url))

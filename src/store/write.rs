@@ -14,8 +14,8 @@ use crate::ledger::spool::{Batch, Combine, Kind, Table, Values};
 /// The upsert statement for `table`; its parameters are one array per column (a
 /// [`Kind::TextSet`] as newline-separated texts, split into the `text[]` it is stored as).
 pub fn upsert_sql(table: &Table) -> String {
-    let names: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
-    let arrays: Vec<String> = table
+    let mut names: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+    let mut arrays: Vec<String> = table
         .columns
         .iter()
         .enumerate()
@@ -28,7 +28,7 @@ pub fn upsert_sql(table: &Table) -> String {
             format!("${}::{ty}[]", i + 1)
         })
         .collect();
-    let select: Vec<String> = table
+    let mut select: Vec<String> = table
         .columns
         .iter()
         .map(|c| match c.kind {
@@ -65,12 +65,20 @@ pub fn upsert_sql(table: &Table) -> String {
         targets.push(format!("t.{n}"));
         values.push(value);
     }
+    for (i, (n, combine)) in stamp_columns(table).iter().enumerate() {
+        names.push(n);
+        arrays.push(format!("${}::text[]", table.columns.len() + i + 1));
+        select.push(format!("u.{n}"));
+        targets.push(format!("t.{n}"));
+        values.push((*combine).to_owned());
+    }
     let set: Vec<String> = table
         .columns
         .iter()
         .filter(|c| c.combine != Combine::Key)
         .zip(&values)
         .map(|(c, v)| format!("{} = {v}", c.name))
+        .chain(stamp_columns(table).iter().map(|(n, v)| format!("{n} = {v}")))
         .collect();
     format!(
         "INSERT INTO {t} AS t ({names}) SELECT {select} FROM unnest({arrays}) AS u({names})
@@ -87,13 +95,51 @@ pub fn upsert_sql(table: &Table) -> String {
     )
 }
 
-/// Writes one batch (creating the day partitions it needs first). The statement is atomic: on
-/// any error nothing of the batch is in the store, and shipping it again is safe.
+/// The store-only columns of `table` (schema version 3) and how a new copy combines with the
+/// held one: the latest shipper, and an edge stays `seen` once anyone entitled to say so has.
+fn stamp_columns(table: &Table) -> &'static [(&'static str, &'static str)] {
+    match table.name {
+        "edge_hour" => &[
+            ("shipper", "EXCLUDED.shipper"),
+            (
+                "evidence",
+                "CASE WHEN t.evidence = 'seen' OR EXCLUDED.evidence = 'seen' THEN 'seen' ELSE 'claimed' END",
+            ),
+        ],
+        "declarer" => &[("shipper", "EXCLUDED.shipper")],
+        _ => &[],
+    }
+}
+
+/// Who shipped each row of a batch, as stored: the shipping identity (or
+/// [`super::rules::OPERATOR`]) and, for an edge, its evidence.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamps<'a> {
+    pub shipper: &'a [String],
+    pub evidence: &'a [String],
+}
+
+/// Writes one batch shipped with operator credentials: every row stamped `operator`, every edge
+/// `seen`.
 pub async fn ship(
     client: &mut Client,
     url: &str,
     partitions: &mut Partitions,
     batch: &Batch,
+) -> Result<u64, StoreError> {
+    let shipper = vec![super::rules::OPERATOR.to_owned(); batch.len()];
+    let evidence = vec!["seen".to_owned(); batch.len()];
+    ship_stamped(client, url, partitions, batch, Stamps { shipper: &shipper, evidence: &evidence }).await
+}
+
+/// Writes one batch (creating the day partitions it needs first). The statement is atomic: on
+/// any error nothing of the batch is in the store, and shipping it again is safe.
+pub async fn ship_stamped(
+    client: &mut Client,
+    url: &str,
+    partitions: &mut Partitions,
+    batch: &Batch,
+    stamps: Stamps<'_>,
 ) -> Result<u64, StoreError> {
     let table = batch.table;
     if let Some(hour) = table.hour_column
@@ -102,7 +148,7 @@ pub async fn ship(
     {
         partitions.ensure(client, url, table, hours).await?;
     }
-    let params: Vec<&(dyn ToSql + Sync)> = batch
+    let mut params: Vec<&(dyn ToSql + Sync)> = batch
         .columns
         .iter()
         .map(|v| match v {
@@ -111,6 +157,9 @@ pub async fn ship(
             Values::Bytes(v) => v as &(dyn ToSql + Sync),
         })
         .collect();
+    for (name, _) in stamp_columns(table) {
+        params.push(if *name == "evidence" { &stamps.evidence } else { &stamps.shipper });
+    }
     client.execute(upsert_sql(table).as_str(), &params).await.map_err(|source| StoreError::Sql {
         url: url.to_owned(),
         what: "write shipped rows",

@@ -23,6 +23,7 @@ fn edge(source: &str, destination: &str) -> ObservedEdge {
         would_deny: 0,
         denied: 0,
         modes: vec![],
+        claimed: false,
     }
 }
 

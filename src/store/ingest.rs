@@ -1,0 +1,362 @@
+//! `cordon store serve`: the ingest service, the only holder of write credentials to the fleet
+//! store. Agents ship to it over mTLS with their own leaves; it checks every row
+//! ([`super::rules`]), stamps it with the host and identity the leaf names, and writes it with
+//! the `cordon_ingest` role (insert and update only).
+//!
+//! The HTTP handling is one seam: [`Ingest::handle`] takes the verified peer and a request and
+//! returns the answer; [`serve`] is the accept loop, TLS and deadlines around it, on
+//! [`crate::proxy::accept_loop`]. Every refused row is counted by cause (`/metrics`) and logged
+//! once per (host, identity, cause); names are never logged raw (they are checked before).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::rules::{self, Refusal, Shipper};
+use super::schema::{self, Partitions};
+use super::wire::{self, Answer, WireBatch};
+use super::{StoreError, StoreUrl, client, write};
+use crate::pki::{HostName, ServiceName, SpiffeClientVerifier, TrustDomain, host_of, spiffe_id_of};
+
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 512;
+/// A client must finish its TLS handshake within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// And send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections to PostgreSQL, each writing one batch at a time.
+const POOL: usize = 4;
+/// Distinct (host, identity, cause) refusals logged; past it, refusals are only counted.
+const MAX_LOGGED: usize = 4096;
+
+/// Where the service finds its store and its TLS material.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// The store, with the credentials of a `cordon_ingest` member.
+    pub db: StoreUrl,
+    /// The CA bundle agents' leaves chain to.
+    pub ca: PathBuf,
+    /// Holds `cordon-store/cert.pem` and `cordon-store/key.pem`.
+    pub tls_dir: PathBuf,
+}
+
+/// The verified client of one connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub identity: ServiceName,
+    /// The host its leaf names; None for a leaf without one (refused).
+    pub host: Option<HostName>,
+}
+
+/// The running service.
+pub struct Ingest {
+    url: StoreUrl,
+    trust_domain: TrustDomain,
+    pool: Pool,
+    accepted: AtomicU64,
+    refused: Mutex<BTreeMap<Refusal, u64>>,
+    /// Answers by label (`ok`, `no_host`, `bad_request`, `too_large`, `timeout`, `store_error`, `not_found`).
+    answers: Mutex<BTreeMap<&'static str, u64>>,
+    logged: Mutex<HashSet<(String, String, &'static str)>>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").field("store", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// A few connections to the store, taken one per batch.
+struct Pool {
+    url: StoreUrl,
+    idle: Mutex<Vec<(tokio_postgres::Client, Partitions)>>,
+    permits: Semaphore,
+}
+
+impl Pool {
+    async fn write(&self, checked: &rules::Checked) -> Result<u64, StoreError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Runtime(std::io::ErrorKind::Other.into()))?;
+        let held = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let (mut c, mut parts) = match held {
+            Some(c) => c,
+            None => (client::connect(&self.url).await?, Partitions::default()),
+        };
+        let name = self.url.to_string();
+        let stamps = write::Stamps { shipper: &checked.shipper, evidence: &checked.evidence };
+        let n = write::ship_stamped(&mut c, &name, &mut parts, &checked.batch, stamps).await?;
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push((c, parts));
+        Ok(n)
+    }
+}
+
+impl Ingest {
+    /// Connects to the store and checks that `cordon store init` made it current.
+    pub async fn open(options: &IngestOptions, trust_domain: TrustDomain) -> Result<Arc<Ingest>, StoreError> {
+        let name = options.db.to_string();
+        let c = client::connect(&options.db).await?;
+        match schema::version(&c, &name).await? {
+            Some(v) if v == schema::CURRENT_VERSION => {}
+            found => {
+                return Err(StoreError::NotInitialised {
+                    url: name,
+                    detail: format!(
+                        "store schema version {} but the ingest service needs {}: run `cordon store init` as the operator",
+                        found.unwrap_or(0),
+                        schema::CURRENT_VERSION
+                    ),
+                });
+            }
+        }
+        Ok(Arc::new(Ingest {
+            url: options.db.clone(),
+            trust_domain,
+            pool: Pool {
+                url: options.db.clone(),
+                idle: Mutex::new(vec![(c, Partitions::default())]),
+                permits: Semaphore::new(POOL),
+            },
+            accepted: AtomicU64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
+            answers: Mutex::new(BTreeMap::new()),
+            logged: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// The verified peer of a finished handshake (the verifier already checked the chain and
+    /// the trust domain).
+    pub fn peer_of(&self, conn: &rustls::ServerConnection, addr: SocketAddr) -> Option<Peer> {
+        let leaf = conn.peer_certificates()?.first()?;
+        let id = spiffe_id_of(leaf, Some(&self.trust_domain)).ok()?;
+        Some(Peer { addr, identity: id.service().clone(), host: host_of(leaf) })
+    }
+
+    fn answered(&self, label: &'static str) {
+        *self.answers.lock().unwrap_or_else(|p| p.into_inner()).entry(label).or_default() += 1;
+    }
+
+    fn reply(&self, label: &'static str, status: StatusCode, body: String) -> Response<Full<Bytes>> {
+        self.answered(label);
+        let ty = if status == StatusCode::OK && label == "ok" { "application/json" } else { "text/plain" };
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = hyper::header::HeaderValue::from_str(ty) {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    }
+
+    /// Logs a refusal the first time it is seen for this host, identity and cause.
+    fn log_once(&self, peer: &Peer, cause: &'static str, rows: u64) {
+        let host = peer.host.as_ref().map(|h| h.to_string()).unwrap_or_default();
+        let key = (host.clone(), peer.identity.to_string(), cause);
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() < MAX_LOGGED && logged.insert(key) {
+            warn!(host = %host, identity = %peer.identity, peer = %peer.addr, cause, rows,
+                "ingest: refused rows (logged once per host, identity and cause; all are counted in /metrics)");
+        }
+    }
+
+    /// Answers one request from `peer`: `POST /v1/rows` or `GET /metrics`. The caller bounds
+    /// it with [`wire::REQUEST_TIMEOUT`].
+    pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => return self.reply("metrics", StatusCode::OK, self.metrics()),
+            (&Method::POST, "/v1/rows") => {}
+            _ => return self.reply("not_found", StatusCode::NOT_FOUND, "no such endpoint\n".into()),
+        }
+        let Some(host) = peer.host.clone() else {
+            self.log_once(peer, "no_host", 0);
+            return self.reply(
+                "no_host",
+                StatusCode::FORBIDDEN,
+                "this leaf names no host (one DNS-name SAN): issue it with `cordon cert issue --host` \
+                 or enrol through the signing service\n"
+                    .into(),
+            );
+        };
+        let body = match Limited::new(req.into_body(), wire::MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                self.log_once(peer, "too_large", 0);
+                return self.reply("too_large", StatusCode::PAYLOAD_TOO_LARGE, "body too large\n".into());
+            }
+            Err(_) => return self.reply("bad_request", StatusCode::BAD_REQUEST, "unreadable body\n".into()),
+        };
+        let batch = match serde_json::from_slice::<WireBatch>(&body)
+            .map_err(|_| "not a batch")
+            .and_then(WireBatch::into_batch)
+        {
+            Ok(b) => b,
+            Err(why) => {
+                self.log_once(peer, "bad_request", 0);
+                return self.reply("bad_request", StatusCode::BAD_REQUEST, format!("{why}\n"));
+            }
+        };
+        let who = Shipper::Host { host: host.to_string(), identity: peer.identity.to_string() };
+        let checked = rules::check(&batch, &who, crate::ledger::unix_ms(SystemTime::now()));
+        let mut answer = Answer::default();
+        if !checked.refused.is_empty() {
+            let mut by_cause: BTreeMap<Refusal, u64> = BTreeMap::new();
+            for r in &checked.refused {
+                *by_cause.entry(*r).or_default() += 1;
+            }
+            let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            for (cause, n) in &by_cause {
+                *refused.entry(*cause).or_default() += n;
+                answer.refused.insert(cause.as_str().to_owned(), *n);
+            }
+            drop(refused);
+            for (cause, n) in by_cause {
+                self.log_once(peer, cause.as_str(), n);
+            }
+        }
+        if !checked.batch.is_empty() {
+            match self.pool.write(&checked).await {
+                Ok(n) => answer.accepted = n,
+                Err(e) => {
+                    warn!(store = %self.url, error = %e, "ingest: writing to the store failed");
+                    return self.reply(
+                        "store_error",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the store failed; retry\n".into(),
+                    );
+                }
+            }
+        }
+        self.accepted.fetch_add(answer.accepted, Ordering::Relaxed);
+        let json = serde_json::to_string(&answer).unwrap_or_default();
+        self.reply("ok", StatusCode::OK, json)
+    }
+
+    /// Rows accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text: rows accepted, rows refused by cause, answers by label.
+    pub fn metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP cordon_ingest_rows_accepted_total Rows written to the store\n\
+             # TYPE cordon_ingest_rows_accepted_total counter\n",
+        );
+        out += &format!("cordon_ingest_rows_accepted_total {}\n", self.accepted());
+        out += "# HELP cordon_ingest_rows_refused_total Rows refused, by cause\n\
+                # TYPE cordon_ingest_rows_refused_total counter\n";
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for cause in Refusal::ALL {
+            let n = refused.get(&cause).copied().unwrap_or(0);
+            out += &format!("cordon_ingest_rows_refused_total{{cause=\"{}\"}} {n}\n", cause.as_str());
+        }
+        out += "# HELP cordon_ingest_requests_total Requests answered, by answer\n\
+                # TYPE cordon_ingest_requests_total counter\n";
+        for (label, n) in self.answers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out += &format!("cordon_ingest_requests_total{{answer=\"{label}\"}} {n}\n");
+        }
+        out
+    }
+}
+
+/// The service's TLS: its own leaf (which must be `spiffe://TD/service/cordon-store`) and a
+/// mandatory client certificate of the same trust domain chaining to `ca`.
+pub fn tls_config(options: &IngestOptions) -> Result<(Arc<ServerConfig>, TrustDomain), StoreError> {
+    let dir = options.tls_dir.join(wire::SERVICE);
+    let bad = |path: &Path, detail: String| StoreError::Ca { path: path.to_owned(), detail };
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    let pem = std::fs::read(&cert_path).map_err(|e| bad(&cert_path, e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&cert_path, format!("{e:?}")))?;
+    let leaf = chain.first().ok_or_else(|| bad(&cert_path, "no certificate in the file".into()))?;
+    let id = spiffe_id_of(leaf, None).map_err(|e| bad(&cert_path, e.to_string()))?;
+    if id.service().as_str() != wire::SERVICE {
+        return Err(bad(&cert_path, format!("the leaf is {id}, not the service {}", wire::SERVICE)));
+    }
+    let key_pem =
+        crate::pki::files::read_private_key(&key_path).map_err(|e| bad(&key_path, e.to_string()))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad(&key_path, format!("{e:?}")))?;
+    let ca_pem = std::fs::read(&options.ca).map_err(|e| bad(&options.ca, e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca_pem) {
+        roots
+            .add(c.map_err(|e| bad(&options.ca, format!("{e:?}")))?)
+            .map_err(|e| bad(&options.ca, e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&options.ca, "no certificate in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let td = id.trust_domain().clone();
+    let verifier = SpiffeClientVerifier::new(Arc::new(roots), td.clone(), provider.clone())
+        .map_err(|e| bad(&options.ca, e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| bad(&cert_path, e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(&key_path, e.to_string()))?;
+    Ok((Arc::new(config), td))
+}
+
+/// Serves `listener` until `life.stop_accepting` fires: TLS with a deadline, then HTTP/1 with a
+/// deadline on the headers and one on each request (reading its body and writing its rows).
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Arc<Ingest>,
+    tls: Arc<ServerConfig>,
+    life: crate::proxy::Lifecycle,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, store = %ingest.url, "ingest service listening");
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    crate::proxy::accept_loop(listener, MAX_CONNECTIONS, life, move |tcp, addr| {
+        let acceptor = acceptor.clone();
+        let ingest = ingest.clone();
+        async move {
+            let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+                return;
+            };
+            let Some(peer) = ingest.peer_of(stream.get_ref().1, addr) else { return };
+            let peer = Arc::new(peer);
+            let svc = hyper::service::service_fn(move |req| {
+                let ingest = ingest.clone();
+                let peer = peer.clone();
+                async move {
+                    let answer = tokio::time::timeout(wire::REQUEST_TIMEOUT, ingest.handle(&peer, req)).await;
+                    Ok::<_, std::convert::Infallible>(answer.unwrap_or_else(|_| {
+                        ingest.log_once(&peer, "timeout", 0);
+                        ingest.reply("timeout", StatusCode::REQUEST_TIMEOUT, "request took too long\n".into())
+                    }))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await;
+}
