@@ -97,7 +97,7 @@ fn with_a_signing_service_a_missing_leaf_is_to_enrol_and_needs_its_join_token() 
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("1 problem found") && stderr.contains("tls.join_token_file"), "{stderr}");
     // With the token, the missing leaf is enrolled at start: nothing to report, nothing contacted.
-    std::fs::write(&token, "cordon-join-x\n").unwrap();
+    support::write_secret(&token, "cordon-join-x\n");
     let out = cordon(&["agent", "--check", "--config", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -147,7 +147,7 @@ async fn every_metric_the_rules_and_their_tests_use_is_in_a_live_scrape() {
         "cache",
     ]);
     let token = world.path("db-host.token");
-    std::fs::write(&token, out.lines().last().unwrap()).unwrap();
+    support::write_secret(&token, out.lines().last().unwrap());
     let app = EchoApp::start().await;
     // An ingest service that is not there: the shipper keeps failing, and says so in /metrics.
     let store = format!("https://127.0.0.1:{}", dead_port().await);

@@ -229,7 +229,7 @@ fn the_log_is_opened_before_the_change_and_defaults_beside_the_policy_and_ca() {
     std::fs::write(&target, "").unwrap();
     let link = world.path("link.jsonl");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let out = cordon(&["mode", "--policy", &policy, "db", "enforce", "--audit-log", s(&link)]);
+    let out = cordon(&["mode", "--policy", &policy, "db", "enforce", "--force", "--audit-log", s(&link)]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("symbolic link") && err.contains("link.jsonl"), "{err}");
@@ -243,6 +243,7 @@ fn the_log_is_opened_before_the_change_and_defaults_beside_the_policy_and_ca() {
         &policy,
         "db",
         "enforce",
+        "--force",
         "--audit-log",
         s(&world.path("no/such/a.jsonl")),
     ]);
@@ -250,10 +251,11 @@ fn the_log_is_opened_before_the_change_and_defaults_beside_the_policy_and_ca() {
     assert_eq!(std::fs::read_to_string(world.policy()).unwrap(), POLICY, "not flipped");
 
     // Defaults: beside the policy for mode, in the CA directory for ca commands.
-    cordon_ok(&["mode", "--policy", &policy, "db", "enforce"]);
+    cordon_ok(&["mode", "--policy", &policy, "db", "enforce", "--force"]);
     let beside = audited(&world.path("audit.jsonl"), &[]);
     assert_eq!(beside.len(), 1);
     assert!(beside[0]["preflight"].is_null(), "no --db, no preflight: {}", beside[0]);
+    assert_eq!(beside[0]["forced"], true, "--force overrode the missing preflight: {}", beside[0]);
     cordon_ok(&["ca", "token", "--dir", s(&world.ca()), "--host", "h", "--service", "web"]);
     assert_eq!(audited(&world.ca().join("audit.jsonl"), &[])[0]["action"], "token_minted");
 
@@ -281,7 +283,7 @@ async fn a_refused_enrolment_is_audited_by_the_signing_service() {
     let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
 
     let token = world.path("forged.token");
-    std::fs::write(&token, "cordon-join-forged\n").unwrap();
+    support::write_secret(&token, "cordon-join-forged\n");
     let host = world.path("hosts/intruder");
     std::fs::create_dir_all(host.join("tls")).unwrap();
     std::fs::copy(world.ca().join("ca.pem"), host.join("bundle.pem")).unwrap();

@@ -307,7 +307,7 @@ async fn enrolled(
         "1h",
     ]);
     let token_file = world.path(&format!("{host}.token"));
-    std::fs::write(&token_file, out.lines().last().unwrap().trim()).unwrap();
+    support::write_secret(&token_file, out.lines().last().unwrap().trim());
     let base = world.path(&format!("hosts/{host}"));
     std::fs::create_dir_all(base.join("tls")).unwrap();
     std::fs::copy(world.ca().join("ca.pem"), base.join("bundle.pem")).unwrap();

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::Actor;
 
@@ -309,13 +308,7 @@ pub fn shown_path(p: &Path) -> String {
 
 /// `sha256:<hex>` of a file's bytes, as a flip's record names the policy before and after.
 pub fn policy_hash(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(71);
-    s.push_str("sha256:");
-    for b in digest {
-        s += &format!("{b:02x}");
-    }
-    s
+    crate::policy::content_hash(bytes)
 }
 
 /// `2026-12-06T18:40:01.123Z`.

@@ -111,8 +111,8 @@ pub fn flip(req: &FlipRequest<'_>) -> Result<FlipOutcome, FlipError> {
         evidence_from: req.evidence.map(|e| e.origin.to_owned()),
         forced: false,
         overridden: Vec::new(),
-        policy_before: before.version().to_owned(),
-        policy_after: before.version().to_owned(),
+        policy_before: content_hash(text.as_bytes()),
+        policy_after: content_hash(text.as_bytes()),
     };
     if req.to == Mode::Enforce {
         match req.evidence {
@@ -144,8 +144,23 @@ pub fn flip(req: &FlipRequest<'_>) -> Result<FlipOutcome, FlipError> {
     }
     set_mode(req.policy, req.service, req.to)?;
     outcome.flipped = true;
-    outcome.policy_after = Policy::load(req.policy)?.version().to_owned();
+    let written = std::fs::read(req.policy)
+        .map_err(|source| PolicyError::Read { path: req.policy.to_owned(), source })?;
+    outcome.policy_after = content_hash(&written);
     Ok(outcome)
+}
+
+/// `sha256:<hex>` of a policy file's bytes: how a flip's outcome (and its audit record) names
+/// the policy before and after.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// One line per blocker, as `--force` reports what it overrode and the audit trail records.

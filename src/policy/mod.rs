@@ -25,7 +25,8 @@ pub use address::{AddressRange, address_of};
 pub use decide::{Decision, DecisionContext, LeafId, Proof, Reason, Subject, decide, decide_in};
 pub use edit::{set_mode, with_mode};
 pub use flip::{
-    FlipError, FlipEvidence, FlipOutcome, FlipRequest, check_known, closest, flip, overridden, policy_names,
+    FlipError, FlipEvidence, FlipOutcome, FlipRequest, check_known, closest, content_hash, flip, overridden,
+    policy_names,
 };
 pub use log::{DENIALS_PER_SOURCE_PER_SECOND, DecisionLog, DecisionRecord, TlsSeen};
 pub use log_settings::{DEFAULT_SYSLOG_SOCKET, DecisionFormat, DecisionLogSettings, DecisionSink};

@@ -367,3 +367,10 @@ pub mod postgres;
 pub mod readiness;
 pub mod siem;
 pub mod tmpfs;
+
+/// Writes a secret (a join token, a password) readable by its owner only, as cordon requires.
+pub fn write_secret(path: &std::path::Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
