@@ -364,4 +364,5 @@ pub async fn greeted_twice(world: &World, proxy: &str) -> Agent {
 
 pub mod gate;
 pub mod postgres;
+pub mod signer;
 pub mod tmpfs;

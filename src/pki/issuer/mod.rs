@@ -17,6 +17,7 @@
 mod cas;
 pub mod client;
 mod leases;
+mod revoked;
 pub mod server;
 mod tls;
 mod tokens;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use cas::{CaSet, Phase, RotateStep, rotate};
 pub use client::{IssuerSettings, Renewer};
 pub use leases::{IssuanceLog, Leases};
+pub use revoked::{REVOKED_FILE, RevocationList, Revoke, normalise_serial};
 pub use server::{ServeOptions, Service};
 pub use tokens::TokenStore;
 
@@ -75,6 +77,9 @@ pub struct Issued {
     pub bundle: String,
     /// Fingerprint of the CA that signs now.
     pub signing_ca: String,
+    /// The revocation list in force (as `GET /v1/revoked` serves it).
+    #[serde(default)]
+    pub revoked: RevocationList,
 }
 
 /// One signed leaf.
@@ -128,6 +133,11 @@ pub enum Refused {
     HostMismatch,
     /// The CSR does not parse or its signature is wrong.
     BadCsr,
+    /// A renewal with a leaf that a later renewal or enrolment of its (host, identity) replaced:
+    /// whoever presents it holds a copy.
+    Superseded,
+    /// The host or the serial is revoked (`cordon ca revoke`).
+    Revoked,
 }
 
 impl Refused {
@@ -147,11 +157,13 @@ impl Refused {
             Refused::SerialUnknown => "serial_unknown",
             Refused::HostMismatch => "host_mismatch",
             Refused::BadCsr => "bad_csr",
+            Refused::Superseded => "superseded",
+            Refused::Revoked => "revoked",
         }
     }
 
     /// Every reason, for metrics that show zeros.
-    pub const ALL: [Refused; 14] = [
+    pub const ALL: [Refused; 16] = [
         Refused::BadRequest,
         Refused::TokenUnknown,
         Refused::TokenUsed,
@@ -166,6 +178,8 @@ impl Refused {
         Refused::SerialUnknown,
         Refused::HostMismatch,
         Refused::BadCsr,
+        Refused::Superseded,
+        Refused::Revoked,
     ];
 }
 

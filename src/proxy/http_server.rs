@@ -1,0 +1,372 @@
+//! One small HTTP/1.1 server for cordon's control-plane endpoints (the signing service, the
+//! agent's admin endpoint, the store's ingest service), on [`super::accept_loop`]'s lifecycle: a
+//! cap on connections, accept errors backed off, connections tracked so shutdown drains them.
+//!
+//! What every server gets from it, so a fix for one is a fix for all:
+//! - **One request per connection**, and **one deadline per request** ([`HttpLimits::deadline`])
+//!   from the accept to the last byte of the body: the TLS handshake, the headers and the body
+//!   together. A client that sends slowly is cut at the deadline (answered 408 when the headers
+//!   were in) and holds its slot no longer.
+//! - **Per-source limits**: at most [`HttpLimits::per_source_connections`] open connections and
+//!   [`HttpLimits::per_source_rate`] new ones a second per source address. Past either, the
+//!   connection is closed at accept, before any TLS work, and counted.
+//! - **Bodies bounded** ([`HttpLimits::max_body`]; past it 413), and **every answer counted** by
+//!   status in [`HttpStats`], which renders itself for `/metrics`.
+//!
+//! The handler receives the whole request (body read) and the connection's [`ConnInfo`]; it
+//! does its own work under no deadline of this module, and must bound it itself. Refusals here are
+//! logged through a [`LogBudget`], so a flood writes a bounded number of lines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Lifecycle;
+
+/// The limits of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections served at once; further ones wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Open connections one source address may hold.
+    pub per_source_connections: usize,
+    /// New connections a second one source address may open (a bucket of this many, refilled at
+    /// this rate); 0 for no limit.
+    pub per_source_rate: u32,
+    /// From accept to the last byte of the request body.
+    pub deadline: Duration,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The client's certificate chain, leaf first (empty without TLS or without a certificate).
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+/// What a server answered and refused, for its `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Answers by HTTP status.
+    answers: Mutex<BTreeMap<u16, u64>>,
+    /// Connections closed without an answer, by cause.
+    closed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Refusals' log lines.
+    budget: LogBudget,
+}
+
+/// Why a connection was closed without an answer.
+pub const CLOSE_CAUSES: [&str; 3] = ["source_connections", "source_rate", "deadline"];
+
+impl HttpStats {
+    fn answered(&self, status: StatusCode) {
+        *self.answers.lock().unwrap_or_else(|p| p.into_inner()).entry(status.as_u16()).or_default() += 1;
+    }
+
+    fn closed(&self, cause: &'static str, peer: SocketAddr) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()).entry(cause).or_default() += 1;
+        if let Some(more) = self.budget.admit(cause) {
+            tracing::warn!(%peer, cause, suppressed_before = more, "connection closed without an answer");
+        }
+    }
+
+    /// Answers so far with this status.
+    pub fn answers(&self, status: u16) -> u64 {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(&status).copied().unwrap_or(0)
+    }
+
+    /// Prometheus text: `PREFIX_http_responses_total{code}` and
+    /// `PREFIX_http_closed_total{cause}`.
+    pub fn render(&self, prefix: &str) -> String {
+        let mut out = format!(
+            "# HELP {prefix}_http_responses_total Answers, by HTTP status\n# TYPE {prefix}_http_responses_total counter\n"
+        );
+        for (code, n) in self.answers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out += &format!("{prefix}_http_responses_total{{code=\"{code}\"}} {n}\n");
+        }
+        out += &format!(
+            "# HELP {prefix}_http_closed_total Connections closed without an answer, by cause\n# TYPE {prefix}_http_closed_total counter\n"
+        );
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        for cause in CLOSE_CAUSES {
+            out += &format!(
+                "{prefix}_http_closed_total{{cause=\"{cause}\"}} {}\n",
+                closed.get(cause).copied().unwrap_or(0)
+            );
+        }
+        out
+    }
+}
+
+/// Bounds log lines per cause: at most [`LogBudget::LINES`] a minute each; the first line after a
+/// quiet spell says how many were left out before it.
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    by_cause: Mutex<HashMap<String, (Instant, u32, u64)>>,
+}
+
+impl LogBudget {
+    /// Lines per cause per minute.
+    pub const LINES: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// Some(lines left out before this one) when a line for `cause` may be written now.
+    pub fn admit(&self, cause: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut map = self.by_cause.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(cause.to_string()).or_insert((now, 0, 0));
+        if now.duration_since(entry.0) >= Self::WINDOW {
+            entry.0 = now;
+            entry.1 = 0;
+        }
+        if entry.1 >= Self::LINES {
+            entry.2 += 1;
+            return None;
+        }
+        entry.1 += 1;
+        Some(std::mem::take(&mut entry.2))
+    }
+}
+
+/// Open connections and the rate bucket of one source address.
+#[derive(Debug)]
+struct Source {
+    open: usize,
+    tokens: f64,
+    at: Instant,
+}
+
+/// The per-source table; entries with nothing open and a full bucket are dropped as it grows.
+#[derive(Debug, Default)]
+struct Sources(Mutex<HashMap<IpAddr, Source>>);
+
+impl Sources {
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &HttpLimits) -> Result<SourceGuard, &'static str> {
+        let now = Instant::now();
+        let rate = f64::from(limits.per_source_rate);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 65_536 {
+            map.retain(|_, s| {
+                s.open > 0 || (rate > 0.0 && now.duration_since(s.at).as_secs_f64() * rate < rate)
+            });
+        }
+        let s = map.entry(ip).or_insert(Source { open: 0, tokens: rate, at: now });
+        if s.open >= limits.per_source_connections {
+            return Err("source_connections");
+        }
+        if rate > 0.0 {
+            s.tokens = (s.tokens + now.duration_since(s.at).as_secs_f64() * rate).min(rate);
+            s.at = now;
+            if s.tokens < 1.0 {
+                return Err("source_rate");
+            }
+            s.tokens -= 1.0;
+        }
+        s.open += 1;
+        Ok(SourceGuard { sources: self.clone(), ip })
+    }
+}
+
+/// One open connection of a source; released when dropped.
+struct SourceGuard {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut map = self.sources.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get_mut(&self.ip) {
+            s.open = s.open.saturating_sub(1);
+        }
+    }
+}
+
+/// A plain-text answer.
+pub fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Serves `listener` until `life.stop_accepting`, with TLS when `tls` is given. `handler` gets
+/// each request with its body read.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: HttpLimits,
+    stats: Arc<HttpStats>,
+    life: Lifecycle,
+    handler: F,
+) where
+    F: Fn(Request<Bytes>, Arc<ConnInfo>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let sources = Arc::new(Sources::default());
+    let force = life.force_close.clone();
+    super::accept_loop(listener, limits.max_connections, life, move |tcp: TcpStream, peer| {
+        let admitted = sources.admit(peer.ip(), &limits);
+        let (tls, stats, handler, force) = (tls.clone(), stats.clone(), handler.clone(), force.clone());
+        async move {
+            let _guard = match admitted {
+                Ok(g) => g,
+                Err(cause) => return stats.closed(cause, peer),
+            };
+            let deadline = tokio::time::Instant::now() + limits.deadline;
+            let conn = async {
+                match tls {
+                    None => {
+                        let info = Arc::new(ConnInfo { peer, certs: Vec::new() });
+                        one_request(tcp, info, limits, deadline, &stats, handler).await
+                    }
+                    Some(acceptor) => {
+                        let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => return stats.closed("deadline", peer),
+                        };
+                        let certs = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                            .unwrap_or_default();
+                        let info = Arc::new(ConnInfo { peer, certs });
+                        one_request(tls, info, limits, deadline, &stats, handler).await
+                    }
+                }
+            };
+            tokio::select! {
+                _ = conn => {}
+                _ = force.cancelled() => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads one request (headers and body by `deadline`), answers it, closes.
+async fn one_request<S, F, Fut>(
+    io: S,
+    info: Arc<ConnInfo>,
+    limits: HttpLimits,
+    deadline: tokio::time::Instant,
+    stats: &Arc<HttpStats>,
+    handler: Arc<F>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Bytes>, Arc<ConnInfo>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+    let peer = info.peer;
+    let st = stats.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (info, stats, handler) = (info.clone(), st.clone(), handler.clone());
+        async move {
+            let resp = match read_body(req, limits.max_body, deadline).await {
+                Ok(req) => handler(req, info).await,
+                Err(status) => reply(status, "text/plain", too_bad(status)),
+            };
+            stats.answered(resp.status());
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(left)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = served
+        && e.is_timeout()
+    {
+        stats.closed("deadline", peer);
+    }
+}
+
+fn too_bad(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request too large\n",
+        StatusCode::REQUEST_TIMEOUT => "request not received in time\n",
+        _ => "bad request\n",
+    }
+}
+
+/// The request with its whole body, or the status to answer instead.
+async fn read_body(
+    req: Request<hyper::body::Incoming>,
+    max: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Request<Bytes>, StatusCode> {
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout_at(deadline, Limited::new(body, max).collect()).await {
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Ok(Ok(body)) => Ok(Request::from_parts(parts, body.to_bytes())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_budget_bounds_lines_per_cause_and_counts_the_rest() {
+        let b = LogBudget::default();
+        let admitted = (0..1000).filter(|_| b.admit("flood").is_some()).count();
+        assert_eq!(admitted, LogBudget::LINES as usize);
+        assert_eq!(b.admit("other"), Some(0), "causes have their own budget");
+    }
+
+    #[test]
+    fn sources_are_limited_by_open_connections_and_rate() {
+        let limits = HttpLimits {
+            max_connections: 100,
+            per_source_connections: 2,
+            per_source_rate: 3,
+            deadline: Duration::from_secs(1),
+            max_body: 10,
+        };
+        let s = Arc::new(Sources::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let g1 = s.admit(a, &limits).unwrap();
+        let _g2 = s.admit(a, &limits).unwrap();
+        assert_eq!(s.admit(a, &limits).err(), Some("source_connections"));
+        assert!(s.admit(b, &limits).is_ok(), "another source is not held back");
+        drop(g1);
+        let _g3 = s.admit(a, &limits).unwrap();
+        drop(_g3);
+        assert_eq!(s.admit(a, &limits).err(), Some("source_rate"), "3 a second, burst 3");
+    }
+}
