@@ -348,6 +348,72 @@ mod tests {
         assert_eq!(b.admit("other"), Some(0), "causes have their own budget");
     }
 
+    /// Starts a server with a short deadline whose handler echoes the body's length.
+    async fn server(deadline: Duration) -> (SocketAddr, Arc<HttpStats>, Lifecycle) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = HttpLimits {
+            max_connections: 8,
+            per_source_connections: 8,
+            per_source_rate: 0,
+            deadline,
+            max_body: 1024,
+        };
+        let stats = Arc::new(HttpStats::default());
+        let life = Lifecycle::new();
+        tokio::spawn(serve(listener, None, limits, stats.clone(), life.clone(), |req, _| async move {
+            reply(StatusCode::OK, "text/plain", req.body().len().to_string())
+        }));
+        (addr, stats, life)
+    }
+
+    /// Sends `parts` one after another, a pause between each, until the server closes; returns
+    /// what it answered.
+    async fn dribble(addr: SocketAddr, parts: &[&[u8]]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        for p in parts {
+            if c.write_all(p).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut out = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_string(&mut out)).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn one_deadline_covers_headers_and_body_however_slowly_they_come() {
+        let (addr, stats, life) = server(Duration::from_millis(400)).await;
+        // Whole and on time: answered.
+        let ok = dribble(addr, &[b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"]).await;
+        assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with('3'), "{ok}");
+        // Headers a byte at a time, for longer than the deadline: cut.
+        let head: Vec<&[u8]> = std::iter::repeat_n(&b"x"[..], 100).collect();
+        let mut slow_head = vec![&b"GET / HTTP/1.1\r\nx-slow: "[..]];
+        slow_head.extend(head);
+        let started = Instant::now();
+        let cut = dribble(addr, &slow_head).await;
+        assert!(started.elapsed() < Duration::from_secs(9), "cut before the client gave up");
+        assert!(!cut.starts_with("HTTP/1.1 200"), "{cut}");
+        // Headers on time, then the body a byte at a time: answered 408 at the deadline.
+        let mut slow_body = vec![&b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"[..]];
+        slow_body.extend(std::iter::repeat_n(&b"y"[..], 100));
+        let cut = dribble(addr, &slow_body).await;
+        assert!(cut.starts_with("HTTP/1.1 408"), "{cut}");
+        // Too large: 413, counted.
+        let big = dribble(addr, &[b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n"]).await;
+        assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+        assert_eq!((stats.answers(200), stats.answers(408), stats.answers(413)), (1, 1, 1));
+        assert!(
+            stats.render("t").contains("t_http_closed_total{cause=\"deadline\"} 1"),
+            "{}",
+            stats.render("t")
+        );
+        life.stop_accepting.cancel();
+    }
+
     #[test]
     fn sources_are_limited_by_open_connections_and_rate() {
         let limits = HttpLimits {

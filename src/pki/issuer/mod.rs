@@ -9,10 +9,13 @@
 //! |---|---|---|
 //! | `POST /v1/enrol` | the join token | [`EnrolRequest`] |
 //! | `POST /v1/renew` | the host's current certificate (mTLS) | [`RenewRequest`] |
+//! | `GET /v1/revoked` | nothing (the revocation list in force, [`RevocationList`]) | |
 //! | `GET /v1/status` | nothing (counts only) | |
 //! | `GET /metrics` | nothing (counts only) | |
 //!
-//! A success is an [`Issued`], a refusal a 403 with a [`Refusal`].
+//! A success is an [`Issued`] (with the revocation list in force), a refusal a 403 with a
+//! [`Refusal`]. Every leaf names its host (one DNS-name SAN beside the SPIFFE URI); only the newest
+//! leaf of a (host, identity) renews.
 
 mod cas;
 pub mod client;
