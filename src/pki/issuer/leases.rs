@@ -127,7 +127,21 @@ impl Leases {
         let mut leases = Leases::default();
         let mut done = Compacted::default();
         let mut keep = Vec::new();
+        // Lines for the archive go out a megabyte at a time: junk may be large.
+        let archive = archive_path(path);
         let mut old = Vec::new();
+        let mut out: Option<File> = None;
+        let mut failed: Option<std::io::Error> = None;
+        let flush = |old: &mut Vec<u8>, out: &mut Option<File>| -> std::io::Result<()> {
+            if out.is_none() {
+                *out = Some(OpenOptions::new().create(true).append(true).open(&archive)?);
+            }
+            if let Some(f) = out.as_mut() {
+                f.write_all(old)?;
+            }
+            old.clear();
+            Ok(())
+        };
         each_line(path, |line| {
             let Some((raw, e)) = line.and_then(|l| serde_json::from_slice::<Entry>(l).ok().map(|e| (l, e)))
             else {
@@ -143,19 +157,22 @@ impl Leases {
                 leases.replay_entry(e, now);
             } else {
                 done.archived += 1;
+                if old.len() >= 1 << 20
+                    && failed.is_none()
+                    && let Err(e) = flush(&mut old, &mut out)
+                {
+                    failed = Some(e);
+                }
             }
         })?;
         leases.prune(now);
         if done.archived + done.bad > 0 {
-            let archive = archive_path(path);
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&archive)
-                .map_err(|source| PkiError::Write { path: archive.clone(), source })?;
-            f.write_all(&old)
-                .and_then(|_| f.sync_all())
-                .map_err(|source| PkiError::Write { path: archive, source })?;
+            let written = match failed {
+                Some(e) => Err(e),
+                None => flush(&mut old, &mut out).and_then(|_| out.as_ref().map_or(Ok(()), File::sync_all)),
+            };
+            // The log is rewritten only once what it loses is safe in the archive.
+            written.map_err(|source| PkiError::Write { path: archive_path(path), source })?;
             crate::pki::files::write_atomic(path, &keep, 0o644)?;
         }
         Ok((leases, done))
