@@ -126,6 +126,7 @@ async fn every_metric_the_rules_and_their_tests_use_is_in_a_live_scrape() {
         log: world.path("issuance.jsonl"),
         leaf_ttl: Duration::from_secs(3600),
         audit: None,
+        limits: cordon::pki::issuer::server::DEFAULT_LIMITS,
     };
     let signer = Service::open(options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

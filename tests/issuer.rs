@@ -3,11 +3,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,83 +14,8 @@ use cordon::agent::config::Config;
 use cordon::pki::issuer::client::IssuerError;
 use cordon::pki::issuer::{IssuerSettings, Renewer};
 use cordon::pki::{ServiceName, TrustDomain};
+use support::signer::*;
 use support::*;
-
-/// `cordon ca serve` as a child process; killed when dropped.
-struct Signer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Signer {
-    fn start(world: &World, listen: &str, leaf_ttl: &str) -> Signer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-            .args([
-                "ca",
-                "serve",
-                "--dir",
-                world.ca().to_str().unwrap(),
-                "--listen",
-                listen,
-                "--leaf-ttl",
-                leaf_ttl,
-            ])
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(match std::env::var_os("CORDON_TEST_SIGNER_LOG") {
-                Some(f) => {
-                    Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(f).unwrap())
-                }
-                None => Stdio::null(),
-            })
-            .spawn()
-            .expect("run cordon ca serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr =
-            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no address in {line:?}"));
-        Signer { addr: addr.parse().unwrap(), child }
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-}
-
-impl Drop for Signer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Mints a join token with the binary; returns the token file.
-fn token(world: &World, host: &str, services: &[&str], ttl: &str) -> PathBuf {
-    let ca = world.ca();
-    let mut args = vec!["ca", "token", "--dir", ca.to_str().unwrap(), "--host", host, "--ttl", ttl];
-    for s in services {
-        args.extend(["--service", s]);
-    }
-    let out = cordon_ok(&args);
-    let token = out.lines().last().unwrap().trim().to_string();
-    assert!(token.starts_with("cordon-join-"), "{out}");
-    let path = world.path(&format!("{host}-{}.token", services.join("-")));
-    std::fs::write(&path, format!("{token}\n")).unwrap();
-    // A secret: readable by its owner only, or the agent refuses it.
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    path
-}
-
-/// A host's own directory: its bundle (starting as the CA certificate) and its leaves.
-fn host_dirs(world: &World, host: &str) -> (PathBuf, PathBuf) {
-    let base = world.path(&format!("hosts/{host}"));
-    std::fs::create_dir_all(base.join("tls")).unwrap();
-    let bundle = base.join("bundle.pem");
-    if !bundle.exists() {
-        std::fs::copy(world.ca().join("ca.pem"), &bundle).unwrap();
-    }
-    (bundle, base.join("tls"))
-}
 
 /// An agent config enrolling with the signing service.
 fn config(
@@ -128,42 +50,6 @@ fn config(
     let path = world.path(&format!("{host}.toml"));
     std::fs::write(&path, &text).unwrap();
     Config::parse(&text, &path).unwrap()
-}
-
-/// A renewer outside any agent, to drive single requests.
-fn renewer(
-    world: &World,
-    signer: &Signer,
-    host: &str,
-    identities: &[&str],
-    token: Option<PathBuf>,
-) -> Arc<Renewer> {
-    let (bundle, dir) = host_dirs(world, host);
-    Renewer::new(
-        IssuerSettings::parse(&signer.url(), token).unwrap(),
-        TrustDomain::new(TRUST_DOMAIN).unwrap(),
-        bundle,
-        dir,
-        host.to_string(),
-        identities.iter().map(|i| ServiceName::new(i).unwrap()).collect(),
-    )
-}
-
-fn log_lines(world: &World) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(world.ca().join("issuance.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn serial_of(path: &std::path::Path) -> String {
-    let pem = std::fs::read_to_string(path).unwrap();
-    let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
-    let der: rustls_pki_types::CertificateDer<'static> = der;
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, x) = X509Certificate::from_der(der.as_ref()).unwrap();
-    x.raw_serial_as_string()
 }
 
 /// Two enrolled agents, db-host serving db and web-host calling it, with discovery written.
@@ -499,7 +385,9 @@ async fn a_ca_rotation_under_steady_traffic_fails_no_connection() {
 async fn thundering_herd_of_renewals_after_an_outage() {
     let n: usize = std::env::var("CORDON_HERD").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let world = World::new();
-    let signer = Signer::start(&world, "127.0.0.1:0", "24h");
+    // The whole herd comes from one address here: lift the per-source limits.
+    let unlimited = ["--per-source-connections", "100000", "--per-source-rate", "0"];
+    let signer = Signer::start_with(&world, "127.0.0.1:0", "24h", &unlimited);
     let addr = signer.addr;
     let tokens = cordon::pki::issuer::TokenStore::new(&world.ca());
     let bundle = world.path("bundle.pem");
@@ -561,7 +449,7 @@ async fn thundering_herd_of_renewals_after_an_outage() {
 
     // The outage: the service goes away and comes back (replaying its log); everyone renews.
     drop(signer);
-    let _signer = Signer::start(&world, &addr.to_string(), "24h");
+    let _signer = Signer::start_with(&world, &addr.to_string(), "24h", &unlimited);
     let (renewed, took) =
         tokio::time::timeout(Duration::from_secs(600), herd(true)).await.expect("renewals within 10 min");
     println!(

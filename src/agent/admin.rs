@@ -1,21 +1,18 @@
 //! The admin endpoint: `GET /metrics` (OpenMetrics text) and `GET /status` (JSON).
 //!
-//! Plain HTTP/1.1 on the configured `admin` address (loopback by convention). Bounded: a few
-//! dozen connections at once, a deadline to send request headers.
+//! Plain HTTP/1.1 on the configured `admin` address (loopback by convention), served by
+//! [`crate::proxy::http_server`]: a few dozen connections at once, a few per source, one
+//! deadline for each request.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Parts;
@@ -23,51 +20,30 @@ use crate::ledger::RecorderHandle;
 use crate::metrics::{Kind, Metrics, ScrapeCollector};
 use crate::pki::TlsStore;
 use crate::policy::PolicyWatcher;
+use crate::proxy::Lifecycle;
+use crate::proxy::http_server::{self, HttpLimits, HttpStats, reply};
 
-/// Admin connections served at once.
-const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// The admin endpoint's limits: a few dozen connections (8 per source), 5 s to send a request.
+const ADMIN_LIMITS: HttpLimits = HttpLimits {
+    max_connections: 32,
+    per_source_connections: 8,
+    per_source_rate: 0,
+    deadline: Duration::from_secs(5),
+    max_body: 1024,
+};
 
+/// Serves `/metrics` and `/status` until `stop`.
 pub(crate) async fn serve(listener: TcpListener, parts: Arc<Parts>, stop: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
-    loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let parts = parts.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let parts = parts.clone();
-                async move { Ok::<_, Infallible>(route(&parts, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            drop(permit);
-        });
-    }
+    let life = Lifecycle { stop_accepting: stop, ..Lifecycle::new() };
+    let stats = Arc::new(HttpStats::default());
+    http_server::serve(listener, None, ADMIN_LIMITS, stats, life, move |req, _| {
+        let answer = route(&parts, &req);
+        async move { answer }
+    })
+    .await;
 }
 
-fn route(parts: &Parts, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, ctype: &str, body: String| {
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = status;
-        if let Ok(v) = ctype.parse() {
-            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        resp
-    };
+fn route(parts: &Parts, req: &Request<Bytes>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, parts.metrics.encode())
@@ -76,8 +52,8 @@ fn route(parts: &Parts, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_string_pretty(&status(parts)).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body)
         }
-        (&Method::GET, _) => reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics or /status\n".into()),
-        _ => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
+        (&Method::GET, _) => reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics or /status\n"),
+        _ => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n"),
     }
 }
 

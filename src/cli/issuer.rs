@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 
 use super::Outcome;
-use crate::pki::issuer::{self, CaSet, Leases, RotateStep, ServeOptions, Service, TokenStore};
-use crate::pki::{Ca, ServiceName};
+use crate::pki::issuer::{
+    self, CaSet, Leases, RevocationList, Revoke, RotateStep, ServeOptions, Service, TokenStore,
+};
+use crate::pki::{Ca, HostName, ServiceName};
 
 /// The issuance log: `--log`, else `<CA>/issuance.jsonl`.
 fn log_path(dir: &Path, log: Option<PathBuf>) -> PathBuf {
@@ -22,9 +24,15 @@ pub fn serve(
     log: Option<PathBuf>,
     leaf_ttl: Duration,
     audit: crate::audit::AuditLog,
+    limits: crate::proxy::http_server::HttpLimits,
 ) -> anyhow::Result<Outcome> {
-    let options =
-        ServeOptions { log: log_path(&dir, log), dir, leaf_ttl, audit: Some(std::sync::Arc::new(audit)) };
+    let options = ServeOptions {
+        log: log_path(&dir, log),
+        dir,
+        leaf_ttl,
+        audit: Some(std::sync::Arc::new(audit)),
+        limits,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cordon-ca")
@@ -63,7 +71,7 @@ pub fn token(
     ttl: Duration,
     audit: &crate::audit::AuditLog,
 ) -> anyhow::Result<Outcome> {
-    anyhow::ensure!(!host.trim().is_empty(), "--host must not be empty");
+    HostName::new(&host).context("--host")?;
     anyhow::ensure!(!services.is_empty(), "at least one --service is needed");
     for s in &services {
         ServiceName::new(s).with_context(|| format!("--service {s}"))?;
@@ -166,6 +174,45 @@ pub fn rotate(
             Ok(Outcome::No)
         }
     }
+}
+
+pub fn revoke(
+    dir: PathBuf,
+    host: Option<String>,
+    serial: Option<String>,
+    reason: Option<String>,
+    audit: &crate::audit::AuditLog,
+) -> anyhow::Result<Outcome> {
+    let what = match (host, serial) {
+        (Some(h), None) => Revoke::Host(HostName::new(&h).context("--host")?),
+        (None, Some(s)) => Revoke::Serial(
+            issuer::normalise_serial(&s)
+                .with_context(|| format!("--serial {s:?}: expected the serial in hex (at most 20 bytes)"))?,
+        ),
+        _ => anyhow::bail!("give either --host or --serial"),
+    };
+    Ca::load(&dir)?;
+    let fresh = RevocationList::revoke(&dir, &what, reason.as_deref(), SystemTime::now())?;
+    let (kind, name) = match &what {
+        Revoke::Host(h) => ("host", h.to_string()),
+        Revoke::Serial(s) => ("serial", s.clone()),
+    };
+    let (host, serial) = match &what {
+        Revoke::Host(_) => (Some(name.as_str()), None),
+        Revoke::Serial(_) => (None, Some(name.as_str())),
+    };
+    super::audit::record(audit, &crate::audit::Record::revocation(&dir, host, serial, reason.as_deref()))?;
+    let mut out = std::io::stdout().lock();
+    if fresh {
+        writeln!(out, "revoked {kind} {name} in {}", dir.join(issuer::REVOKED_FILE).display())?;
+    } else {
+        writeln!(out, "{kind} {name} was already revoked; the list is updated")?;
+    }
+    writeln!(
+        out,
+        "  the signing service refuses it from now on; hosts refuse it once the list reaches them (at most 60 s)"
+    )?;
+    Ok(Outcome::Success)
 }
 
 fn shorten(items: &[String]) -> String {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::Outcome;
-use crate::pki::{Ca, DEFAULT_LEAF_DAYS, ServiceName, TrustDomain};
+use crate::pki::{Ca, DEFAULT_LEAF_DAYS, HostName, ServiceName, TrustDomain};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CaCommand {
@@ -38,6 +38,12 @@ pub enum CaCommand {
         /// Refused enrolments are audited.
         #[command(flatten)]
         audit: super::audit::AuditArgs,
+        /// Open connections one source address may hold (hosts behind one NAT share it).
+        #[arg(long, value_name = "N", default_value_t = crate::pki::issuer::server::DEFAULT_LIMITS.per_source_connections)]
+        per_source_connections: usize,
+        /// New connections a second one source address may open (0: no limit).
+        #[arg(long, value_name = "N", default_value_t = crate::pki::issuer::server::DEFAULT_LIMITS.per_source_rate)]
+        per_source_rate: u32,
     },
     /// Mint a one-time join token for a host and its identities (the last line of stdout).
     Token {
@@ -72,6 +78,25 @@ pub enum CaCommand {
         #[command(flatten)]
         audit: super::audit::AuditArgs,
     },
+    /// Revoke a host (every leaf naming it) or one serial: refused at renewal and enrolment, and
+    /// by every host once the list reaches it (DIR/revoked.json).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["host", "serial"])))]
+    Revoke {
+        /// The CA directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A host: its leaves so far are refused; a join token minted later enrols it again.
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// One leaf's serial (hex, as the issuance log shows it).
+        #[arg(long, value_name = "HEX")]
+        serial: Option<String>,
+        /// Why, kept in the list (at most 200 bytes).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        audit: super::audit::AuditArgs,
+    },
 }
 
 /// The log filter of a command whose own `--log` names its issuance log.
@@ -101,6 +126,9 @@ pub enum CertCommand {
         /// Where to write the files (created if missing; existing files are replaced atomically).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// The host that will hold it, named in the leaf (so it can be revoked with the host).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
         /// Lifetime in days. Short-lived leaves limit what a stolen key is worth.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_LEAF_DAYS)]
         days: u32,
@@ -119,9 +147,24 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<Outcome> {
             )?;
             Ok(Outcome::Success)
         }
-        CaCommand::Serve { dir, listen, log, leaf_ttl, audit, .. } => {
+        CaCommand::Serve {
+            dir,
+            listen,
+            log,
+            leaf_ttl,
+            audit,
+            per_source_connections,
+            per_source_rate,
+            ..
+        } => {
+            anyhow::ensure!(per_source_connections >= 1, "--per-source-connections must be at least 1");
+            let limits = crate::proxy::http_server::HttpLimits {
+                per_source_connections,
+                per_source_rate,
+                ..crate::pki::issuer::server::DEFAULT_LIMITS
+            };
             let audit = audit.open(dir.join(crate::audit::DEFAULT_FILE))?;
-            super::issuer::serve(dir, listen, log, leaf_ttl, audit)
+            super::issuer::serve(dir, listen, log, leaf_ttl, audit, limits)
         }
         CaCommand::Token { dir, host, services, ttl, audit } => {
             let audit = audit.open(dir.join(crate::audit::DEFAULT_FILE))?;
@@ -131,23 +174,36 @@ pub fn ca(cmd: CaCommand) -> anyhow::Result<Outcome> {
             let audit = audit.open(dir.join(crate::audit::DEFAULT_FILE))?;
             super::issuer::rotate(dir, log, force, &audit)
         }
+        CaCommand::Revoke { dir, host, serial, reason, audit } => {
+            let audit = audit.open(dir.join(crate::audit::DEFAULT_FILE))?;
+            super::issuer::revoke(dir, host, serial, reason, &audit)
+        }
     }
 }
 
 pub fn cert(cmd: CertCommand) -> anyhow::Result<Outcome> {
     match cmd {
-        CertCommand::Issue { ca, service, out, days } => {
+        CertCommand::Issue { ca, service, host, out, days } => {
             anyhow::ensure!(days >= 1, "--days must be at least 1");
             let name = ServiceName::new(&service).context("--service")?;
+            let host = host.map(|h| HostName::new(&h)).transpose().context("--host")?;
             let ca = Ca::load(&ca)?;
-            let leaf = ca.issue(&name, days)?;
+            let leaf = ca.issue_for(&name, host.as_ref(), days)?;
             ca.write_leaf(&leaf, &out)?;
+            let mut stdout = std::io::stdout().lock();
             writeln!(
-                std::io::stdout().lock(),
+                stdout,
                 "issued spiffe://{}/service/{name}, valid {days} days, into {}",
                 ca.trust_domain(),
                 out.display()
             )?;
+            match host {
+                Some(h) => writeln!(stdout, "  the leaf names host {h}")?,
+                None => writeln!(
+                    stdout,
+                    "  the leaf names no host (--host HOST): the ingest service refuses it and `ca revoke --host` cannot reach it"
+                )?,
+            }
             Ok(Outcome::Success)
         }
     }

@@ -16,7 +16,7 @@ use rcgen::{
 };
 
 use super::files::{read, read_private_key, write_atomic, write_new};
-use super::{PkiError, ServiceId, ServiceName, TrustDomain};
+use super::{HostName, PkiError, ServiceId, ServiceName, TrustDomain};
 
 /// How long a CA certificate lives.
 const CA_DAYS: u64 = 3650;
@@ -134,6 +134,17 @@ impl Ca {
 
     /// Issues a leaf for `service`, valid for `days` from now.
     pub fn issue(&self, service: &ServiceName, days: u32) -> Result<Leaf, PkiError> {
+        self.issue_for(service, None, days)
+    }
+
+    /// Issues a leaf for `service` that names `host` (one DNS-name SAN beside the SPIFFE URI), so
+    /// whoever receives it knows which host holds it. Without a host the leaf speaks for no host.
+    pub fn issue_for(
+        &self,
+        service: &ServiceName,
+        host: Option<&HostName>,
+        days: u32,
+    ) -> Result<Leaf, PkiError> {
         let id = ServiceId::new(self.trust_domain.clone(), service.clone());
         let now = SystemTime::now();
         let not_after = now + Duration::from_secs(u64::from(days.max(1)) * 86_400);
@@ -143,6 +154,11 @@ impl Ca {
         params.distinguished_name = dn;
         let uri = id.uri().try_into().map_err(rcgen_err("SPIFFE URI"))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
+        if let Some(host) = host {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(host.as_str().try_into().map_err(rcgen_err("host name"))?));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages =

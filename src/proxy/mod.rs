@@ -7,6 +7,7 @@
 
 mod balance;
 pub mod hop;
+pub mod http_server;
 mod inbound;
 mod outbound;
 mod relay;

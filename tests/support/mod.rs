@@ -366,6 +366,7 @@ pub mod gate;
 pub mod postgres;
 pub mod readiness;
 pub mod siem;
+pub mod signer;
 pub mod tmpfs;
 
 /// Writes a secret (a join token, a password) readable by its owner only, as cordon requires.

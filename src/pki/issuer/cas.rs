@@ -24,7 +24,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{random, serial_hex, sha256_hex};
 use crate::pki::files::{read, write_atomic};
-use crate::pki::{Ca, PkiError, ServiceId, ServiceName, TrustDomain};
+use crate::pki::{Ca, HostName, PkiError, ServiceId, ServiceName, TrustDomain};
 
 /// Leaves start a little in the past for hosts with slow clocks: 5 minutes, or a tenth of a short
 /// lifetime.
@@ -179,17 +179,20 @@ impl CaSet {
         Ok(roots)
     }
 
-    /// Signs a leaf for `identity` with the public key of a verified CSR, valid for `ttl`.
-    /// Whatever else the CSR asks for is ignored: cordon decides the names and usages.
+    /// Signs a leaf for `identity` on `host` with the public key of a verified CSR, valid for
+    /// `ttl`. The leaf names the host as its one DNS-name SAN beside the SPIFFE URI. Whatever else
+    /// the CSR asks for is ignored: cordon decides the names and usages.
     pub fn sign(
         &self,
         identity: &ServiceName,
+        host: &HostName,
         csr: &CertificateSigningRequestParams,
         ttl: Duration,
     ) -> Result<(String, String, SystemTime), PkiError> {
         let id = ServiceId::new(self.trust_domain.clone(), identity.clone());
         let uri = id.uri().try_into().map_err(gen_err("SPIFFE URI"))?;
-        let mut params = leaf_params(identity.as_str(), vec![SanType::URI(uri)], ttl)?;
+        let dns = host.as_str().try_into().map_err(gen_err("host name"))?;
+        let mut params = leaf_params(identity.as_str(), vec![SanType::URI(uri), SanType::DnsName(dns)], ttl)?;
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let serial = params.serial_number.as_ref().map(|s| serial_hex(s.as_ref())).unwrap_or_default();

@@ -85,6 +85,7 @@ impl IssuanceLog {
 /// A leaf that is out.
 #[derive(Debug, Clone)]
 struct Lease {
+    serial: String,
     host: String,
     identity: String,
     not_after: SystemTime,
@@ -103,37 +104,92 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Replays a log file (missing: nothing issued yet). Lines that do not parse are skipped and
-    /// counted in the second value.
+    /// Replays a log file (missing: nothing issued yet). Lines that do not parse, or are longer
+    /// than any line the service writes, are skipped and counted in the second value.
     pub fn replay(path: &Path) -> Result<(Leases, usize), PkiError> {
         let mut leases = Leases::default();
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((leases, 0)),
-            Err(source) => return Err(PkiError::Read { path: path.to_owned(), source }),
-        };
         let now = SystemTime::now();
         let mut bad = 0;
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(|source| PkiError::Read { path: path.to_owned(), source })?;
-            match serde_json::from_str::<Entry>(&line) {
-                Ok(e) if e.event == "issued" => {
-                    let issued =
-                        time::OffsetDateTime::parse(&e.time, &time::format_description::well_known::Rfc3339)
-                            .map(SystemTime::from)
-                            .unwrap_or(now);
-                    if let (Some(identity), Some(serial), Some(na), Some(ca)) =
-                        (e.identity, e.serial, e.not_after_unix, e.ca)
-                    {
-                        leases.record(e.host, identity, serial, from_unix(na), ca, e.bundle, issued);
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => bad += 1,
-            }
-        }
+        each_line(path, |line| match line.and_then(|l| serde_json::from_slice::<Entry>(l).ok()) {
+            Some(e) => leases.replay_entry(e, now),
+            None => bad += 1,
+        })?;
         leases.prune(now);
         Ok((leases, bad))
+    }
+
+    /// Replays the log and rewrites it keeping only what the state needs (the unexpired leaves'
+    /// lines), atomically. The lines it drops that are well-formed go to `<log>.old` (appended),
+    /// for audit; unreadable ones are counted and dropped. So a start never replays more than the
+    /// leaves that are out.
+    pub fn compact(path: &Path) -> Result<(Leases, Compacted), PkiError> {
+        let now = SystemTime::now();
+        let mut leases = Leases::default();
+        let mut done = Compacted::default();
+        let mut keep = Vec::new();
+        // Lines for the archive go out a megabyte at a time: junk may be large.
+        let archive = archive_path(path);
+        let mut old = Vec::new();
+        let mut out: Option<File> = None;
+        let mut failed: Option<std::io::Error> = None;
+        let flush = |old: &mut Vec<u8>, out: &mut Option<File>| -> std::io::Result<()> {
+            if out.is_none() {
+                *out = Some(OpenOptions::new().create(true).append(true).open(&archive)?);
+            }
+            if let Some(f) = out.as_mut() {
+                f.write_all(old)?;
+            }
+            old.clear();
+            Ok(())
+        };
+        each_line(path, |line| {
+            let Some((raw, e)) = line.and_then(|l| serde_json::from_slice::<Entry>(l).ok().map(|e| (l, e)))
+            else {
+                done.bad += 1;
+                return;
+            };
+            let needed = e.event == "issued" && e.not_after_unix.is_some_and(|na| from_unix(na) > now);
+            let to = if needed { &mut keep } else { &mut old };
+            to.extend_from_slice(raw);
+            to.push(b'\n');
+            if needed {
+                done.kept += 1;
+                leases.replay_entry(e, now);
+            } else {
+                done.archived += 1;
+                if old.len() >= 1 << 20
+                    && failed.is_none()
+                    && let Err(e) = flush(&mut old, &mut out)
+                {
+                    failed = Some(e);
+                }
+            }
+        })?;
+        leases.prune(now);
+        if done.archived + done.bad > 0 {
+            let written = match failed {
+                Some(e) => Err(e),
+                None => flush(&mut old, &mut out).and_then(|_| out.as_ref().map_or(Ok(()), File::sync_all)),
+            };
+            // The log is rewritten only once what it loses is safe in the archive.
+            written.map_err(|source| PkiError::Write { path: archive_path(path), source })?;
+            crate::pki::files::write_atomic(path, &keep, 0o644)?;
+        }
+        Ok((leases, done))
+    }
+
+    fn replay_entry(&mut self, e: Entry, now: SystemTime) {
+        if e.event != "issued" {
+            return;
+        }
+        let issued = time::OffsetDateTime::parse(&e.time, &time::format_description::well_known::Rfc3339)
+            .map(SystemTime::from)
+            .unwrap_or(now);
+        if let (Some(identity), Some(serial), Some(na), Some(ca)) =
+            (e.identity, e.serial, e.not_after_unix, e.ca)
+        {
+            self.record(e.host, identity, serial, from_unix(na), ca, e.bundle, issued);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -147,7 +203,7 @@ impl Leases {
         bundle: Vec<String>,
         issued: SystemTime,
     ) {
-        let lease = Lease { host, identity, not_after, ca, bundle, issued };
+        let lease = Lease { serial: serial.clone(), host, identity, not_after, ca, bundle, issued };
         self.latest.insert((lease.host.clone(), lease.identity.clone()), lease.clone());
         self.by_serial.insert(serial, lease);
     }
@@ -164,6 +220,29 @@ impl Leases {
             .get(serial)
             .filter(|l| l.not_after > now)
             .map(|l| (l.host.as_str(), l.identity.as_str()))
+    }
+
+    /// The serial of the newest leaf of (`host`, `identity`): the only one that may renew. Every
+    /// earlier one was consumed by the renewal or enrolment that followed it.
+    pub fn current_serial(&self, host: &str, identity: &str) -> Option<&str> {
+        self.latest.get(&(host.to_string(), identity.to_string())).map(|l| l.serial.as_str())
+    }
+
+    /// When `serial` was signed.
+    pub fn issued_at(&self, serial: &str) -> Option<SystemTime> {
+        self.by_serial.get(serial).map(|l| l.issued)
+    }
+
+    /// For a host revoked at `at` (unix seconds) that enrolled again after it: the serials of its
+    /// unexpired leaves signed up to `at`. None when it has not come back.
+    pub fn came_back(&self, host: &str, at: u64) -> Option<Vec<String>> {
+        let mine = || self.by_serial.iter().filter(move |(_, l)| l.host == host);
+        mine().any(|(_, l)| unix(l.issued) > at).then(|| {
+            let mut old: Vec<String> =
+                mine().filter(|(_, l)| unix(l.issued) <= at).map(|(s, _)| s.clone()).collect();
+            old.sort();
+            old
+        })
     }
 
     /// Unexpired newest leaves per CA fingerprint.
@@ -213,6 +292,66 @@ impl Leases {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// What [`Leases::compact`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// Lines kept (unexpired leaves).
+    pub kept: usize,
+    /// Well-formed lines moved to the archive (refusals, expired leaves).
+    pub archived: usize,
+    /// Lines dropped as unreadable or too long.
+    pub bad: usize,
+}
+
+/// Where compaction puts the lines it takes out of the log.
+pub fn archive_path(log: &Path) -> PathBuf {
+    let mut name = log.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".old");
+    log.with_file_name(name)
+}
+
+/// The longest line the service writes is well under this; a longer one is junk.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Calls `f` with each line of `path` (without its newline), or None for a line longer than
+/// [`MAX_LINE`], which is skipped without being held in memory. A missing file has no lines.
+fn each_line(path: &Path, mut f: impl FnMut(Option<&[u8]>)) -> Result<(), PkiError> {
+    use std::io::Read;
+    let io = |source| PkiError::Read { path: path.to_owned(), source };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io(source)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if !buf.is_empty() {
+                f(Some(&buf));
+            }
+        } else if n > MAX_LINE {
+            // Skip the rest of the line.
+            loop {
+                buf.clear();
+                let m = (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).map_err(io)?;
+                if m == 0 || buf.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            f(None);
+        } else {
+            f(Some(&buf));
+        }
     }
 }
 

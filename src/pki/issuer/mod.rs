@@ -9,16 +9,19 @@
 //! |---|---|---|
 //! | `POST /v1/enrol` | the join token | [`EnrolRequest`] |
 //! | `POST /v1/renew` | the host's current certificate (mTLS) | [`RenewRequest`] |
+//! | `GET /v1/revoked` | nothing (the revocation list in force, [`RevocationList`]) | |
 //! | `GET /v1/status` | nothing (counts only) | |
-//! | `GET /v1/revoked` | nothing (what is refused) | the CA directory's `revoked.json`, checked |
 //! | `GET /metrics` | nothing (counts only) | |
 //!
-//! A success is an [`Issued`], a refusal a 403 with a [`Refusal`].
+//! A success is an [`Issued`] (with the revocation list in force), a refusal a 403 with a
+//! [`Refusal`]. Every leaf names its host (one DNS-name SAN beside the SPIFFE URI); only the newest
+//! leaf of a (host, identity) renews.
 
 mod cas;
 pub mod client;
 mod leases;
 mod poll;
+mod revoked;
 pub mod server;
 mod tls;
 mod tokens;
@@ -31,6 +34,7 @@ pub use cas::{CaSet, Phase, RotateStep, rotate};
 pub use client::{IssuerSettings, Renewer};
 pub use leases::{IssuanceLog, Leases};
 pub use poll::{DEFAULT_REVOCATION_POLL, MIN_REVOCATION_POLL, PollStats};
+pub use revoked::{REVOKED_FILE, RevocationList, Revoke, normalise_serial};
 pub use server::{ServeOptions, Service};
 pub use tokens::TokenStore;
 
@@ -78,6 +82,9 @@ pub struct Issued {
     pub bundle: String,
     /// Fingerprint of the CA that signs now.
     pub signing_ca: String,
+    /// The revocation list in force (as `GET /v1/revoked` serves it).
+    #[serde(default)]
+    pub revoked: RevocationList,
 }
 
 /// One signed leaf.
@@ -131,6 +138,11 @@ pub enum Refused {
     HostMismatch,
     /// The CSR does not parse or its signature is wrong.
     BadCsr,
+    /// A renewal with a leaf that a later renewal or enrolment of its (host, identity) replaced:
+    /// whoever presents it holds a copy.
+    Superseded,
+    /// The host or the serial is revoked (`cordon ca revoke`).
+    Revoked,
 }
 
 impl Refused {
@@ -150,11 +162,13 @@ impl Refused {
             Refused::SerialUnknown => "serial_unknown",
             Refused::HostMismatch => "host_mismatch",
             Refused::BadCsr => "bad_csr",
+            Refused::Superseded => "superseded",
+            Refused::Revoked => "revoked",
         }
     }
 
     /// Every reason, for metrics that show zeros.
-    pub const ALL: [Refused; 14] = [
+    pub const ALL: [Refused; 16] = [
         Refused::BadRequest,
         Refused::TokenUnknown,
         Refused::TokenUsed,
@@ -169,6 +183,8 @@ impl Refused {
         Refused::SerialUnknown,
         Refused::HostMismatch,
         Refused::BadCsr,
+        Refused::Superseded,
+        Refused::Revoked,
     ];
 }
 

@@ -8,7 +8,6 @@
 //! deadline.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +15,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
@@ -27,31 +24,39 @@ use rustls::{CertificateError, ServerConfig};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::cas::{CaSet, Phase};
 use super::leases::{Entry, IssuanceLog, Leases, rfc3339, unix_of};
+use super::revoked::{RevocationList, Watched, clip};
 use super::tls::{OwnCert, ProvesKey};
 use super::tokens::TokenStore;
-use super::{EnrolRequest, Issued, IssuedLeaf, Refusal, Refused, Refusing, RenewRequest};
-use crate::pki::{PkiError, ServiceName, spiffe_id_of};
+use super::{EnrolRequest, Issued, IssuedLeaf, Refusal, Refused, Refusing, RenewRequest, unix};
+use crate::pki::{HostName, PkiError, ServiceName, spiffe_id_of};
+use crate::proxy::Lifecycle;
+use crate::proxy::http_server::{self, ConnInfo, HttpLimits, HttpStats, LogBudget, reply};
 
-/// Connections served at once; past it, accepts wait (a thundering herd queues in the backlog).
-const MAX_CONNECTIONS: usize = 1024;
-/// A client must finish its TLS handshake within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// And send its request headers within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request body: a few CSRs.
-const MAX_BODY: usize = 64 * 1024;
+/// The limits a signing service runs with unless told otherwise: 1,024 connections, 64 open and
+/// 100 new a second per source address, 10 s from accept to the end of a request's body, bodies
+/// of a few CSRs.
+pub const DEFAULT_LIMITS: HttpLimits = HttpLimits {
+    max_connections: 1024,
+    per_source_connections: 64,
+    per_source_rate: 100,
+    deadline: Duration::from_secs(10),
+    max_body: 64 * 1024,
+};
 /// How often the CA directory is checked for a rotation step.
 const CA_POLL: Duration = Duration::from_millis(500);
 /// The service's own certificate is re-issued daily and at every rotation step.
 const SERVICE_CERT_REISSUE: Duration = Duration::from_secs(86_400);
 /// How often expired leaves are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long a stop waits for requests under way.
+const DRAIN: Duration = Duration::from_secs(5);
+/// The longest refusal message kept in the issuance log and the service's log.
+const MAX_MESSAGE: usize = 200;
 
 /// How the service runs.
 #[derive(Debug, Clone)]
@@ -64,6 +69,8 @@ pub struct ServeOptions {
     pub leaf_ttl: Duration,
     /// Where refused enrolments are audited.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Connections, per-source limits, the request deadline and the body size.
+    pub limits: HttpLimits,
 }
 
 /// The CAs in force and what is derived from them.
@@ -86,6 +93,15 @@ pub struct Service {
     issued_enrol: AtomicU64,
     issued_renew: AtomicU64,
     refused: Mutex<BTreeMap<Refused, u64>>,
+    /// `revoked.json` as last read.
+    revoked: Watched,
+    /// The list in force, derived from the file and the leases; None when it must be derived
+    /// again (the file changed, or a revoked host enrolled again).
+    in_force: Mutex<Option<(Arc<RevocationList>, Arc<RevocationList>)>>,
+    /// Answers by status, connections closed by cause.
+    http: Arc<HttpStats>,
+    /// Bounds the refusal lines, per reason.
+    budget: LogBudget,
 }
 
 impl std::fmt::Debug for Service {
@@ -107,10 +123,18 @@ impl Service {
     pub fn open(options: ServeOptions) -> Result<Arc<Service>, PkiError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cas = load_cas(&options.dir, &provider)?;
-        let (leases, bad) = Leases::replay(&options.log)?;
-        if bad > 0 {
-            warn!(file = %options.log.display(), lines = bad, "skipped unreadable lines of the issuance log");
+        let (leases, done) = Leases::compact(&options.log)?;
+        if done.archived + done.bad > 0 {
+            info!(
+                file = %options.log.display(),
+                kept = done.kept,
+                archived = done.archived,
+                unreadable = done.bad,
+                "issuance log compacted: refusals and expired leaves moved to {}",
+                super::leases::archive_path(&options.log).display()
+            );
         }
+        let revoked = Watched::open(&options.dir)?;
         let own = Arc::new(OwnCert::default());
         own.set(&cas.set, &provider)?;
         Ok(Arc::new(Service {
@@ -124,6 +148,10 @@ impl Service {
             issued_enrol: AtomicU64::new(0),
             issued_renew: AtomicU64::new(0),
             refused: Mutex::new(BTreeMap::new()),
+            revoked,
+            in_force: Mutex::new(None),
+            http: Arc::new(HttpStats::default()),
+            budget: LogBudget::default(),
         }))
     }
 
@@ -140,7 +168,7 @@ impl Service {
         Ok(Arc::new(config))
     }
 
-    /// Serves on `listener` until `stop`.
+    /// Serves on `listener` until `stop`, then lets requests under way finish (a few seconds).
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
@@ -148,116 +176,47 @@ impl Service {
     ) -> Result<(), PkiError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls_config()?);
         tokio::spawn(self.clone().watch_ca_dir(stop.clone()));
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let Ok(permit) = limit.clone().acquire_owned().await else { return Ok(()) };
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = stop.cancelled() => return Ok(()),
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let service = self.clone();
-            tokio::spawn(async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        warn!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let certs: Arc<Vec<CertificateDer<'static>>> = Arc::new(
-                    tls.get_ref()
-                        .1
-                        .peer_certificates()
-                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                        .unwrap_or_default(),
-                );
-                let handler = hyper::service::service_fn(move |req| {
-                    let service = service.clone();
-                    let certs = certs.clone();
-                    async move { Ok::<_, Infallible>(service.route(req, peer, certs).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(tls), handler)
-                    .await;
-                drop(permit);
-            });
-        }
+        let life = Lifecycle { stop_accepting: stop, ..Lifecycle::new() };
+        let service = self.clone();
+        http_server::serve(
+            listener,
+            Some(acceptor),
+            self.options.limits,
+            self.http.clone(),
+            life.clone(),
+            move |req, conn| service.clone().route(req, conn),
+        )
+        .await;
+        life.drain(DRAIN).await;
+        Ok(())
     }
 
-    async fn route(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        certs: Arc<Vec<CertificateDer<'static>>>,
-    ) -> Response<Full<Bytes>> {
+    async fn route(self: Arc<Self>, req: Request<Bytes>, conn: Arc<ConnInfo>) -> Response<Full<Bytes>> {
+        let json = |body: String| reply(StatusCode::OK, "application/json", body);
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/v1/status") => reply(
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_string_pretty(&self.status()).unwrap_or_default(),
-            ),
-            // The revocation list of the CA directory, checked, for agents to poll (no client
-            // certificate needed: it says only what is refused).
+            (&Method::GET, "/v1/status") => {
+                json(serde_json::to_string_pretty(&self.status()).unwrap_or_default())
+            }
             (&Method::GET, "/v1/revoked") => {
-                let path = self.options.dir.join(crate::pki::revoked::FILE_NAME);
-                match tokio::task::spawn_blocking(move || crate::pki::Revocations::load(&path)).await {
-                    Ok(Ok(list)) => reply(
-                        StatusCode::OK,
-                        "application/json",
-                        String::from_utf8_lossy(&list.to_json()).into_owned(),
-                    ),
-                    Ok(Err(e)) => {
-                        error!(error = %e, "revocation list refused; not serving it");
-                        reply(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "text/plain",
-                            "revocation list unreadable\n".into(),
-                        )
-                    }
-                    Err(_) => {
-                        reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "internal error\n".into())
-                    }
-                }
+                json(serde_json::to_string(&*self.revocations()).unwrap_or_default())
             }
             (&Method::GET, "/metrics") => {
                 reply(StatusCode::OK, crate::exposition::CONTENT_TYPE, self.metrics_text())
             }
             (&Method::POST, path @ ("/v1/enrol" | "/v1/renew")) => {
                 let renew = path == "/v1/renew";
-                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => {
-                        return reply(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "text/plain",
-                            "request too large\n".into(),
-                        );
-                    }
-                };
                 let service = self.clone();
+                let body = req.into_body();
                 let result = tokio::task::spawn_blocking(move || {
-                    if renew { service.renew(&body, peer, &certs) } else { service.enrol(&body, peer) }
+                    if renew {
+                        service.renew(&body, conn.peer, &conn.certs)
+                    } else {
+                        service.enrol(&body, conn.peer)
+                    }
                 })
                 .await;
                 match result {
-                    Ok(Ok(issued)) => reply(
-                        StatusCode::OK,
-                        "application/json",
-                        serde_json::to_string(&issued).unwrap_or_default(),
-                    ),
+                    Ok(Ok(issued)) => json(serde_json::to_string(&issued).unwrap_or_default()),
                     Ok(Err(Failure::Refused(r))) => reply(
                         StatusCode::FORBIDDEN,
                         "application/json",
@@ -268,41 +227,74 @@ impl Service {
                         .unwrap_or_default(),
                     ),
                     Ok(Err(Failure::Internal(e))) => {
-                        error!(%peer, error = %e, "signing failed");
+                        error!(error = %e, "signing failed");
                         reply(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "text/plain",
-                            "internal error; see the service's log\n".into(),
+                            "internal error; see the service's log\n",
                         )
                     }
-                    Err(_) => {
-                        reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "internal error\n".into())
-                    }
+                    Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "internal error\n"),
                 }
             }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "POST /v1/enrol, POST /v1/renew, GET /v1/status, GET /metrics\n".into(),
+                "POST /v1/enrol, POST /v1/renew, GET /v1/revoked, GET /v1/status, GET /metrics\n",
             ),
         }
     }
 
+    /// The revocation list in force: the file's, with hosts that enrolled again after their
+    /// revocation listed by their old serials (see [`RevocationList::in_force`]).
+    pub fn revocations(&self) -> Arc<RevocationList> {
+        let file = self.revoked.current();
+        let mut cache = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((from, derived)) = cache.as_ref()
+            && Arc::ptr_eq(from, &file)
+        {
+            return derived.clone();
+        }
+        let derived = {
+            let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::new(file.in_force(|h, at| leases.came_back(h, at)))
+        };
+        *cache = Some((file, derived.clone()));
+        derived
+    }
+
+    /// Counts a refusal, and logs it (service log and issuance log) within the reason's budget.
+    /// `host` is only ever a checked name; `message` is cut to a few hundred bytes.
     fn refuse(
         &self,
         kind: &str,
-        host: &str,
+        host: Option<&HostName>,
         identity: Option<&str>,
         peer: SocketAddr,
         r: Refusing,
     ) -> Failure {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()).entry(r.reason).or_default() += 1;
-        warn!(%peer, host, identity, reason = r.reason.as_str(), "{kind} refused: {}", r.message);
+        let r = Refusing { reason: r.reason, message: clip(&r.message, MAX_MESSAGE) };
+        let Some(suppressed) = self.budget.admit(r.reason.as_str()) else { return Failure::Refused(r) };
+        let host_text = host.map(HostName::as_str).unwrap_or("");
+        if r.reason == Refused::Superseded {
+            warn!(%peer, host = host_text, identity, suppressed_before = suppressed,
+                "renewal with a superseded leaf: a possible copy of it is in use: {}", r.message);
+        } else {
+            warn!(%peer, host = host_text, identity, reason = r.reason.as_str(), suppressed_before = suppressed,
+                "{kind} refused: {}", r.message);
+        }
+        let message = match suppressed {
+            0 => r.message.clone(),
+            n => {
+                format!("{} ({n} more {} refusals not logged before this one)", r.message, r.reason.as_str())
+            }
+        };
         self.log.append(&Entry {
             time: rfc3339(SystemTime::now()),
             event: "refused".into(),
             kind: kind.into(),
-            host: host.into(),
+            host: host_text.into(),
             identity: identity.map(str::to_string),
             serial: None,
             not_after: None,
@@ -310,7 +302,7 @@ impl Service {
             ca: None,
             bundle: Vec::new(),
             reason: Some(r.reason.as_str().into()),
-            message: Some(r.message.clone()),
+            message: Some(message),
             peer: peer.to_string(),
         });
         if kind == "enrol"
@@ -319,7 +311,7 @@ impl Service {
             let ids: Vec<String> =
                 identity.map(|i| i.split(',').map(str::to_owned).collect()).unwrap_or_default();
             let record = crate::audit::Record::enrolment_refused(
-                host,
+                host_text,
                 &ids,
                 &peer.to_string(),
                 r.reason.as_str(),
@@ -332,33 +324,61 @@ impl Service {
         Failure::Refused(r)
     }
 
+    /// The host a request names, checked before anything logs it.
+    fn host_of_request(&self, kind: &str, host: &str, peer: SocketAddr) -> Result<HostName, Failure> {
+        HostName::new(host).map_err(|e| {
+            self.refuse(kind, None, None, peer, Refusing::new(Refused::BadRequest, e.to_string()))
+        })
+    }
+
     fn enrol(&self, body: &[u8], peer: SocketAddr) -> Result<Issued, Failure> {
         let req: EnrolRequest = serde_json::from_slice(body).map_err(|e| {
-            self.refuse("enrol", "", None, peer, Refusing::new(Refused::BadRequest, e.to_string()))
+            self.refuse("enrol", None, None, peer, Refusing::new(Refused::BadRequest, e.to_string()))
         })?;
-        let host = req.host.as_str();
-        let bad = |r: Refusing| self.refuse("enrol", host, None, peer, r);
-        if host.trim().is_empty() || req.csrs.is_empty() {
-            return Err(bad(Refusing::new(
-                Refused::BadRequest,
-                "a host name and at least one CSR are needed",
-            )));
+        let host = self.host_of_request("enrol", &req.host, peer)?;
+        let bad = |r: Refusing| self.refuse("enrol", Some(&host), None, peer, r);
+        if req.csrs.is_empty() {
+            return Err(bad(Refusing::new(Refused::BadRequest, "at least one CSR is needed")));
         }
         let mut wanted = Vec::new();
         for c in &req.csrs {
-            let name = ServiceName::new(&c.identity).map_err(|e| {
-                bad(Refusing::new(Refused::BadRequest, format!("identity {:?}: {e}", c.identity)))
-            })?;
+            let name = ServiceName::new(&c.identity)
+                .map_err(|e| bad(Refusing::new(Refused::BadRequest, format!("identity: {e}"))))?;
             let csr = rcgen::CertificateSigningRequestParams::from_pem(&c.csr)
                 .map_err(|e| bad(Refusing::new(Refused::BadCsr, format!("CSR for {name}: {e}"))))?;
             wanted.push((name, csr));
         }
         let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
-        self.tokens.redeem(&req.token, host, &names, SystemTime::now()).map_err(|r| {
-            let identities = names.join(",");
-            self.refuse("enrol", host, Some(&identities), peer, r)
-        })?;
-        self.issue("enrol", host, &wanted, peer)
+        let revoked = self.revoked.current();
+        let was_revoked = revoked.hosts.iter().any(|h| h == host.as_str());
+        let not_revoked = |created: SystemTime| {
+            if revoked.host_revoked_at(host.as_str(), unix(created)) {
+                return Err(Refusing::new(
+                    Refused::Revoked,
+                    format!(
+                        "host {host} is revoked; a join token minted after its revocation enrols it again"
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        self.tokens.redeem(&req.token, host.as_str(), &names, SystemTime::now(), not_revoked).map_err(
+            |r| {
+                let identities = names.join(",");
+                self.refuse("enrol", Some(&host), Some(&identities), peer, r)
+            },
+        )?;
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let issued = self.issue(&mut leases, "enrol", &host, &wanted, peer);
+        drop(leases);
+        if was_revoked {
+            // It came back: the list in force now names its old serials instead.
+            *self.in_force.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        issued.map(|mut i| {
+            i.revoked = (*self.revocations()).clone();
+            i
+        })
     }
 
     fn renew(
@@ -368,13 +388,13 @@ impl Service {
         certs: &[CertificateDer<'static>],
     ) -> Result<Issued, Failure> {
         let req: RenewRequest = serde_json::from_slice(body).map_err(|e| {
-            self.refuse("renew", "", None, peer, Refusing::new(Refused::BadRequest, e.to_string()))
+            self.refuse("renew", None, None, peer, Refusing::new(Refused::BadRequest, e.to_string()))
         })?;
-        let host = req.host.as_str();
+        let host = self.host_of_request("renew", &req.host, peer)?;
         let Some((leaf, chain)) = certs.split_first() else {
             return Err(self.refuse(
                 "renew",
-                host,
+                Some(&host),
                 None,
                 peer,
                 Refusing::new(Refused::NoCertificate, "renewal needs the current certificate (mTLS)"),
@@ -384,7 +404,7 @@ impl Service {
         let now = SystemTime::now();
         let id = spiffe_id_of(leaf, Some(&cas.set.trust_domain));
         let identity = id.as_ref().ok().map(|i| i.service().as_str().to_string());
-        let bad = |r: Refusing| self.refuse("renew", host, identity.as_deref(), peer, r);
+        let bad = |r: Refusing| self.refuse("renew", Some(&host), identity.as_deref(), peer, r);
         if let Err(e) = cas.verifier.verify_client_cert(leaf, chain, UnixTime::now()) {
             let reason = match &e {
                 rustls::Error::InvalidCertificate(
@@ -409,42 +429,72 @@ impl Service {
         let id = id.map_err(|e| bad(Refusing::new(Refused::CertInvalid, e.to_string())))?;
         let serial =
             serial_of(leaf).ok_or_else(|| bad(Refusing::new(Refused::CertInvalid, "unparsable serial")))?;
-        let holder = self
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .holder(&serial, now)
-            .map(|(h, i)| (h.to_string(), i.to_string()));
-        match holder {
-            None => {
-                return Err(bad(Refusing::new(
-                    Refused::SerialUnknown,
-                    format!("serial {serial} was not issued by this service; enrol with a join token"),
-                )));
-            }
-            Some((h, _)) if h != host => {
-                return Err(bad(Refusing::new(
-                    Refused::HostMismatch,
-                    format!("serial {serial} was issued to host {h}, not {host}"),
-                )));
-            }
-            Some((_, i)) if i != id.service().as_str() => {
-                return Err(bad(Refusing::new(
-                    Refused::IdentityNotAllowed,
-                    format!("serial {serial} was issued for {i}"),
-                )));
-            }
-            Some(_) => {}
-        }
         let csr = rcgen::CertificateSigningRequestParams::from_pem(&req.csr)
             .map_err(|e| bad(Refusing::new(Refused::BadCsr, e.to_string())))?;
-        self.issue("renew", host, &[(id.service().clone(), csr)], peer)
+        let revoked = self.revoked.current();
+        // Checked and recorded under one lock: of two presenters of the same leaf, one renews.
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let refusal = match leases.holder(&serial, now) {
+            None => Some(Refusing::new(
+                Refused::SerialUnknown,
+                format!("serial {serial} was not issued by this service; enrol with a join token"),
+            )),
+            Some((h, _)) if h != host.as_str() => Some(Refusing::new(
+                Refused::HostMismatch,
+                format!("serial {serial} was issued to another host than {host}"),
+            )),
+            Some((_, i)) if i != id.service().as_str() => Some(Refusing::new(
+                Refused::IdentityNotAllowed,
+                format!("serial {serial} was issued for {i}"),
+            )),
+            Some(_) if revoked.serial_revoked(&serial) => {
+                Some(Refusing::new(Refused::Revoked, format!("serial {serial} is revoked")))
+            }
+            Some(_)
+                if leases
+                    .issued_at(&serial)
+                    .is_some_and(|at| revoked.host_revoked_at(host.as_str(), unix(at))) =>
+            {
+                Some(Refusing::new(
+                    Refused::Revoked,
+                    format!(
+                        "host {host} is revoked; a join token minted after its revocation enrols it again"
+                    ),
+                ))
+            }
+            Some(_)
+                if leases.current_serial(host.as_str(), id.service().as_str()) != Some(serial.as_str()) =>
+            {
+                Some(Refusing::new(
+                    Refused::Superseded,
+                    format!(
+                        "serial {serial} was already renewed: only the newest leaf of {host}/{} renews; \
+                         a host that lost its newest leaf needs a new join token",
+                        id.service()
+                    ),
+                ))
+            }
+            Some(_) => None,
+        };
+        if let Some(r) = refusal {
+            drop(leases);
+            return Err(bad(r));
+        }
+        let issued = self.issue(&mut leases, "renew", &host, &[(id.service().clone(), csr)], peer);
+        drop(leases);
+        issued.map(|mut i| {
+            i.revoked = (*self.revocations()).clone();
+            i
+        })
     }
 
+    /// Signs and records the leaves (`leases` is held by the caller, so that what it checked still
+    /// holds). The answer's `revoked` is left for the caller to fill once the lock is released.
     fn issue(
         &self,
+        leases: &mut Leases,
         kind: &str,
-        host: &str,
+        host: &HostName,
         wanted: &[(ServiceName, rcgen::CertificateSigningRequestParams)],
         peer: SocketAddr,
     ) -> Result<Issued, Failure> {
@@ -453,9 +503,9 @@ impl Service {
         let mut leaves = Vec::new();
         for (name, csr) in wanted {
             let (cert, serial, not_after) =
-                cas.set.sign(name, csr, self.options.leaf_ttl).map_err(Failure::Internal)?;
+                cas.set.sign(name, host, csr, self.options.leaf_ttl).map_err(Failure::Internal)?;
             let issued = SystemTime::now();
-            self.leases.lock().unwrap_or_else(|p| p.into_inner()).record(
+            leases.record(
                 host.to_string(),
                 name.to_string(),
                 serial.clone(),
@@ -468,7 +518,7 @@ impl Service {
                 time: rfc3339(issued),
                 event: "issued".into(),
                 kind: kind.into(),
-                host: host.into(),
+                host: host.to_string(),
                 identity: Some(name.to_string()),
                 serial: Some(serial.clone()),
                 not_after: Some(rfc3339(not_after)),
@@ -479,7 +529,7 @@ impl Service {
                 message: None,
                 peer: peer.to_string(),
             });
-            info!(%peer, host, identity = %name, serial, kind, "issued");
+            info!(%peer, host = %host, identity = %name, serial, kind, "issued");
             leaves.push(IssuedLeaf {
                 identity: name.to_string(),
                 cert,
@@ -489,7 +539,12 @@ impl Service {
         }
         let counter = if kind == "enrol" { &self.issued_enrol } else { &self.issued_renew };
         counter.fetch_add(leaves.len() as u64, Ordering::Relaxed);
-        Ok(Issued { leaves, bundle: cas.set.bundle(), signing_ca: cas.set.current.fingerprint.clone() })
+        Ok(Issued {
+            leaves,
+            bundle: cas.set.bundle(),
+            signing_ca: cas.set.current.fingerprint.clone(),
+            revoked: RevocationList::default(),
+        })
     }
 
     /// The CA that hosts should end up with: the prepared one during a rotation, else the current.
@@ -501,6 +556,7 @@ impl Service {
     pub fn status(&self) -> serde_json::Value {
         let cas = self.cas();
         let now = SystemTime::now();
+        let revoked = self.revocations();
         let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let newest = Self::newest(&cas.set);
         let refused: BTreeMap<&str, u64> = self
@@ -522,6 +578,8 @@ impl Service {
             "hosts_without_newest_ca": leases.hosts_without(newest, now).len(),
             "issued": {"enrol": self.issued_enrol.load(Ordering::Relaxed), "renew": self.issued_renew.load(Ordering::Relaxed)},
             "refused": refused,
+            "revoked": {"hosts": revoked.hosts.len(), "serials": revoked.serials.len()},
+            "http": {"answers_413": self.http.answers(413)},
         })
     }
 
@@ -542,6 +600,10 @@ impl Service {
             .collect();
         let old_ca_leaves = vec![(vec![], number(&status["old_ca_leaves"]))];
         let without_newest = vec![(vec![], number(&status["hosts_without_newest_ca"]))];
+        let revoked: Vec<Sample> = ["hosts", "serials"]
+            .into_iter()
+            .map(|kind| (vec![("kind", kind.to_string())], number(&status["revoked"][kind])))
+            .collect();
         let mut registry = prometheus_client::registry::Registry::with_prefix("cordon");
         let families = [
             ("issuer_issued", "Leaves signed", Kind::Counter, issued),
@@ -553,12 +615,14 @@ impl Service {
                 Kind::Gauge,
                 without_newest,
             ),
+            ("issuer_revoked", "Entries of the revocation list in force, by kind", Kind::Gauge, revoked),
         ];
         for (name, help, kind, samples) in families {
             registry.register_collector(Box::new(ScrapeCollector::new(name, help, kind, move || {
                 samples.clone()
             })));
         }
+        self.http.register(registry.sub_registry_with_prefix("issuer"));
         crate::exposition::encode(&registry)
     }
 
@@ -623,15 +687,6 @@ fn ca_stamp(dir: &Path) -> Vec<Option<(u64, SystemTime)>> {
 enum Failure {
     Refused(Refusing),
     Internal(PkiError),
-}
-
-fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    if let Ok(v) = ctype.parse() {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    resp
 }
 
 /// A certificate's serial, hex without leading zeros.

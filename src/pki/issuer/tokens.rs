@@ -62,14 +62,15 @@ impl TokenStore {
         self.dir.join("used").join(format!("{}.json", sha256_hex(token.as_bytes())))
     }
 
-    /// Exchanges `token` for `identities` on `host`: checks it, then consumes it. A refused
-    /// exchange leaves an unused token as it was.
+    /// Exchanges `token` for `identities` on `host`: checks it (and, with `also`, when it was
+    /// minted), then consumes it. A refused exchange leaves an unused token as it was.
     pub fn redeem(
         &self,
         token: &str,
         host: &str,
         identities: &[&str],
         now: SystemTime,
+        also: impl FnOnce(SystemTime) -> Result<(), Refusing>,
     ) -> Result<(), Refusing> {
         let path = self.path(token);
         let text = match std::fs::read(&path) {
@@ -98,6 +99,7 @@ impl TokenStore {
                 format!("this join token allows {}, not {other}", record.services.join(", ")),
             ));
         }
+        also(from_unix(record.created))?;
         match std::fs::rename(&path, self.used_path(token)) {
             Ok(()) => Ok(()),
             // Another request with the same token won the rename.
@@ -129,10 +131,13 @@ mod tests {
             );
         }
         let now = SystemTime::now();
-        assert!(store.redeem(&token, "db-1", &["db"], now).is_ok());
-        assert_eq!(store.redeem(&token, "db-1", &["db"], now).unwrap_err().reason, Refused::TokenUsed);
+        assert!(store.redeem(&token, "db-1", &["db"], now, |_| Ok(())).is_ok());
         assert_eq!(
-            store.redeem("cordon-join-00", "db-1", &["db"], now).unwrap_err().reason,
+            store.redeem(&token, "db-1", &["db"], now, |_| Ok(())).unwrap_err().reason,
+            Refused::TokenUsed
+        );
+        assert_eq!(
+            store.redeem("cordon-join-00", "db-1", &["db"], now, |_| Ok(())).unwrap_err().reason,
             Refused::TokenUnknown
         );
     }
@@ -143,12 +148,18 @@ mod tests {
         let token = store.mint("db-1", &["db".into()], Duration::from_secs(60)).unwrap();
         let now = SystemTime::now();
         assert_eq!(
-            store.redeem(&token, "db-1", &["web"], now).unwrap_err().reason,
+            store.redeem(&token, "db-1", &["web"], now, |_| Ok(())).unwrap_err().reason,
             Refused::IdentityNotAllowed
         );
-        assert_eq!(store.redeem(&token, "db-2", &["db"], now).unwrap_err().reason, Refused::TokenWrongHost);
+        assert_eq!(
+            store.redeem(&token, "db-2", &["db"], now, |_| Ok(())).unwrap_err().reason,
+            Refused::TokenWrongHost
+        );
         let later = now + Duration::from_secs(61);
-        assert_eq!(store.redeem(&token, "db-1", &["db"], later).unwrap_err().reason, Refused::TokenExpired);
-        assert!(store.redeem(&token, "db-1", &["db"], now).is_ok());
+        assert_eq!(
+            store.redeem(&token, "db-1", &["db"], later, |_| Ok(())).unwrap_err().reason,
+            Refused::TokenExpired
+        );
+        assert!(store.redeem(&token, "db-1", &["db"], now, |_| Ok(())).is_ok());
     }
 }
