@@ -75,16 +75,17 @@ fn control_plane_actions(world: &World, log: &Path, format: &str) {
     assert_eq!(flip(&[]).status.code(), Some(1), "batch is not allowed: refused");
     assert_eq!(flip(&["--force"]).status.code(), Some(0));
     let token = cordon_ok(
-        &[
-            &["ca", "token", "--dir", s(&world.ca()), "--host", "web-1\x1b[2J", "--service", "web"][..],
-            &audit[..],
-        ]
-        .concat(),
+        &[&["ca", "token", "--dir", s(&world.ca()), "--host", "web-1", "--service", "web"][..], &audit[..]]
+            .concat(),
     );
     let token = token.lines().last().unwrap().trim().to_owned();
     assert!(token.starts_with("cordon-join-"));
     assert!(!std::fs::read_to_string(log).unwrap().contains(&token), "the token itself is never audited");
     cordon_ok(&[&["ca", "rotate", "--dir", s(&world.ca())][..], &audit[..]].concat());
+    // A revocation's reason is free text: it is where an operator's paste can carry escapes.
+    let ca = world.ca();
+    let revoke = ["ca", "revoke", "--dir", s(&ca), "--host", "web-9", "--reason", "stolen\x1b[2J"];
+    cordon_ok(&[&revoke[..], &audit[..]].concat());
 }
 
 #[test]
@@ -98,7 +99,11 @@ fn every_action_is_one_record_that_cordon_audit_finds_with_its_fields() {
 
     let all = audited(&log, &[]);
     let actions: Vec<&str> = all.iter().map(|r| r["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["mode_flip", "mode_flip", "token_minted", "rotation_step"], "{all:#?}");
+    assert_eq!(
+        actions,
+        ["mode_flip", "mode_flip", "token_minted", "rotation_step", "revocation"],
+        "{all:#?}"
+    );
     let me = cordon::audit::Actor::local();
     for r in &all {
         assert_eq!(r["actor"]["host"], me.host.as_str(), "{r}");
@@ -131,7 +136,9 @@ fn every_action_is_one_record_that_cordon_audit_finds_with_its_fields() {
     assert_eq!(forced["policy_after"], now.as_str());
     assert_ne!(now, unchanged);
 
-    assert_eq!(all[2]["host"], "web-1\u{1b}[2J");
+    assert_eq!(all[2]["host"], "web-1");
+    assert_eq!((all[4]["action"].as_str(), all[4]["host"].as_str()), (Some("revocation"), Some("web-9")));
+    assert_eq!(all[4]["reason"], "stolen\u{1b}[2J");
     assert_eq!(all[2]["identities"], serde_json::json!(["web"]));
     assert!(all[2]["expires"].is_string());
     assert_eq!((all[3]["step"].as_str(), all[3]["status"].as_str()), (Some("prepared"), Some("success")));
@@ -139,17 +146,17 @@ fn every_action_is_one_record_that_cordon_audit_finds_with_its_fields() {
     // Filters: by service (the flips and the token for web), and by time.
     assert_eq!(audited(&log, &["--service", "db"]).len(), 2);
     assert_eq!(audited(&log, &["--service", "web"]).len(), 1);
-    assert_eq!(audited(&log, &["--since", "1h"]).len(), 4);
+    assert_eq!(audited(&log, &["--since", "1h"]).len(), 5);
     assert!(audited(&log, &["--since", "2999-01-01T00:00:00Z"]).is_empty());
 
     // The table: every action, and no control character of a name reaches the terminal.
     let table = cordon_ok(&["audit", "--audit-log", s(&log)]);
     assert!(table.starts_with("TIME"), "{table}");
-    for a in ["mode_flip", "token_minted", "rotation_step", "--force", "NOT ready"] {
+    for a in ["mode_flip", "token_minted", "rotation_step", "revocation", "--force", "NOT ready"] {
         assert!(table.contains(a), "{a} missing:\n{table}");
     }
     assert!(!table.contains('\x1b'), "an escape sequence reached the terminal:\n{table}");
-    assert!(table.contains("web-1\\u{1b}[2J"), "{table}");
+    assert!(table.contains("stolen\\u{1b}[2J"), "{table}");
 
     // The report lists db's flips for its focus view, with what finds them in the log.
     let page = world.path("report.html");
@@ -183,7 +190,7 @@ fn ocsf_records_are_valid_api_activity_and_read_back() {
     control_plane_actions(&world, &log, "ocsf");
     let text = std::fs::read_to_string(&log).unwrap();
     let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(events.len(), 4);
+    assert_eq!(events.len(), 5);
     for e in &events {
         assert_eq!(e["class_uid"], 6003, "{e}");
         assert_eq!(e["metadata"]["version"], "1.5.0");
@@ -215,7 +222,7 @@ fn ocsf_records_are_valid_api_activity_and_read_back() {
     let out = Command::new(&python).arg(&script).arg(&log).args(["--class", "6003"]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(said.contains("4 valid OCSF 1.5.0 events, 0 invalid"), "{said}");
+    assert!(said.contains("5 valid OCSF 1.5.0 events, 0 invalid"), "{said}");
 }
 
 #[test]

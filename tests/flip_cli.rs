@@ -154,6 +154,20 @@ fn an_address_discovery_names_migrated_when_that_service_arrives_over_mtls() {
         r#"[{"host": "10.0.0.7", "port": 8080, "name": "legacy-0"}]"#,
     )
     .unwrap();
+    // `diff` gives the same readiness as `mode`, with the same discovery and without it.
+    let ready_in_diff = |extra: &[&str]| {
+        let policy = f.policy.to_str().unwrap();
+        let mut args =
+            vec!["diff", "--db", f.db(), "--policy", policy, "--service", "db", "--min-history", "10d"];
+        args.extend(["--format", "json"]);
+        args.extend(extra);
+        let out = cordon(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["services"][0]["ready"].as_bool().unwrap()
+    };
+    assert!(!ready_in_diff(&[]), "without discovery the bare address still blocks");
+    assert!(ready_in_diff(&["--discovery", discovery.to_str().unwrap()]), "as mode --discovery says");
     let out = f.mode(&[
         "db",
         "enforce",

@@ -92,14 +92,26 @@ pub(super) fn min_history(s: &str) -> Result<std::time::Duration, String> {
 /// Discovery as the names are checked against it: its services, and the service of an address.
 pub(super) struct Discovered(Option<cordon_discovery::Snapshot>);
 
+/// The `discovery_dir` of an agent's cordon.toml, relative to the file's directory, and nothing
+/// else of it: `mode --config` may be given a config that only names the discovery directory and
+/// the audit log, so the rest is not validated here (`cordon agent --check` does that).
+fn discovery_dir_of(config: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("{}: cannot read the agent config", config.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not a TOML file", config.display()))?;
+    let Some(value) = table.get("discovery_dir") else { return Ok(None) };
+    let dir =
+        value.as_str().with_context(|| format!("{}: discovery_dir must be a path", config.display()))?;
+    let base = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok(Some(base.join(dir)))
+}
+
 impl Discovered {
     pub(super) fn load(args: &KnownArgs) -> anyhow::Result<Self> {
         let dir = match (&args.discovery, &args.config) {
             (Some(dir), _) => Some(dir.clone()),
-            (None, Some(config)) => {
-                let dir = crate::agent::config::Config::load(config)?.discovery_dir;
-                dir.is_dir().then_some(dir)
-            }
+            (None, Some(config)) => discovery_dir_of(config)?.filter(|d| d.is_dir()),
             (None, None) => None,
         };
         let snapshot = dir

@@ -29,6 +29,10 @@ pub struct Args {
     /// mode` asks; 0 skips the check.
     #[arg(long, value_name = "WINDOW", value_parser = super::policy::min_history, default_value = "30d")]
     pub min_history: std::time::Duration,
+    /// A discovery directory: a bare address that it now gives to a migrated service is that
+    /// service's plaintext past (as `cordon mode --discovery` judges it).
+    #[arg(long, value_name = "DIR")]
+    pub discovery: Option<PathBuf>,
     /// An audit log: each service's flips are listed on its focus view.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
@@ -46,7 +50,15 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let policy = Policy::load(&args.policy)?;
     let since = args.since.map(|w| std::time::SystemTime::now() - w);
     let observed = super::review::load(&args.db, since)?;
-    let judging = graph::Judging::at(args.min_history, std::time::SystemTime::now());
+    let discovered = super::policy::Discovered::load(&super::policy::KnownArgs {
+        discovery: args.discovery.clone(),
+        config: None,
+    })?;
+    let judging = graph::Judging {
+        min_history: args.min_history,
+        now: std::time::SystemTime::now(),
+        discovered: &|ip| discovered.service_at(ip),
+    };
     let services = graph::diff(&observed, &policy, None, &judging);
     let proposal = graph::propose(&observed, 1, Some(&policy));
     let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db)]);

@@ -83,6 +83,10 @@ pub struct DiffArgs {
     /// mode` asks; 0 skips the check.
     #[arg(long, value_name = "WINDOW", value_parser = super::policy::min_history, default_value = "30d")]
     pub min_history: std::time::Duration,
+    /// A discovery directory: a bare address that it now gives to a migrated service is that
+    /// service's plaintext past (as `cordon mode --discovery` judges it).
+    #[arg(long, value_name = "DIR")]
+    pub discovery: Option<PathBuf>,
     /// Output format: text, or json (`cordon-diff/1`, the readiness of each service with every
     /// reason; see docs/readiness.md).
     #[arg(long, value_enum, default_value = "text")]
@@ -162,7 +166,15 @@ pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
 pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let policy = load_policy(&args.policy)?;
     let observed = load(&args.db, since(args.since))?;
-    let judging = graph::Judging::at(args.min_history, SystemTime::now());
+    let discovered = super::policy::Discovered::load(&super::policy::KnownArgs {
+        discovery: args.discovery.clone(),
+        config: None,
+    })?;
+    let judging = graph::Judging {
+        min_history: args.min_history,
+        now: SystemTime::now(),
+        discovered: &|ip| discovered.service_at(ip),
+    };
     let services = graph::diff(&observed, &policy, args.service.as_deref(), &judging);
     if args.format == DiffFormat::Json {
         let mut readiness = Vec::with_capacity(services.len());

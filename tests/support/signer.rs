@@ -75,7 +75,8 @@ pub fn token(world: &World, host: &str, services: &[&str], ttl: &str) -> PathBuf
     let token = out.lines().last().unwrap().trim().to_string();
     assert!(token.starts_with("cordon-join-"), "{out}");
     let path = world.path(&format!("{host}-{}.token", services.join("-")));
-    std::fs::write(&path, format!("{token}\n")).unwrap();
+    // A secret: readable by its owner only, or the agent refuses it.
+    super::write_secret(&path, format!("{token}\n"));
     path
 }
 
