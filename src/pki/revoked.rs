@@ -116,7 +116,9 @@ impl Revocations {
             hosts.insert(Box::from(h.as_str()));
         }
         let generated = match &wire.generated {
+            // The signing service says "" before anything was ever revoked (no file yet).
             None => None,
+            Some(t) if t.is_empty() => None,
             Some(t) => Some(parse_time(t).ok_or(RevokedError::BadTime { origin: origin() })?),
         };
         let version = fingerprint(&serials, &hosts);
