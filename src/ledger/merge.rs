@@ -31,7 +31,7 @@ pub struct MergeStats {
 
 /// Merges `inputs` into `out` (created when missing; an existing ledger is merged into).
 /// Inputs are validated first (their schema before any query, then every row as it is read, see
-/// [`super::check`]); a version-1 input's rows have host `""`. All in one transaction: a failure
+/// `ledger::check`); a version-1 input's rows have host `""`. All in one transaction: a failure
 /// or a refused input leaves `out` as it was (an `out` that did not exist is not left behind).
 pub fn merge(out: &Path, inputs: &[PathBuf]) -> Result<MergeStats, LedgerError> {
     let existed = out.exists();

@@ -246,7 +246,7 @@ const SCANNED: [&str; 11] = [
     "last_seen",
 ];
 
-/// The `number`th row read, after checking every value ([`super::check`]).
+/// The `number`th row read, after checking every value (`ledger::check`).
 fn raw_row<'a>(db: &Path, row: &'a Row<'_>, number: u64) -> Result<RawRow<'a>, LedgerError> {
     check::row(check::At { path: db, table: "edge_hour", row: number }, &SCANNED, row, 0)?;
     let err = |e| classify(db, "read the ledger", e);

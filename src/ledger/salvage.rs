@@ -5,7 +5,7 @@
 //! it would otherwise be gone: `cordon merge` refuses a damaged file. SQLite reads a table in key
 //! order and stops at the first damaged page it meets; so each table is read forwards until an
 //! error and then backwards until an error, and every row read on either side is kept. A row
-//! whose values break the ledger's rules ([`super::check`]) is dropped and counted; a table that
+//! whose values break the ledger's rules (`ledger::check`) is dropped and counted; a table that
 //! could not be read whole is named. The moved file stays where it is, untouched.
 //!
 //! Must not be used by the data plane: blocking file I/O.

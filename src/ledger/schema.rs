@@ -185,7 +185,7 @@ pub(crate) fn open_write(path: &Path, host: &str, busy: Duration) -> Result<Conn
     Ok(conn)
 }
 
-/// Opens `path` read-only, validating its schema ([`super::check`]); the agent may be writing it
+/// Opens `path` read-only, validating its schema (`ledger::check`); the agent may be writing it
 /// at the same time.
 pub(crate) fn open_read(path: &Path) -> Result<Opened, LedgerError> {
     if !path.exists() {

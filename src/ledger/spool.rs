@@ -253,7 +253,7 @@ impl Batch {
     }
 
     /// Appends one SQLite row whose columns `offset..` are the table's columns, the `number`th
-    /// read, after checking every value ([`super::check`]).
+    /// read, after checking every value (`ledger::check`).
     fn push(
         &mut self,
         db: &Path,
@@ -311,7 +311,7 @@ fn sorted_set(text: &str) -> String {
 }
 
 /// Opens the ledger `db` read-only and validates it whole: a missing, foreign, too new or hostile
-/// file, or any row that breaks [`super::check`]'s rules, is an error naming it. `cordon ship`
+/// file, or any row that breaks `ledger::check`'s rules, is an error naming it. `cordon ship`
 /// calls this before it connects, so a refused file ships nothing.
 pub fn check(db: &Path) -> Result<(), LedgerError> {
     let opened = schema::open_read(db)?;
@@ -376,7 +376,7 @@ fn read_tables<E: From<LedgerError>>(
 }
 
 /// The change-tracking triggers [`Spool::open`] installs: (table, trigger name, its SQL). The
-/// only triggers a ledger may hold ([`super::check`] refuses any other).
+/// only triggers a ledger may hold (`ledger::check` refuses any other).
 pub(crate) fn trigger_sql() -> Vec<(&'static str, String, String)> {
     let mut out = Vec::new();
     for table in SHIPPED {

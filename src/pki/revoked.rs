@@ -40,13 +40,13 @@ const MAX_SERIAL_HEX: usize = 40;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RevokedError {
-    /// Larger than [`MAX_BYTES`].
+    /// Larger than `MAX_BYTES` (4 MiB).
     #[error("{origin}: the revocation list is {size} bytes; at most {MAX_BYTES} are accepted")]
     TooLarge { origin: String, size: usize },
     /// Not JSON of the expected shape.
     #[error("{origin}: not a revocation list: {message}")]
     Syntax { origin: String, message: String },
-    /// More than [`MAX_ENTRIES`] serials and hosts.
+    /// More than `MAX_ENTRIES` (50,000) serials and hosts.
     #[error("{origin}: {count} revoked serials and hosts; at most {MAX_ENTRIES} are accepted")]
     TooMany { origin: String, count: usize },
     /// A serial that is not 1 to 40 hex digits.
