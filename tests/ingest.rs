@@ -321,6 +321,9 @@ async fn one_compromised_host_cannot_change_the_fleets_evidence() {
     for (cause, n) in [("not_yours", 3.0), ("bad_counter", 1.0), ("bad_time", 2.0), ("other_identity", 1.0)] {
         assert_eq!(support::metric(&m, "cordon_ingest_rows_refused_total", &[("cause", cause)]), n, "{m}");
     }
+    // In the one exposition every cordon endpoint serves, with the HTTP server's own counts.
+    assert!(m.ends_with("# EOF\n") && m.contains("cordon_build_info"), "{m}");
+    assert!(support::metric(&m, "cordon_ingest_http_responses_total", &[("code", "200")]) >= 1.0, "{m}");
     web.shutdown().await;
     db.shutdown().await;
 }

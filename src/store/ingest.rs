@@ -4,22 +4,22 @@
 //! the `cordon_ingest` role (insert and update only).
 //!
 //! The HTTP handling is one seam: [`Ingest::handle`] takes the verified peer and a request and
-//! returns the answer; [`serve`] is the accept loop, TLS and deadlines around it, on
-//! [`crate::proxy::accept_loop`]. Every refused row is counted by cause (`/metrics`) and logged
-//! once per (host, identity, cause); names are never logged raw (they are checked before).
+//! returns the answer; [`serve`] puts it on cordon's one HTTP server
+//! ([`crate::proxy::http_server`], as the signing service and the admin endpoint): TLS, one
+//! deadline per request, per-source limits, bodies bounded, every answer counted. Every refused
+//! row is counted by cause (`/metrics`) and logged once per (host, identity, cause); names are
+//! never logged raw (they are checked before).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -32,13 +32,18 @@ use super::schema::{self, Partitions};
 use super::wire::{self, Answer, WireBatch};
 use super::{StoreError, StoreUrl, client, write};
 use crate::pki::{HostName, ServiceName, SpiffeClientVerifier, TrustDomain, host_of, spiffe_id_of};
+use crate::proxy::http_server::{self, ConnInfo, HttpLimits, HttpStats};
 
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 512;
-/// A client must finish its TLS handshake within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// And send its request headers within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The HTTP server's limits: 512 connections at once; from one source address 64 open and 100
+/// new a second (hosts behind one NAT share them); the TLS handshake, headers and a body of at
+/// most [`wire::MAX_BODY`] within [`wire::REQUEST_TIMEOUT`].
+pub const LIMITS: HttpLimits = HttpLimits {
+    max_connections: 512,
+    per_source_connections: 64,
+    per_source_rate: 100,
+    deadline: wire::REQUEST_TIMEOUT,
+    max_body: wire::MAX_BODY,
+};
 /// Connections to PostgreSQL, each writing one batch at a time.
 const POOL: usize = 4;
 /// Distinct (host, identity, cause) refusals logged; past it, refusals are only counted.
@@ -71,9 +76,12 @@ pub struct Ingest {
     pool: Pool,
     accepted: AtomicU64,
     refused: Mutex<BTreeMap<Refusal, u64>>,
-    /// Answers by label (`ok`, `no_host`, `bad_request`, `too_large`, `timeout`, `store_error`, `not_found`).
+    /// Answers by label (`ok`, `no_host`, `no_identity`, `bad_request`, `timeout`, `store_error`,
+    /// `not_found`, `metrics`); a body past the limit is the HTTP server's 413, counted in `http`.
     answers: Mutex<BTreeMap<&'static str, u64>>,
     logged: Mutex<HashSet<(String, String, &'static str)>>,
+    /// What the HTTP server answered and closed (413s, deadlines, per-source limits).
+    http: Arc<HttpStats>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -139,13 +147,14 @@ impl Ingest {
             refused: Mutex::new(BTreeMap::new()),
             answers: Mutex::new(BTreeMap::new()),
             logged: Mutex::new(HashSet::new()),
+            http: Arc::new(HttpStats::default()),
         }))
     }
 
-    /// The verified peer of a finished handshake (the verifier already checked the chain and
-    /// the trust domain).
-    pub fn peer_of(&self, conn: &rustls::ServerConnection, addr: SocketAddr) -> Option<Peer> {
-        let leaf = conn.peer_certificates()?.first()?;
+    /// The verified peer of a connection, from the chain its handshake presented (the verifier
+    /// already checked the chain and the trust domain).
+    pub fn peer_of(&self, certs: &[CertificateDer<'_>], addr: SocketAddr) -> Option<Peer> {
+        let leaf = certs.first()?;
         let id = spiffe_id_of(leaf, Some(&self.trust_domain)).ok()?;
         Some(Peer { addr, identity: id.service().clone(), host: host_of(leaf) })
     }
@@ -176,11 +185,19 @@ impl Ingest {
         }
     }
 
-    /// Answers one request from `peer`: `POST /v1/rows` or `GET /metrics`. The caller bounds
-    /// it with [`wire::REQUEST_TIMEOUT`].
-    pub async fn handle(&self, peer: &Peer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one request from `peer`, its body already read (and bounded by
+    /// [`wire::MAX_BODY`]): `POST /v1/rows` or `GET /metrics`. The caller bounds it with
+    /// [`wire::REQUEST_TIMEOUT`].
+    pub async fn handle(&self, peer: &Peer, req: Request<Bytes>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => return self.reply("metrics", StatusCode::OK, self.metrics()),
+            (&Method::GET, "/metrics") => {
+                self.answered("metrics");
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics())));
+                if let Ok(v) = hyper::header::HeaderValue::from_str(crate::exposition::CONTENT_TYPE) {
+                    r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                }
+                return r;
+            }
             (&Method::POST, "/v1/rows") => {}
             _ => return self.reply("not_found", StatusCode::NOT_FOUND, "no such endpoint\n".into()),
         }
@@ -194,14 +211,7 @@ impl Ingest {
                     .into(),
             );
         };
-        let body = match Limited::new(req.into_body(), wire::MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                self.log_once(peer, "too_large", 0);
-                return self.reply("too_large", StatusCode::PAYLOAD_TOO_LARGE, "body too large\n".into());
-            }
-            Err(_) => return self.reply("bad_request", StatusCode::BAD_REQUEST, "unreadable body\n".into()),
-        };
+        let body = req.into_body();
         let batch = match serde_json::from_slice::<WireBatch>(&body)
             .map_err(|_| "not a batch")
             .and_then(WireBatch::into_batch)
@@ -253,26 +263,39 @@ impl Ingest {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Prometheus text: rows accepted, rows refused by cause, answers by label.
+    /// The exposition `/metrics` serves ([`crate::exposition`]): rows accepted, rows refused by
+    /// cause, answers by label, the HTTP server's answers and closes, the build and process.
     pub fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP cordon_ingest_rows_accepted_total Rows written to the store\n\
-             # TYPE cordon_ingest_rows_accepted_total counter\n",
-        );
-        out += &format!("cordon_ingest_rows_accepted_total {}\n", self.accepted());
-        out += "# HELP cordon_ingest_rows_refused_total Rows refused, by cause\n\
-                # TYPE cordon_ingest_rows_refused_total counter\n";
+        use crate::metrics::{Kind, Sample, ScrapeCollector};
+        let accepted: Vec<Sample> = vec![(vec![], self.accepted() as f64)];
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for cause in Refusal::ALL {
-            let n = refused.get(&cause).copied().unwrap_or(0);
-            out += &format!("cordon_ingest_rows_refused_total{{cause=\"{}\"}} {n}\n", cause.as_str());
+        let refused: Vec<Sample> = Refusal::ALL
+            .into_iter()
+            .map(|c| (vec![("cause", c.as_str().to_owned())], refused.get(&c).copied().unwrap_or(0) as f64))
+            .collect();
+        let answers: Vec<Sample> = self
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(label, n)| (vec![("answer", (*label).to_owned())], *n as f64))
+            .collect();
+        let mut registry = prometheus_client::registry::Registry::with_prefix("cordon_ingest");
+        let families = [
+            ("rows_accepted", "Rows written to the store", accepted),
+            ("rows_refused", "Rows refused, by cause", refused),
+            ("requests", "Requests answered, by answer", answers),
+        ];
+        for (name, help, samples) in families {
+            registry.register_collector(Box::new(ScrapeCollector::new(
+                name,
+                help,
+                Kind::Counter,
+                move || samples.clone(),
+            )));
         }
-        out += "# HELP cordon_ingest_requests_total Requests answered, by answer\n\
-                # TYPE cordon_ingest_requests_total counter\n";
-        for (label, n) in self.answers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out += &format!("cordon_ingest_requests_total{{answer=\"{label}\"}} {n}\n");
-        }
-        out
+        self.http.register(&mut registry);
+        crate::exposition::encode(&registry)
     }
 }
 
@@ -319,8 +342,8 @@ pub fn tls_config(options: &IngestOptions) -> Result<(Arc<ServerConfig>, TrustDo
     Ok((Arc::new(config), td))
 }
 
-/// Serves `listener` until `life.stop_accepting` fires: TLS with a deadline, then HTTP/1 with a
-/// deadline on the headers and one on each request (reading its body and writing its rows).
+/// Serves `listener` until `life.stop_accepting` fires, on cordon's one HTTP server with
+/// [`LIMITS`]; a request's rows are written within [`wire::REQUEST_TIMEOUT`] of its arrival.
 pub async fn serve(
     listener: TcpListener,
     ingest: Arc<Ingest>,
@@ -331,31 +354,22 @@ pub async fn serve(
         info!(listen = %addr, store = %ingest.url, "ingest service listening");
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    crate::proxy::accept_loop(listener, MAX_CONNECTIONS, life, move |tcp, addr| {
-        let acceptor = acceptor.clone();
+    let stats = ingest.http.clone();
+    http_server::serve(listener, Some(acceptor), LIMITS, stats, life, move |req, conn: Arc<ConnInfo>| {
         let ingest = ingest.clone();
         async move {
-            let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                return;
+            // The verifier demands a certificate of the trust domain; a chain that still names no
+            // identity here is answered, not dropped in silence.
+            let Some(peer) = ingest.peer_of(&conn.certs, conn.peer) else {
+                return ingest.reply("no_identity", StatusCode::FORBIDDEN, "no verified identity\n".into());
             };
-            let Some(peer) = ingest.peer_of(stream.get_ref().1, addr) else { return };
-            let peer = Arc::new(peer);
-            let svc = hyper::service::service_fn(move |req| {
-                let ingest = ingest.clone();
-                let peer = peer.clone();
-                async move {
-                    let answer = tokio::time::timeout(wire::REQUEST_TIMEOUT, ingest.handle(&peer, req)).await;
-                    Ok::<_, std::convert::Infallible>(answer.unwrap_or_else(|_| {
-                        ingest.log_once(&peer, "timeout", 0);
-                        ingest.reply("timeout", StatusCode::REQUEST_TIMEOUT, "request took too long\n".into())
-                    }))
+            match tokio::time::timeout(wire::REQUEST_TIMEOUT, ingest.handle(&peer, req)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    ingest.log_once(&peer, "timeout", 0);
+                    ingest.reply("timeout", StatusCode::REQUEST_TIMEOUT, "request took too long\n".into())
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            }
         }
     })
     .await;
