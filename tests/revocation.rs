@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use cordon::agent::Agent;
@@ -16,6 +14,7 @@ use cordon::agent::config::Config;
 use cordon::pki::{Ca, ServiceId, ServiceName, TrustDomain, serial_of};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use support::signer::Signer;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -255,36 +254,6 @@ async fn a_bad_list_keeps_the_one_in_force() {
     assert!(err.to_string().contains("revoked.json"), "{err}");
 }
 
-/// `cordon ca serve` as a child process; killed when dropped.
-struct Signer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Signer {
-    fn start(world: &World) -> Signer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-            .args(["ca", "serve", "--dir", world.ca().to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run cordon ca serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr =
-            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no address in {line:?}"));
-        Signer { addr: addr.parse().unwrap(), child }
-    }
-}
-
-impl Drop for Signer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// An agent enrolled with the signing service, polling its revocation list every `poll_ms`.
 async fn enrolled(
     world: &World,
@@ -348,7 +317,7 @@ async fn enrolled(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enrolled_agent_picks_up_a_revocation_by_polling() {
     let world = World::new();
-    let signer = Signer::start(&world);
+    let signer = Signer::start(&world, "127.0.0.1:0", "24h");
     let app = EchoApp::start().await;
     let poll = Duration::from_millis(400);
     let db = enrolled(&world, &signer, "db-host", ("db", Some(app.addr)), None, 400).await;
@@ -377,5 +346,53 @@ async fn an_enrolled_agent_picks_up_a_revocation_by_polling() {
     let text = db.metrics_text();
     assert!(metric(&text, "cordon_revocation_polls_total", &[("result", "ok")]) >= 2.0, "{text}");
     web.shutdown().await;
+    db.shutdown().await;
+}
+
+/// A re-imaged host whose leaves were revoked comes back without a restart: its next renewal is
+/// refused as `revoked`, and the agent enrols with the new token the operator put in its
+/// `join_token_file`, before its old leaf runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_host_enrols_again_with_a_new_token_before_its_leaf_runs_out() {
+    let world = World::new();
+    // 30 s leaves: renewal is due after 20 s, the old leaf runs out after 30.
+    let signer = Signer::start(&world, "127.0.0.1:0", "30s");
+    let app = EchoApp::start().await;
+    let db = enrolled(&world, &signer, "db-host", ("db", Some(app.addr)), None, 30_000).await;
+    let cert = world.path("hosts/db-host/tls/db/cert.pem");
+    let first = serial_in(&cert);
+    let pem = std::fs::read(&cert).unwrap();
+    let runs_out =
+        x509_parser::pem::parse_x509_pem(&pem).unwrap().1.parse_x509().unwrap().validity().not_after;
+    let runs_out = SystemTime::UNIX_EPOCH + Duration::from_secs(runs_out.timestamp() as u64);
+    let ca = world.ca();
+    cordon_ok(&["ca", "revoke", "--dir", ca.to_str().unwrap(), "--host", "db-host"]);
+    // A token minted in a later second than the revocation re-enrols the host.
+    let revoked_at = SystemTime::now();
+    eventually("a second passes", 5 * SECOND, || async {
+        SystemTime::now().duration_since(revoked_at).unwrap_or_default() > Duration::from_millis(1100)
+    })
+    .await;
+    let out = cordon_ok(&[
+        "ca",
+        "token",
+        "--dir",
+        ca.to_str().unwrap(),
+        "--host",
+        "db-host",
+        "--service",
+        "db",
+        "--ttl",
+        "1h",
+    ]);
+    support::write_secret(&world.path("db-host.token"), out.lines().last().unwrap().trim());
+    eventually("db-host enrols again with the new token", 40 * SECOND, || async {
+        serial_in(&cert) != first
+    })
+    .await;
+    assert!(
+        SystemTime::now() < runs_out,
+        "enrolled again when the renewal was refused, not only once the old leaf ran out"
+    );
     db.shutdown().await;
 }

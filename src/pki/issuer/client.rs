@@ -473,14 +473,19 @@ impl Renewer {
                     let result =
                         if expired { me.enrol(std::slice::from_ref(&id)).await } else { me.renew(&id).await };
                     let result = match result {
-                        // A certificate the service no longer renews: try the join token, in case
-                        // a new one was put in place.
+                        // A certificate the service no longer renews (unknown, superseded by a
+                        // newer one, revoked): try the join token, in case the operator put a new
+                        // one in place (a re-imaged host comes back without a restart).
                         Err(IssuerError::Refused { reason, message })
                             if !expired
                                 && me.settings.join_token_file.is_some()
                                 && matches!(
                                     reason.as_str(),
-                                    "cert_expired" | "serial_unknown" | "host_mismatch"
+                                    "cert_expired"
+                                        | "serial_unknown"
+                                        | "host_mismatch"
+                                        | "superseded"
+                                        | "revoked"
                                 ) =>
                         {
                             warn!(identity = %id, reason, "renewal refused: {message}; trying the join token");
