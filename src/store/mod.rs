@@ -132,39 +132,49 @@ pub fn ship_file(db: &std::path::Path, url: &StoreUrl, batch_rows: usize) -> Res
         schema::ensure(&mut client, &name).await?;
         let mut partitions = schema::Partitions::default();
         let mut shipped = Shipped::default();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-        let reader = {
-            let db = db.to_owned();
-            std::thread::spawn(move || {
-                crate::ledger::spool::read_all::<StoreError>(&db, batch_rows, |b| {
-                    tx.blocking_send(b)
-                        .map_err(|_| StoreError::Runtime(std::io::ErrorKind::BrokenPipe.into()))
-                })
-            })
-        };
-        let mut result = Ok(());
-        while let Some(batch) = rx.recv().await {
-            match write::ship(&mut client, &name, &mut partitions, &batch).await {
-                Ok(n) => {
-                    shipped.rows += n;
-                    shipped.batches += 1;
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        drop(rx);
-        let read =
-            reader.join().unwrap_or_else(|_| Err(StoreError::Runtime(std::io::ErrorKind::Other.into())));
-        result?;
-        match read {
-            Err(StoreError::Runtime(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            other => other?,
-        }
+        each_batch(db, batch_rows, async |batch| {
+            let n = write::ship(&mut client, &name, &mut partitions, &batch).await?;
+            shipped.rows += n;
+            shipped.batches += 1;
+            Ok(())
+        })
+        .await?;
         Ok(shipped)
     })?
+}
+
+/// Reads `db`'s rows in batches of `batch_rows` on a thread of its own, at most two batches
+/// ahead (a file is never all in memory), and hands each to `send` in order. The first error,
+/// from `send` or from reading, ends it; a reader stopped because `send` failed is not a second
+/// error.
+pub(crate) async fn each_batch(
+    db: &std::path::Path,
+    batch_rows: usize,
+    mut send: impl AsyncFnMut(crate::ledger::spool::Batch) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = {
+        let db = db.to_owned();
+        std::thread::spawn(move || {
+            crate::ledger::spool::read_all::<StoreError>(&db, batch_rows, |b| {
+                tx.blocking_send(b).map_err(|_| StoreError::Runtime(std::io::ErrorKind::BrokenPipe.into()))
+            })
+        })
+    };
+    let mut result = Ok(());
+    while let Some(batch) = rx.recv().await {
+        if let Err(e) = send(batch).await {
+            result = Err(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader.join().unwrap_or_else(|_| Err(StoreError::Runtime(std::io::ErrorKind::Other.into())));
+    result?;
+    match read {
+        Err(StoreError::Runtime(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// `cordon store init`: schema, checks, today's partitions, roles and grants.

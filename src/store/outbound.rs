@@ -110,42 +110,17 @@ pub fn ship_file(
     super::block_on(async {
         let mut shipped = super::Shipped::default();
         let mut total = Answer::default();
-        // Read on a thread of its own, two batches ahead at most: a file is never all in memory.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-        let reader = {
-            let db = db.to_owned();
-            std::thread::spawn(move || {
-                crate::ledger::spool::read_all::<StoreError>(&db, batch_rows.clamp(1, wire::MAX_ROWS), |b| {
-                    tx.blocking_send(b)
-                        .map_err(|_| StoreError::Runtime(std::io::ErrorKind::BrokenPipe.into()))
-                })
-            })
-        };
-        let mut result = Ok(());
-        while let Some(batch) = rx.recv().await {
-            match out.send(&batch).await {
-                Ok(answer) => {
-                    shipped.rows += answer.accepted;
-                    shipped.batches += 1;
-                    total.accepted += answer.accepted;
-                    for (cause, n) in answer.refused {
-                        *total.refused.entry(cause).or_default() += n;
-                    }
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+        super::each_batch(db, batch_rows.clamp(1, wire::MAX_ROWS), async |batch| {
+            let answer = out.send(&batch).await?;
+            shipped.rows += answer.accepted;
+            shipped.batches += 1;
+            total.accepted += answer.accepted;
+            for (cause, n) in answer.refused {
+                *total.refused.entry(cause).or_default() += n;
             }
-        }
-        drop(rx);
-        let read =
-            reader.join().unwrap_or_else(|_| Err(StoreError::Runtime(std::io::ErrorKind::Other.into())));
-        result?;
-        match read {
-            Err(StoreError::Runtime(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            other => other?,
-        }
+            Ok(())
+        })
+        .await?;
         Ok((shipped, total))
     })?
 }
