@@ -274,7 +274,17 @@ async fn one_compromised_host_cannot_change_the_fleets_evidence() {
             "{sql}: {text}"
         );
     }
-    let prune = cordon(&["store", "prune", "--db", &f.ingest_url, "--older-than", "1h"]);
+    let audit = f.world.path("audit.jsonl");
+    let prune = cordon(&[
+        "store",
+        "prune",
+        "--db",
+        &f.ingest_url,
+        "--older-than",
+        "1h",
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
     assert!(!prune.status.success(), "prune as the ingest role must fail");
     let why = String::from_utf8_lossy(&prune.stderr);
     assert!(why.contains("must be owner") || why.contains("permission denied"), "{why}");

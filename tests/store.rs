@@ -287,7 +287,8 @@ fn prune_drops_whole_old_days_and_keeps_the_rest() {
         pg.psql("postgres", "SELECT count(*) FROM pg_inherits WHERE inhparent = 'edge_hour'::regclass")
     };
     assert_eq!(partitions(&pg), "3", "one partition a day");
-    let out = cordon_ok(&["store", "prune", "--db", &url, "--older-than", "15d"]);
+    let audit = dir.path().join("audit.jsonl");
+    let out = cordon_ok(&["store", "prune", "--db", &url, "--older-than", "15d", "--audit-log", s(&audit)]);
     assert!(out.contains("dropped 1 day partitions"), "{out}");
     assert_eq!(partitions(&pg), "2");
     let graph = graph_json(&url);
