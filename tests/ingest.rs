@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cordon::ledger::spool::{Batch, DECLARER, EDGE_HOUR, Values};
 use cordon::pki::{Ca, HopOffer, ServiceName, TlsStore};
+use cordon::store::identity::Identity;
 use cordon::store::ingest::{Ingest, IngestOptions};
 use cordon::store::wire::{self, Answer};
 use cordon::store::{FleetSettings, ShipTo, StoreUrl};
@@ -131,12 +132,12 @@ async fn fleet(test: &str) -> Option<Fleet> {
     issue_on_host(&world, "cordon-store", "store-host", &tls_dir.join("cordon-store"));
     let options =
         IngestOptions { db: StoreUrl::parse(&ingest_url).unwrap(), ca: world.ca().join("ca.pem"), tls_dir };
-    let (tls, td) = cordon::store::ingest::tls_config(&options).unwrap();
-    let ingest = Ingest::open(&options, td).await.unwrap();
+    let identity = Arc::new(Identity::start(&options, None).await.unwrap());
+    let ingest = Ingest::open(&options, identity).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let life = cordon::proxy::Lifecycle::new();
-    tokio::spawn(cordon::store::ingest::serve(listener, ingest.clone(), tls, life.clone()));
+    tokio::spawn(cordon::store::ingest::serve(listener, ingest.clone(), life.clone()));
     Some(Fleet { pg, world, operator, ingest_url, addr, ingest, _stop: life })
 }
 

@@ -61,9 +61,33 @@ pub struct ServeArgs {
     /// The CA bundle agents' leaves chain to.
     #[arg(long)]
     pub ca: PathBuf,
-    /// Directory holding cordon-store/cert.pem and cordon-store/key.pem (spiffe://TD/service/cordon-store).
+    /// Directory holding cordon-store/cert.pem and cordon-store/key.pem (spiffe://TD/service/cordon-store),
+    /// issued by hand, or enrolled here with --host, --issuer and --join-token-file.
     #[arg(long)]
     pub tls_dir: PathBuf,
+    /// The host this service runs on, which its enrolled leaf names (with --issuer and --join-token-file).
+    #[arg(long, requires_all = ["issuer", "join_token_file"], value_parser = host_name)]
+    pub host: Option<String>,
+    /// The signing service, https://HOST:PORT: enrol the leaf when --tls-dir has none valid, renew it
+    /// when due (served without a restart), and poll the revocation list: requests from revoked hosts
+    /// or leaves are refused. Without it, no list is polled: only a revoked.json put in --tls-dir by
+    /// hand is in force, and none is by default.
+    #[arg(long, requires_all = ["host", "join_token_file"], value_parser = issuer_url)]
+    pub issuer: Option<String>,
+    /// The join token for the first enrolment (cordon ca token --service cordon-store); must be 0600.
+    #[arg(long, requires_all = ["host", "issuer"])]
+    pub join_token_file: Option<PathBuf>,
+    /// How often to poll the signing service's revocation list, in milliseconds [default: 30000].
+    #[arg(long, requires = "issuer", value_parser = clap::value_parser!(u64).range(100..=30_000))]
+    pub revocation_poll_ms: Option<u64>,
+}
+
+fn host_name(s: &str) -> Result<String, String> {
+    crate::pki::HostName::new(s).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+fn issuer_url(s: &str) -> Result<String, String> {
+    crate::pki::issuer::IssuerSettings::parse(s, None).map(|_| s.to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -220,22 +244,36 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     use std::io::Write as _;
+    let enrol = match (args.host, args.issuer, args.join_token_file) {
+        (Some(host), Some(url), Some(token)) => {
+            let mut issuer = crate::pki::issuer::IssuerSettings::parse(&url, Some(token))
+                .map_err(|e| anyhow::anyhow!("--issuer: {e}"))?;
+            if let Some(ms) = args.revocation_poll_ms {
+                issuer.revocation_poll = Duration::from_millis(ms);
+            }
+            Some(store::identity::Enrolment { host, issuer })
+        }
+        _ => None,
+    };
     let options = store::ingest::IngestOptions { db: args.db, ca: args.ca, tls_dir: args.tls_dir };
-    let (tls, trust_domain) = store::ingest::tls_config(&options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cordon-store")
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let ingest = store::ingest::Ingest::open(&options, trust_domain).await?;
+        let identity = std::sync::Arc::new(store::identity::Identity::start(&options, enrol).await?);
+        let ingest = store::ingest::Ingest::open(&options, identity.clone()).await?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         // The address on stdout, for scripts that listen on port 0.
         writeln!(std::io::stdout().lock(), "listening on {}", listener.local_addr()?)?;
         let life = crate::proxy::Lifecycle::new();
-        let run = tokio::spawn(store::ingest::serve(listener, ingest, tls, life.clone()));
+        // Renewal, the revocation poll and the file watch stop with the service.
+        let background = tokio_util::sync::CancellationToken::new();
+        identity.spawn(&background);
+        let run = tokio::spawn(store::ingest::serve(listener, ingest, life.clone()));
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -244,6 +282,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
             _ = int.recv() => {}
         }
         life.stop_accepting.cancel();
+        background.cancel();
         let _ = run.await;
         tracing::info!("ingest service stopped");
         Ok(Outcome::Success)

@@ -188,8 +188,9 @@ static REVOKED_HOST: LazyLock<Arc<str>> = LazyLock::new(|| {
     Arc::from("the caller's certificate is revoked (the host it names is in the revocation list)")
 });
 
-/// The refusal for a revoked leaf, if `leaf` is one in `revoked`.
-fn revocation(revoked: Option<&Revocations>, leaf: &LeafId<'_>) -> Option<&'static Arc<str>> {
+/// The refusal for a revoked leaf, if `leaf` is one in `revoked`: the check every decision on a
+/// live certificate makes first, and the one the ingest service makes on each request.
+pub fn revocation(revoked: Option<&Revocations>, leaf: &LeafId<'_>) -> Option<&'static Arc<str>> {
     let revoked = revoked?;
     if !revoked.covers(leaf.serial, leaf.host) {
         return None;

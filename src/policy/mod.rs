@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use crate::base::{BundleId, Caller, Identified, Mode, Outcome, Peer, Verdict};
 pub use address::{AddressRange, address_of};
-pub use decide::{Decision, DecisionContext, LeafId, Proof, Reason, Subject, decide, decide_in};
+pub use decide::{Decision, DecisionContext, LeafId, Proof, Reason, Subject, decide, decide_in, revocation};
 pub use edit::{set_mode, with_mode};
 pub use flip::{
     FlipError, FlipEvidence, FlipOutcome, FlipRequest, check_known, closest, content_hash, flip, overridden,

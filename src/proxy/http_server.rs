@@ -222,11 +222,35 @@ pub fn reply(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Respons
     resp
 }
 
+/// The server config in force when a connection arrives, for a server whose certificate is
+/// renewed while it runs; None while there is none (the connection is closed).
+pub type CurrentTls = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
+
 /// Serves `listener` until `life.stop_accepting`, with TLS when `tls` is given. `handler` gets
 /// each request with its body read.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: HttpLimits,
+    stats: Arc<HttpStats>,
+    life: Lifecycle,
+    handler: F,
+) where
+    F: Fn(Request<Bytes>, Arc<ConnInfo>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let tls: Option<CurrentTls> = tls.map(|acceptor| {
+        let config = acceptor.config().clone();
+        Arc::new(move || Some(config.clone())) as CurrentTls
+    });
+    serve_current(listener, tls, limits, stats, life, handler).await
+}
+
+/// [`serve`], each connection's TLS from `tls` as it is at the accept: a renewed certificate is
+/// presented from the next connection on, without a restart.
+pub async fn serve_current<F, Fut>(
+    listener: TcpListener,
+    tls: Option<CurrentTls>,
     limits: HttpLimits,
     stats: Arc<HttpStats>,
     life: Lifecycle,
@@ -253,7 +277,11 @@ pub async fn serve<F, Fut>(
                         let info = Arc::new(ConnInfo { peer, certs: Vec::new() });
                         one_request(tcp, info, limits, deadline, &stats, handler).await
                     }
-                    Some(acceptor) => {
+                    Some(current) => {
+                        let Some(config) = current() else {
+                            return tracing::debug!(%peer, "no server certificate yet; connection closed");
+                        };
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
                         let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),

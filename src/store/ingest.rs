@@ -9,10 +9,14 @@
 //! deadline per request, per-source limits, bodies bounded, every answer counted. Every refused
 //! row is counted by cause (`/metrics`) and logged once per (host, identity, cause); names are
 //! never logged raw (they are checked before).
+//!
+//! A request whose leaf is revoked (its serial or the host it names is in the revocation list in
+//! force, [`super::identity`]) is refused whole, 403 `revoked`, by the same check the data
+//! plane's one decision makes ([`crate::policy::revocation`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -20,19 +24,18 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use super::identity::Identity;
 use super::rules::{self, Refusal, Shipper};
 use super::schema::{self, Partitions};
 use super::wire::{self, Answer, WireBatch};
 use super::{StoreError, StoreUrl, client, write};
-use crate::pki::{HostName, ServiceName, SpiffeClientVerifier, TrustDomain, host_of, spiffe_id_of};
-use crate::proxy::http_server::{self, ConnInfo, HttpLimits, HttpStats};
+use crate::pki::{HostName, ServiceName, TrustDomain, host_of, serial_of, spiffe_id_of};
+use crate::proxy::http_server::{self, ConnInfo, CurrentTls, HttpLimits, HttpStats};
 
 /// The HTTP server's limits: 512 connections at once; from one source address 64 open and 100
 /// new a second (hosts behind one NAT share them); the TLS handshake, headers and a body of at
@@ -67,17 +70,22 @@ pub struct Peer {
     pub identity: ServiceName,
     /// The host its leaf names; None for a leaf without one (refused).
     pub host: Option<HostName>,
+    /// Its leaf's serial, hex as the revocation list writes it.
+    pub serial: String,
 }
 
 /// The running service.
 pub struct Ingest {
     url: StoreUrl,
     trust_domain: TrustDomain,
+    /// The service's own leaf, served to each new connection, and the revocation list in force.
+    identity: Arc<Identity>,
     pool: Pool,
     accepted: AtomicU64,
     refused: Mutex<BTreeMap<Refusal, u64>>,
-    /// Answers by label (`ok`, `no_host`, `no_identity`, `bad_request`, `timeout`, `store_error`,
-    /// `not_found`, `metrics`); a body past the limit is the HTTP server's 413, counted in `http`.
+    /// Answers by label (`ok`, `revoked`, `no_host`, `no_identity`, `bad_request`, `timeout`,
+    /// `store_error`, `not_found`, `metrics`); a body past the limit is the HTTP server's 413,
+    /// counted in `http`.
     answers: Mutex<BTreeMap<&'static str, u64>>,
     logged: Mutex<HashSet<(String, String, &'static str)>>,
     /// What the HTTP server answered and closed (413s, deadlines, per-source limits).
@@ -118,8 +126,9 @@ impl Pool {
 }
 
 impl Ingest {
-    /// Connects to the store and checks that `cordon store init` made it current.
-    pub async fn open(options: &IngestOptions, trust_domain: TrustDomain) -> Result<Arc<Ingest>, StoreError> {
+    /// Connects to the store and checks that `cordon store init` made it current; serves as
+    /// `identity`.
+    pub async fn open(options: &IngestOptions, identity: Arc<Identity>) -> Result<Arc<Ingest>, StoreError> {
         let name = options.db.to_string();
         let c = client::connect(&options.db).await?;
         match schema::version(&c, &name).await? {
@@ -137,7 +146,8 @@ impl Ingest {
         }
         Ok(Arc::new(Ingest {
             url: options.db.clone(),
-            trust_domain,
+            trust_domain: identity.trust_domain.clone(),
+            identity,
             pool: Pool {
                 url: options.db.clone(),
                 idle: Mutex::new(vec![(c, Partitions::default())]),
@@ -156,7 +166,16 @@ impl Ingest {
     pub fn peer_of(&self, certs: &[CertificateDer<'_>], addr: SocketAddr) -> Option<Peer> {
         let leaf = certs.first()?;
         let id = spiffe_id_of(leaf, Some(&self.trust_domain)).ok()?;
-        Some(Peer { addr, identity: id.service().clone(), host: host_of(leaf) })
+        Some(Peer { addr, identity: id.service().clone(), host: host_of(leaf), serial: serial_of(leaf)? })
+    }
+
+    /// Why `peer`'s leaf is refused as revoked, when it is: the data plane's check, against the
+    /// list in force.
+    fn revoked(&self, peer: &Peer) -> Option<Arc<str>> {
+        let list = self.identity.tls.revocations();
+        let leaf =
+            crate::policy::LeafId { serial: &peer.serial, host: peer.host.as_ref().map(|h| h.as_str()) };
+        crate::policy::revocation(Some(list.as_ref()), &leaf).cloned()
     }
 
     fn answered(&self, label: &'static str) {
@@ -200,6 +219,10 @@ impl Ingest {
             }
             (&Method::POST, "/v1/rows") => {}
             _ => return self.reply("not_found", StatusCode::NOT_FOUND, "no such endpoint\n".into()),
+        }
+        if let Some(why) = self.revoked(peer) {
+            self.log_once(peer, "revoked", 0);
+            return self.reply("revoked", StatusCode::FORBIDDEN, format!("revoked: {why}\n"));
         }
         let Some(host) = peer.host.clone() else {
             self.log_once(peer, "no_host", 0);
@@ -299,63 +322,17 @@ impl Ingest {
     }
 }
 
-/// The service's TLS: its own leaf (which must be `spiffe://TD/service/cordon-store`) and a
-/// mandatory client certificate of the same trust domain chaining to `ca`.
-pub fn tls_config(options: &IngestOptions) -> Result<(Arc<ServerConfig>, TrustDomain), StoreError> {
-    let dir = options.tls_dir.join(wire::SERVICE);
-    let bad = |path: &Path, detail: String| StoreError::Ca { path: path.to_owned(), detail };
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    let pem = std::fs::read(&cert_path).map_err(|e| bad(&cert_path, e.to_string()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(&cert_path, format!("{e:?}")))?;
-    let leaf = chain.first().ok_or_else(|| bad(&cert_path, "no certificate in the file".into()))?;
-    let id = spiffe_id_of(leaf, None).map_err(|e| bad(&cert_path, e.to_string()))?;
-    if id.service().as_str() != wire::SERVICE {
-        return Err(bad(&cert_path, format!("the leaf is {id}, not the service {}", wire::SERVICE)));
-    }
-    let key_pem =
-        crate::pki::files::read_private_key(&key_path).map_err(|e| bad(&key_path, e.to_string()))?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| bad(&key_path, format!("{e:?}")))?;
-    let ca_pem = std::fs::read(&options.ca).map_err(|e| bad(&options.ca, e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&ca_pem) {
-        roots
-            .add(c.map_err(|e| bad(&options.ca, format!("{e:?}")))?)
-            .map_err(|e| bad(&options.ca, e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(&options.ca, "no certificate in the file".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let td = id.trust_domain().clone();
-    let verifier = SpiffeClientVerifier::new(Arc::new(roots), td.clone(), provider.clone())
-        .map_err(|e| bad(&options.ca, e.to_string()))?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| bad(&cert_path, e.to_string()))?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain, key)
-        .map_err(|e| bad(&key_path, e.to_string()))?;
-    Ok((Arc::new(config), td))
-}
-
 /// Serves `listener` until `life.stop_accepting` fires, on cordon's one HTTP server with
 /// [`LIMITS`]; a request's rows are written within [`wire::REQUEST_TIMEOUT`] of its arrival.
-pub async fn serve(
-    listener: TcpListener,
-    ingest: Arc<Ingest>,
-    tls: Arc<ServerConfig>,
-    life: crate::proxy::Lifecycle,
-) {
+pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, life: crate::proxy::Lifecycle) {
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, store = %ingest.url, "ingest service listening");
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Each connection gets the leaf in force when it arrives: a renewal needs no restart.
+    let identity = ingest.identity.clone();
+    let tls: CurrentTls = Arc::new(move || identity.server_config());
     let stats = ingest.http.clone();
-    http_server::serve(listener, Some(acceptor), LIMITS, stats, life, move |req, conn: Arc<ConnInfo>| {
+    http_server::serve_current(listener, Some(tls), LIMITS, stats, life, move |req, conn: Arc<ConnInfo>| {
         let ingest = ingest.clone();
         async move {
             // The verifier demands a certificate of the trust domain; a chain that still names no

@@ -11,6 +11,7 @@
 
 mod client;
 mod db;
+pub mod identity;
 pub mod ingest;
 mod outbound;
 pub mod read;

@@ -321,18 +321,11 @@ impl Renewer {
     }
 
     fn client_config(&self, cert: Option<Arc<CertifiedKey>>) -> Result<Arc<ClientConfig>, IssuerError> {
-        let pem = read(&self.bundle)?;
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let c = c.map_err(|e| PkiError::BadFile { path: self.bundle.clone(), message: e.to_string() })?;
-            roots
-                .add(c)
-                .map_err(|e| PkiError::BadFile { path: self.bundle.clone(), message: e.to_string() })?;
-        }
         let verifier = IssuerVerifier {
-            roots: Arc::new(roots),
-            uri: issuer_uri(&self.trust_domain),
+            roots: Arc::new(load_roots(&self.bundle)?),
+            uri: Some(issuer_uri(&self.trust_domain)),
             provider: self.provider.clone(),
+            learned: Default::default(),
         };
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -386,9 +379,7 @@ impl Renewer {
         cert: Option<Arc<CertifiedKey>>,
     ) -> Result<(hyper::StatusCode, Bytes), IssuerError> {
         let config = self.client_config(cert)?;
-        let host = self.settings.addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("");
-        let name = ServerName::try_from(host.to_string())
-            .unwrap_or_else(|_| ServerName::try_from("cordon-issuer.invalid").expect("a valid DNS name"));
+        let name = server_name_of(&self.settings.addr);
         let exchange = async {
             let tcp =
                 tokio::net::TcpStream::connect(&self.settings.addr).await.map_err(|e| self.unreachable(e))?;
@@ -572,6 +563,83 @@ impl Renewer {
                 (id.clone(), p.renewed, p.failed)
             })
             .collect()
+    }
+}
+
+/// The CA certificates of the bundle file.
+fn load_roots(bundle: &Path) -> Result<RootCertStore, PkiError> {
+    let pem = read(bundle)?;
+    let bad = |e: String| PkiError::BadFile { path: bundle.to_owned(), message: e };
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(c.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// The name sent in the handshake to `addr` (`host:port`); the service's certificate is checked
+/// by its URI, not by this name.
+fn server_name_of(addr: &str) -> ServerName<'static> {
+    let host = addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("");
+    ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::try_from("cordon-issuer.invalid").expect("a valid DNS name"))
+}
+
+/// The trust domain of the signing service at `settings.addr`, from its own certificate
+/// (`spiffe://TD/cordon/issuer`) once that certificate chains to `bundle`: for a service that
+/// has no trust domain configured and no leaf yet to read it from (`cordon store serve
+/// --issuer`). Only the CA signs such a certificate, and every request after this one checks the
+/// service by that exact URI. Retries while the service is unreachable, up to `deadline`.
+pub async fn trust_domain_of(
+    settings: &IssuerSettings,
+    bundle: &Path,
+    deadline: Duration,
+) -> Result<TrustDomain, IssuerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(IssuerVerifier {
+        roots: Arc::new(load_roots(bundle)?),
+        uri: None,
+        provider: provider.clone(),
+        learned: Default::default(),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let config = Arc::new(config);
+    let addr = settings.addr.as_str();
+    let unreachable = |message: String| IssuerError::Unreachable { addr: addr.to_owned(), message };
+    let until = tokio::time::Instant::now() + deadline;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
+            tokio_rustls::TlsConnector::from(config.clone())
+                .connect(server_name_of(addr), tcp)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            Ok::<_, IssuerError>(())
+        };
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, handshake)
+            .await
+            .unwrap_or_else(|_| Err(unreachable(format!("no handshake within {REQUEST_TIMEOUT:?}"))));
+        match result {
+            Ok(()) => {
+                return verifier.learned.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or_else(|| {
+                    IssuerError::BadAnswer { addr: addr.to_owned(), message: "no trust domain".into() }
+                });
+            }
+            Err(IssuerError::Unreachable { message, .. })
+                if tokio::time::Instant::now() + backoff < until =>
+            {
+                warn!(issuer = %addr, error = %message, "signing service unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

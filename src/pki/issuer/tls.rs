@@ -13,7 +13,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::cas::CaSet;
-use crate::pki::PkiError;
+use crate::pki::{PkiError, TrustDomain};
 
 /// Lifetime of the service's own certificate; it is re-issued daily and at every rotation step.
 const SERVICE_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
@@ -98,12 +98,15 @@ impl rustls::client::ResolvesClientCert for Shows {
     }
 }
 
-/// The service must chain to the bundle and carry the issuer URI of our trust domain.
+/// The service must chain to the bundle and carry the issuer URI of our trust domain. With no
+/// trust domain known yet (`uri` None), any issuer URI (`spiffe://TD/cordon/issuer`) of a
+/// certificate that chains to the bundle is accepted, and its trust domain kept in `learned`.
 #[derive(Debug)]
 pub(super) struct IssuerVerifier {
     pub(super) roots: Arc<RootCertStore>,
-    pub(super) uri: String,
+    pub(super) uri: Option<String>,
     pub(super) provider: Arc<CryptoProvider>,
+    pub(super) learned: std::sync::Mutex<Option<TrustDomain>>,
 }
 
 impl ServerCertVerifier for IssuerVerifier {
@@ -124,11 +127,27 @@ impl ServerCertVerifier for IssuerVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-        let bad = || rustls::Error::General(format!("the server is not the signing service ({})", self.uri));
+        let wanted = self.uri.as_deref().unwrap_or("spiffe://TD/cordon/issuer");
+        let bad = || rustls::Error::General(format!("the server is not the signing service ({wanted})"));
         let (_, x509) = X509Certificate::from_der(end_entity.as_ref()).map_err(|_| bad())?;
         let san = x509.subject_alternative_name().ok().flatten().ok_or_else(bad)?;
-        let ok = san.value.general_names.iter().any(|n| matches!(n, GeneralName::URI(u) if *u == self.uri));
-        if ok { Ok(ServerCertVerified::assertion()) } else { Err(bad()) }
+        let uris = san.value.general_names.iter().filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        });
+        let found = match &self.uri {
+            Some(uri) => uris.into_iter().any(|u| u == uri),
+            None => {
+                let td = uris.into_iter().find_map(|u| {
+                    let td = u.strip_prefix("spiffe://")?.strip_suffix("/cordon/issuer")?;
+                    TrustDomain::new(td).ok()
+                });
+                let found = td.is_some();
+                *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = td;
+                found
+            }
+        };
+        if found { Ok(ServerCertVerified::assertion()) } else { Err(bad()) }
     }
     fn verify_tls12_signature(
         &self,
