@@ -208,6 +208,11 @@ impl Ingest {
     /// [`wire::MAX_BODY`]): `POST /v1/rows` or `GET /metrics`. The caller bounds it with
     /// [`wire::REQUEST_TIMEOUT`].
     pub async fn handle(&self, peer: &Peer, req: Request<Bytes>) -> Response<Full<Bytes>> {
+        // A revoked leaf is cut off from every endpoint, as the data plane cuts it off.
+        if let Some(why) = self.revoked(peer) {
+            self.log_once(peer, "revoked", 0);
+            return self.reply("revoked", StatusCode::FORBIDDEN, format!("revoked: {why}\n"));
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 self.answered("metrics");
@@ -219,10 +224,6 @@ impl Ingest {
             }
             (&Method::POST, "/v1/rows") => {}
             _ => return self.reply("not_found", StatusCode::NOT_FOUND, "no such endpoint\n".into()),
-        }
-        if let Some(why) = self.revoked(peer) {
-            self.log_once(peer, "revoked", 0);
-            return self.reply("revoked", StatusCode::FORBIDDEN, format!("revoked: {why}\n"));
         }
         let Some(host) = peer.host.clone() else {
             self.log_once(peer, "no_host", 0);
