@@ -58,7 +58,8 @@ pub struct ServeArgs {
     /// Address to listen on (HOST:PORT; port 0 picks one, printed on stdout).
     #[arg(long)]
     pub listen: String,
-    /// The CA bundle agents' leaves chain to.
+    /// The CA bundle agents' leaves chain to (with --issuer, replaced by the signing service's bundle
+    /// as it changes, as an agent's tls.ca is).
     #[arg(long)]
     pub ca: PathBuf,
     /// Directory holding cordon-store/cert.pem and cordon-store/key.pem (spiffe://TD/service/cordon-store),
