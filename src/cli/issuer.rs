@@ -45,14 +45,16 @@ pub fn serve(
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        tracing::info!(listen = %addr, log = %options.log.display(), "signing service listening");
-        // The address on stdout, for scripts that listen on port 0.
-        writeln!(std::io::stdout().lock(), "listening on {addr}")?;
-        let stop = tokio_util::sync::CancellationToken::new();
-        let run = tokio::spawn(service.run(listener, stop.clone()));
+        // Before the address is announced: a script that stops the service as soon as it has
+        // read the address gets a clean stop, not the default action of the signal.
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(service.run(listener, stop.clone()));
+        tracing::info!(listen = %addr, log = %options.log.display(), "signing service listening");
+        // The address on stdout, for scripts that listen on port 0.
+        writeln!(std::io::stdout().lock(), "listening on {addr}")?;
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}

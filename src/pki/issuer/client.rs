@@ -246,9 +246,7 @@ impl Renewer {
         let body = serde_json::to_vec(&EnrolRequest { host: self.host.clone(), token, csrs })
             .map_err(|e| self.bad(e.to_string()))?;
         let issued = self.post("/v1/enrol", body, None).await?;
-        for (id, key) in identities.iter().zip(keys) {
-            self.install(id, &key, &issued)?;
-        }
+        self.install(identities.iter().cloned().zip(keys).collect(), &issued).await?;
         info!(identities = ?identities.iter().map(|i| i.as_str()).collect::<Vec<_>>(), "enrolled with the signing service");
         Ok(())
     }
@@ -262,7 +260,7 @@ impl Renewer {
         let body = serde_json::to_vec(&RenewRequest { host: self.host.clone(), csr })
             .map_err(|e| self.bad(e.to_string()))?;
         let issued = self.post("/v1/renew", body, Some(certified)).await?;
-        self.install(id, &key, &issued)
+        self.install(vec![(id.clone(), key)], &issued).await
     }
 
     fn current_key(&self, dir: &Path) -> Result<Arc<CertifiedKey>, PkiError> {
@@ -283,32 +281,54 @@ impl Renewer {
         Ok(Arc::new(CertifiedKey::new(chain, signing)))
     }
 
-    /// Writes the new key, certificate and bundle, after checking the certificate is ours.
-    fn install(&self, id: &ServiceName, key: &KeyPair, issued: &Issued) -> Result<(), IssuerError> {
-        let leaf = issued
-            .leaves
-            .iter()
-            .find(|l| l.identity == id.as_str())
-            .ok_or_else(|| self.bad(format!("no certificate for {id} in the answer")))?;
-        let der =
-            CertificateDer::from_pem_slice(leaf.cert.as_bytes()).map_err(|e| self.bad(e.to_string()))?;
-        match spiffe_id_of(&der, Some(&self.trust_domain)) {
-            Ok(got) if got.service() == id => {}
-            Ok(got) => return Err(self.bad(format!("asked for {id}, got {got}"))),
-            Err(e) => return Err(self.bad(e.to_string())),
+    /// Writes the new keys, certificates and bundle, after checking every certificate is ours
+    /// (nothing is written unless all are). The writes (each synced, then renamed into place) run
+    /// on the blocking pool, so a slow disk does not hold up the agent's other tasks.
+    async fn install(&self, new: Vec<(ServiceName, KeyPair)>, issued: &Issued) -> Result<(), IssuerError> {
+        let mut files = Vec::with_capacity(new.len());
+        let mut installed = Vec::with_capacity(new.len());
+        for (id, key) in new {
+            let leaf = issued
+                .leaves
+                .iter()
+                .find(|l| l.identity == id.as_str())
+                .ok_or_else(|| self.bad(format!("no certificate for {id} in the answer")))?;
+            let der =
+                CertificateDer::from_pem_slice(leaf.cert.as_bytes()).map_err(|e| self.bad(e.to_string()))?;
+            match spiffe_id_of(&der, Some(&self.trust_domain)) {
+                Ok(got) if got.service() == &id => {}
+                Ok(got) => return Err(self.bad(format!("asked for {id}, got {got}"))),
+                Err(e) => return Err(self.bad(e.to_string())),
+            }
+            files.push((self.dir.join(id.as_str()), key.serialize_pem(), leaf.cert.clone()));
+            installed.push((id, issuer_fingerprint(&leaf.cert, &issued.bundle)));
         }
-        let dir = self.dir.join(id.as_str());
-        std::fs::create_dir_all(&dir).map_err(|source| PkiError::Write { path: dir.clone(), source })?;
-        write_atomic(&dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
-        write_atomic(&dir.join("cert.pem"), leaf.cert.as_bytes(), 0o644)?;
-        if std::fs::read_to_string(&self.bundle).ok().as_deref() != Some(issued.bundle.as_str()) {
-            write_atomic(&self.bundle, issued.bundle.as_bytes(), 0o644)?;
+        let (bundle_path, bundle) = (self.bundle.clone(), issued.bundle.clone());
+        let write = move || -> Result<bool, PkiError> {
+            for (dir, key, cert) in &files {
+                std::fs::create_dir_all(dir).map_err(|source| PkiError::Write { path: dir.clone(), source })?;
+                write_atomic(&dir.join("key.pem"), key.as_bytes(), 0o600)?;
+                write_atomic(&dir.join("cert.pem"), cert.as_bytes(), 0o644)?;
+            }
+            let changed = std::fs::read_to_string(&bundle_path).ok().as_deref() != Some(bundle.as_str());
+            if changed {
+                write_atomic(&bundle_path, bundle.as_bytes(), 0o644)?;
+            }
+            Ok(changed)
+        };
+        let bundle_changed = tokio::task::spawn_blocking(write).await.map_err(|e| PkiError::Write {
+            path: self.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        if bundle_changed {
             info!(file = %self.bundle.display(), "trust bundle updated from the signing service");
         }
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        let p = progress.entry(id.clone()).or_default();
-        p.signing_ca = Some(issued.signing_ca.clone());
-        p.issuer_ca = issuer_fingerprint(&leaf.cert, &issued.bundle);
+        for (id, issuer_ca) in installed {
+            let p = progress.entry(id).or_default();
+            p.signing_ca = Some(issued.signing_ca.clone());
+            p.issuer_ca = issuer_ca;
+        }
         Ok(())
     }
 

@@ -80,6 +80,9 @@ struct Cas {
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
+/// A leaf signed for one identity: its PEM, serial (hex) and end of validity.
+type Signed = (String, String, SystemTime);
+
 /// The running service's state.
 pub struct Service {
     options: ServeOptions,
@@ -368,17 +371,17 @@ impl Service {
                 self.refuse("enrol", Some(&host), Some(&identities), peer, r)
             },
         )?;
+        let cas = self.cas();
+        let signed = self.sign(&cas, &host, &wanted)?;
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let issued = self.issue(&mut leases, "enrol", &host, &wanted, peer);
+        let issued = self.record(&mut leases, &cas, "enrol", &host, signed, peer);
         drop(leases);
+        self.announce("enrol", &host, &issued, peer);
         if was_revoked {
             // It came back: the list in force now names its old serials instead.
             *self.in_force.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
-        issued.map(|mut i| {
-            i.revoked = (*self.revocations()).clone();
-            i
-        })
+        Ok(Issued { revoked: (*self.revocations()).clone(), ..issued })
     }
 
     fn renew(
@@ -432,9 +435,9 @@ impl Service {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(&req.csr)
             .map_err(|e| bad(Refusing::new(Refused::BadCsr, e.to_string())))?;
         let revoked = self.revoked.current();
-        // Checked and recorded under one lock: of two presenters of the same leaf, one renews.
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let refusal = match leases.holder(&serial, now) {
+        // Whether this leaf may renew now: it is ours, its host's and identity's, not revoked, and
+        // the newest of its (host, identity).
+        let may_renew = |leases: &Leases| match leases.holder(&serial, now) {
             None => Some(Refusing::new(
                 Refused::SerialUnknown,
                 format!("serial {serial} was not issued by this service; enrol with a join token"),
@@ -476,41 +479,67 @@ impl Service {
             }
             Some(_) => None,
         };
-        if let Some(r) = refusal {
+        // Refused early without signing anything...
+        let early = may_renew(&self.leases.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(r) = early {
+            return Err(bad(r));
+        }
+        // ...signed without the lock, so that renewals of different hosts sign in parallel...
+        let signed = self.sign(&cas, &host, &[(id.service().clone(), csr)])?;
+        // ...then checked again and recorded under one lock: of two presenters of the same leaf,
+        // one renews. The loser's leaf was never sent and is never recorded.
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = may_renew(&leases) {
             drop(leases);
             return Err(bad(r));
         }
-        let issued = self.issue(&mut leases, "renew", &host, &[(id.service().clone(), csr)], peer);
+        let issued = self.record(&mut leases, &cas, "renew", &host, signed, peer);
         drop(leases);
-        issued.map(|mut i| {
-            i.revoked = (*self.revocations()).clone();
-            i
-        })
+        self.announce("renew", &host, &issued, peer);
+        Ok(Issued { revoked: (*self.revocations()).clone(), ..issued })
     }
 
-    /// Signs and records the leaves (`leases` is held by the caller, so that what it checked still
-    /// holds). The answer's `revoked` is left for the caller to fill once the lock is released.
-    fn issue(
+    /// Signs a leaf per wanted identity. Nothing is out yet: a leaf counts as issued once
+    /// [`Service::record`] has recorded it (a signed leaf that is never recorded is never sent).
+    fn sign(
         &self,
-        leases: &mut Leases,
-        kind: &str,
+        cas: &Cas,
         host: &HostName,
         wanted: &[(ServiceName, rcgen::CertificateSigningRequestParams)],
+    ) -> Result<Vec<(ServiceName, Signed)>, Failure> {
+        wanted
+            .iter()
+            .map(|(name, csr)| {
+                let signed = cas.set.sign(name, host, csr, self.options.leaf_ttl).map_err(Failure::Internal)?;
+                Ok((name.clone(), signed))
+            })
+            .collect()
+    }
+
+    /// Records signed leaves as the newest of their (host, identity) and appends them to the
+    /// issuance log, under the lock the caller holds (so that the log's order is the leases'
+    /// order, and what the caller checked still holds). The answer's `revoked` is left for the
+    /// caller to fill once the lock is released.
+    fn record(
+        &self,
+        leases: &mut Leases,
+        cas: &Cas,
+        kind: &str,
+        host: &HostName,
+        signed: Vec<(ServiceName, Signed)>,
         peer: SocketAddr,
-    ) -> Result<Issued, Failure> {
-        let cas = self.cas();
+    ) -> Issued {
         let bundle_fps = cas.set.bundle_fingerprints();
-        let mut leaves = Vec::new();
-        for (name, csr) in wanted {
-            let (cert, serial, not_after) =
-                cas.set.sign(name, host, csr, self.options.leaf_ttl).map_err(Failure::Internal)?;
-            let issued = SystemTime::now();
+        let ca = &cas.set.current.fingerprint;
+        let issued = SystemTime::now();
+        let mut leaves = Vec::with_capacity(signed.len());
+        for (name, (cert, serial, not_after)) in signed {
             leases.record(
                 host.to_string(),
                 name.to_string(),
                 serial.clone(),
                 not_after,
-                cas.set.current.fingerprint.clone(),
+                ca.clone(),
                 bundle_fps.clone(),
                 issued,
             );
@@ -523,13 +552,12 @@ impl Service {
                 serial: Some(serial.clone()),
                 not_after: Some(rfc3339(not_after)),
                 not_after_unix: Some(unix_of(not_after)),
-                ca: Some(cas.set.current.fingerprint.clone()),
+                ca: Some(ca.clone()),
                 bundle: bundle_fps.clone(),
                 reason: None,
                 message: None,
                 peer: peer.to_string(),
             });
-            info!(%peer, host = %host, identity = %name, serial, kind, "issued");
             leaves.push(IssuedLeaf {
                 identity: name.to_string(),
                 cert,
@@ -539,12 +567,19 @@ impl Service {
         }
         let counter = if kind == "enrol" { &self.issued_enrol } else { &self.issued_renew };
         counter.fetch_add(leaves.len() as u64, Ordering::Relaxed);
-        Ok(Issued {
+        Issued {
             leaves,
             bundle: cas.set.bundle(),
-            signing_ca: cas.set.current.fingerprint.clone(),
+            signing_ca: ca.clone(),
             revoked: RevocationList::default(),
-        })
+        }
+    }
+
+    /// One log line per leaf issued, written once the lock is released.
+    fn announce(&self, kind: &str, host: &HostName, issued: &Issued, peer: SocketAddr) {
+        for l in &issued.leaves {
+            info!(%peer, host = %host, identity = %l.identity, serial = %l.serial, kind, "issued");
+        }
     }
 
     /// The CA that hosts should end up with: the prepared one during a rotation, else the current.
