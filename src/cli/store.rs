@@ -268,16 +268,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        // The address on stdout, for scripts that listen on port 0.
-        writeln!(std::io::stdout().lock(), "listening on {}", listener.local_addr()?)?;
         let life = crate::proxy::Lifecycle::new();
         // Renewal, the revocation poll and the file watch stop with the service.
         let background = tokio_util::sync::CancellationToken::new();
         identity.spawn(&background);
-        let run = tokio::spawn(store::ingest::serve(listener, ingest, life.clone()));
+        // Signal handlers before the address is announced: a script that stops the service as
+        // soon as it has read the address gets a clean stop.
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let addr = listener.local_addr()?;
+        let run = tokio::spawn(store::ingest::serve(listener, ingest, life.clone()));
+        // The address on stdout, for scripts that listen on port 0.
+        writeln!(std::io::stdout().lock(), "listening on {addr}")?;
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
