@@ -129,6 +129,33 @@ async fn a_copied_leaf_is_refused_once_its_host_renewed_across_a_restart_and_a_r
     host.renew(&web).await.unwrap();
 }
 
+/// The service signs without its lock and records under it: two presenters of one leaf at the
+/// same moment both get past the first check and both sign, and still only one leaf is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_presenters_of_one_leaf_at_the_same_moment_one_renews() {
+    let world = World::new();
+    let signer = Signer::start(&world, "127.0.0.1:0", "1h");
+    let web = ServiceName::new("web").unwrap();
+    let rounds = 16;
+    for i in 0..rounds {
+        let name = format!("web-{i}");
+        let t = token(&world, &name, &["web"], "1h");
+        let host = renewer(&world, &signer, &name, &["web"], Some(t));
+        host.enrol_missing(Duration::from_secs(10)).await.unwrap();
+        let thief_dir = format!("thief-{i}");
+        steal(&world, &name, &thief_dir);
+        let thief = renewer_in(&world, &signer, &name, &thief_dir);
+        let (a, b) = tokio::join!(host.renew(&web), thief.renew(&web));
+        let outcomes = [a, b].map(refused);
+        let won = outcomes.iter().filter(|o| o.starts_with("not a refusal: Ok")).count();
+        assert_eq!(won, 1, "round {i}: exactly one renews: {outcomes:?}");
+        assert!(outcomes.iter().any(|o| o == "superseded"), "round {i}: the other is a copy: {outcomes:?}");
+    }
+    // One leaf issued per round beyond the enrolment, as the log says.
+    let issued = log_lines(&world).iter().filter(|e| e["event"] == "issued" && e["kind"] == "renew").count();
+    assert_eq!(issued, rounds);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_hosts_and_serials_are_refused_and_a_new_token_brings_a_host_back() {
     let world = World::new();
