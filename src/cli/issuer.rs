@@ -187,10 +187,9 @@ pub fn revoke(
 ) -> anyhow::Result<Outcome> {
     let what = match (host, serial) {
         (Some(h), None) => Revoke::Host(HostName::new(&h).context("--host")?),
-        (None, Some(s)) => Revoke::Serial(
-            issuer::normalise_serial(&s)
-                .with_context(|| format!("--serial {s:?}: expected the serial in hex (at most 20 bytes)"))?,
-        ),
+        (None, Some(s)) => Revoke::Serial(crate::pki::revoked::normal_serial(&s).with_context(|| {
+            format!("--serial {s:?}: expected the serial in hex, not zero (at most 20 bytes)")
+        })?),
         _ => anyhow::bail!("give either --host or --serial"),
     };
     Ca::load(&dir)?;

@@ -60,17 +60,55 @@ pub enum RevokedError {
     BadTime { origin: String },
 }
 
-/// The document as written (and as agents write their copy).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Wire {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    generated: Option<String>,
+/// The document itself, as `cordon ca revoke` writes it, the signing service serves it and
+/// agents keep their copy. [`RevocationList::parse`] is the one reader of it; the signing
+/// service's bookkeeping on it (`revoked_at`, the list in force) is in `pki::issuer::revoked`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationList {
+    /// When the list was last written (RFC 3339); empty before anything was revoked.
     #[serde(default)]
-    serials: Vec<String>,
+    pub generated: String,
+    /// Revoked serials, lower-case hex without leading zero bytes (as [`serial_of`] gives them).
     #[serde(default)]
-    hosts: Vec<String>,
+    pub serials: Vec<String>,
+    /// Revoked hosts: every leaf naming one of them (its DNS-name SAN) is refused.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Why, per serial or host, as the operator said.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    reasons: BTreeMap<String, String>,
+    pub reasons: BTreeMap<String, String>,
+    /// When each host was revoked (unix seconds): lets a re-imaged host come back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked_at: BTreeMap<String, u64>,
+}
+
+impl RevocationList {
+    /// Parses and checks a document: at most [`MAX_BYTES`] and [`MAX_ENTRIES`], every serial hex
+    /// (put in [`serial_of`]'s form), every host a [`HostName`], `generated` empty or RFC 3339.
+    /// `origin` (a file, or the service's address) names it in errors; a bad document is refused
+    /// whole.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<RevocationList, RevokedError> {
+        let origin = || origin.to_string();
+        if bytes.len() > MAX_BYTES {
+            return Err(RevokedError::TooLarge { origin: origin(), size: bytes.len() });
+        }
+        let mut list: RevocationList = serde_json::from_slice(bytes)
+            .map_err(|e| RevokedError::Syntax { origin: origin(), message: e.to_string() })?;
+        let count = list.serials.len() + list.hosts.len();
+        if count > MAX_ENTRIES {
+            return Err(RevokedError::TooMany { origin: origin(), count });
+        }
+        for (index, s) in list.serials.iter_mut().enumerate() {
+            *s = normal_serial(s).ok_or(RevokedError::BadSerial { origin: origin(), index })?;
+        }
+        for (index, h) in list.hosts.iter().enumerate() {
+            HostName::new(h).map_err(|error| RevokedError::BadHost { origin: origin(), index, error })?;
+        }
+        if !list.generated.is_empty() && parse_time(&list.generated).is_none() {
+            return Err(RevokedError::BadTime { origin: origin() });
+        }
+        Ok(list)
+    }
 }
 
 /// A checked revocation list: the serials and hosts whose leaves no inbound lets in.
@@ -94,35 +132,16 @@ impl Revocations {
     /// Parses and checks a document; `origin` (a file, or the service's address) names it in
     /// errors.
     pub fn parse(bytes: &[u8], origin: &str) -> Result<Self, RevokedError> {
-        let origin = || origin.to_string();
-        if bytes.len() > MAX_BYTES {
-            return Err(RevokedError::TooLarge { origin: origin(), size: bytes.len() });
-        }
-        let wire: Wire = serde_json::from_slice(bytes)
-            .map_err(|e| RevokedError::Syntax { origin: origin(), message: e.to_string() })?;
-        let count = wire.serials.len() + wire.hosts.len();
-        if count > MAX_ENTRIES {
-            return Err(RevokedError::TooMany { origin: origin(), count });
-        }
-        let mut serials = HashSet::with_capacity(wire.serials.len());
-        for (index, s) in wire.serials.iter().enumerate() {
-            let s = normal_serial(s).ok_or(RevokedError::BadSerial { origin: origin(), index })?;
-            serials.insert(s.into_boxed_str());
-        }
-        let mut hosts = HashSet::with_capacity(wire.hosts.len());
-        for (index, h) in wire.hosts.iter().enumerate() {
-            let h =
-                HostName::new(h).map_err(|error| RevokedError::BadHost { origin: origin(), index, error })?;
-            hosts.insert(Box::from(h.as_str()));
-        }
-        let generated = match &wire.generated {
-            // The signing service says "" before anything was ever revoked (no file yet).
-            None => None,
-            Some(t) if t.is_empty() => None,
-            Some(t) => Some(parse_time(t).ok_or(RevokedError::BadTime { origin: origin() })?),
-        };
+        Ok(Revocations::of(&RevocationList::parse(bytes, origin)?))
+    }
+
+    /// The lookup sets of a checked list.
+    pub fn of(list: &RevocationList) -> Self {
+        let serials: HashSet<Box<str>> = list.serials.iter().map(|s| Box::from(s.as_str())).collect();
+        let hosts: HashSet<Box<str>> = list.hosts.iter().map(|h| Box::from(h.as_str())).collect();
+        let generated = parse_time(&list.generated);
         let version = fingerprint(&serials, &hosts);
-        Ok(Revocations { serials, hosts, generated, version })
+        Revocations { serials, hosts, generated, version }
     }
 
     /// Reads `path`: the empty list when there is no such file, an error naming the file when it
@@ -143,9 +162,9 @@ impl Revocations {
         let mut hosts: Vec<String> = self.hosts.iter().map(|h| h.to_string()).collect();
         serials.sort_unstable();
         hosts.sort_unstable();
-        let wire =
-            Wire { generated: self.generated.map(format_time), serials, hosts, reasons: BTreeMap::new() };
-        let mut out = serde_json::to_vec_pretty(&wire).unwrap_or_default();
+        let generated = self.generated.map(format_time).unwrap_or_default();
+        let list = RevocationList { generated, serials, hosts, ..RevocationList::default() };
+        let mut out = serde_json::to_vec_pretty(&list).unwrap_or_default();
         out.push(b'\n');
         out
     }
@@ -190,22 +209,21 @@ pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
     Some(super::issuer::serial_hex(x509.raw_serial()))
 }
 
-/// A listed serial in the form [`serial_of`] gives: hex digits, lowercased, an even count with
-/// leading zero bytes dropped. None when it is not hex or too long.
-fn normal_serial(s: &str) -> Option<String> {
-    if s.is_empty() || s.len() > MAX_SERIAL_HEX || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// A serial in the form [`serial_of`] gives: hex digits (colons between bytes allowed, as tools
+/// print serials), lowercased, an even count with leading zero bytes dropped. None when it is not
+/// hex, is longer than a serial can be (20 bytes) or is zero: one reader for the list's entries
+/// and for what an operator types at `cordon ca revoke --serial`.
+pub fn normal_serial(text: &str) -> Option<String> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || digits.len() > MAX_SERIAL_HEX || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let lower = s.to_ascii_lowercase();
-    let padded = if lower.len() % 2 == 1 { format!("0{lower}") } else { lower };
-    let mut out = padded.as_str();
-    while out.len() > 2 && out.starts_with("00") {
-        out = &out[2..];
+    let lower = digits.to_ascii_lowercase();
+    let significant = lower.trim_start_matches('0');
+    if significant.is_empty() {
+        return None;
     }
-    if out == "00" {
-        out = "";
-    }
-    (!out.is_empty()).then(|| out.to_string())
+    Some(if significant.len() % 2 == 1 { format!("0{significant}") } else { significant.to_string() })
 }
 
 fn fingerprint(serials: &HashSet<Box<str>>, hosts: &HashSet<Box<str>>) -> u64 {
@@ -228,6 +246,9 @@ fn fingerprint(serials: &HashSet<Box<str>>, hosts: &HashSet<Box<str>>) -> u64 {
 }
 
 fn parse_time(t: &str) -> Option<SystemTime> {
+    if t.is_empty() {
+        return None;
+    }
     let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
     Some(SystemTime::from(at))
 }
@@ -327,6 +348,8 @@ mod tests {
         assert_eq!(normal_serial("abc").as_deref(), Some("0abc"));
         assert_eq!(crate::pki::issuer::serial_hex(&[0, 0x0a, 0xbc]), "0abc");
         assert_eq!(normal_serial("0000"), None);
+        assert_eq!(normal_serial("0"), None, "zero is no serial: it would be written as an empty entry");
+        assert_eq!(normal_serial("00:1A:2b").as_deref(), Some("1a2b"), "as openssl prints serials");
         assert_eq!(normal_serial(""), None);
         assert_eq!(normal_serial("xyz"), None);
         assert_eq!(normal_serial(&"a".repeat(41)), None);

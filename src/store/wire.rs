@@ -66,7 +66,7 @@ impl WireBatch {
             .map(|v| match v {
                 Values::Text(v) => WireValues::Text(v.clone()),
                 Values::Int(v) => WireValues::Int(v.clone()),
-                Values::Bytes(v) => WireValues::Bytes(v.iter().map(|b| hex(b)).collect()),
+                Values::Bytes(v) => WireValues::Bytes(v.iter().map(|b| crate::pki::issuer::hex(b)).collect()),
             })
             .collect();
         WireBatch { table: batch.table.name.to_owned(), columns }
@@ -95,10 +95,6 @@ impl WireBatch {
         }
         Ok(batch)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

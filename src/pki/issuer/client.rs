@@ -306,7 +306,8 @@ impl Renewer {
         let (bundle_path, bundle) = (self.bundle.clone(), issued.bundle.clone());
         let write = move || -> Result<bool, PkiError> {
             for (dir, key, cert) in &files {
-                std::fs::create_dir_all(dir).map_err(|source| PkiError::Write { path: dir.clone(), source })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| PkiError::Write { path: dir.clone(), source })?;
                 write_atomic(&dir.join("key.pem"), key.as_bytes(), 0o600)?;
                 write_atomic(&dir.join("cert.pem"), cert.as_bytes(), 0o644)?;
             }

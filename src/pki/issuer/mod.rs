@@ -34,7 +34,7 @@ pub use cas::{CaSet, Phase, RotateStep, rotate};
 pub use client::{IssuerSettings, Renewer};
 pub use leases::{IssuanceLog, Leases};
 pub use poll::{DEFAULT_REVOCATION_POLL, MIN_REVOCATION_POLL, PollStats};
-pub use revoked::{REVOKED_FILE, RevocationList, Revoke, normalise_serial};
+pub use revoked::{REVOKED_FILE, RevocationList, Revoke};
 pub use server::{ServeOptions, Service};
 pub use tokens::TokenStore;
 

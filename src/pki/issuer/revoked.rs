@@ -16,43 +16,21 @@
 //!
 //! This module owns the file's format and its checks; it must not decide anything else.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-
-use serde::{Deserialize, Serialize};
 
 use super::leases::rfc3339;
 use super::unix;
 use crate::pki::PkiError;
 use crate::pki::files::write_atomic;
 use crate::pki::host::HostName;
+pub use crate::pki::revoked::RevocationList;
 
 /// The file name inside a CA directory.
-pub const REVOKED_FILE: &str = "revoked.json";
+pub const REVOKED_FILE: &str = crate::pki::revoked::FILE_NAME;
 
 /// The longest reason kept, in bytes; a longer one is cut.
 const MAX_REASON: usize = 200;
-
-/// Serials and hosts the fleet refuses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevocationList {
-    /// When the list was last written (RFC 3339).
-    #[serde(default)]
-    pub generated: String,
-    /// Revoked serials, lower-case hex without leading zero bytes (as the issuance log has them).
-    #[serde(default)]
-    pub serials: Vec<String>,
-    /// Revoked hosts: every leaf naming one of them (its DNS-name SAN) is refused.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Why, per serial or host, as the operator said.
-    #[serde(default)]
-    pub reasons: BTreeMap<String, String>,
-    /// When each host was revoked (unix seconds).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub revoked_at: BTreeMap<String, u64>,
-}
 
 /// What `cordon ca revoke` revokes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,30 +41,15 @@ pub enum Revoke {
     Serial(String),
 }
 
-/// A serial as the operator typed it, normalised to the issuance log's form: lower-case hex, no
-/// leading zeros, no colons. None when it is not hex or is longer than a serial can be (20 bytes).
-pub fn normalise_serial(text: &str) -> Option<String> {
-    let digits: String = text.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
-    if digits.is_empty() || digits.len() > 40 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut s = digits.trim_start_matches('0').to_string();
-    if s.len() % 2 == 1 {
-        s.insert(0, '0');
-    }
-    Some(s)
-}
-
 impl RevocationList {
-    /// Reads `dir/revoked.json`; a missing file is an empty list. A damaged file is an error
-    /// naming it: revocations are never silently dropped.
+    /// Reads `dir/revoked.json` with the one reader agents use too ([`RevocationList::parse`]), so
+    /// the service never hands out a list its hosts would refuse; a missing file is an empty
+    /// list. A damaged file is an error naming it: revocations are never silently dropped.
     pub fn load(dir: &Path) -> Result<RevocationList, PkiError> {
         let path = dir.join(REVOKED_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| PkiError::BadFile {
-                path: path.clone(),
-                message: format!("not a revocation list: {e}"),
-            }),
+            Ok(bytes) => RevocationList::parse(&bytes, &path.display().to_string())
+                .map_err(|e| PkiError::BadFile { path: path.clone(), message: e.to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevocationList::default()),
             Err(source) => Err(PkiError::Read { path, source }),
         }
@@ -233,12 +196,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serials_are_normalised_as_the_log_writes_them() {
-        assert_eq!(normalise_serial("00:1A:2b").as_deref(), Some("1a2b"));
-        assert_eq!(normalise_serial("abc").as_deref(), Some("0abc"));
-        assert_eq!(normalise_serial("xyz"), None);
-        assert_eq!(normalise_serial(""), None);
-        assert_eq!(normalise_serial(&"a".repeat(41)), None);
+    fn a_list_its_hosts_would_refuse_is_refused_by_the_service_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(REVOKED_FILE);
+        // Hand-edited: an empty serial and a host name that is not one.
+        std::fs::write(&file, br#"{"serials":[""],"hosts":["web 3"]}"#).unwrap();
+        let e = RevocationList::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("revoked.json") && e.contains("serials[0]"), "{e}");
+        // Served as it is read: what the agents parse is what the service holds.
+        std::fs::write(&file, br#"{"serials":["00:0A:BC"],"hosts":["web-3"]}"#).unwrap();
+        let list = RevocationList::load(dir.path()).unwrap();
+        assert_eq!(list.serials, ["0abc"]);
+        let agents =
+            crate::pki::revoked::Revocations::parse(&serde_json::to_vec(&list).unwrap(), "t").unwrap();
+        assert!(agents.covers("0abc", None) && agents.covers("1", Some("web-3")));
+        // A watched file that turns bad keeps the list read before.
+        let watched = Watched::open(dir.path()).unwrap();
+        std::fs::write(&file, b"{").unwrap();
+        assert_eq!(watched.current().serials, ["0abc"]);
     }
 
     #[test]

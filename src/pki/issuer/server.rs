@@ -33,6 +33,7 @@ use super::revoked::{RevocationList, Watched, clip};
 use super::tls::{OwnCert, ProvesKey};
 use super::tokens::TokenStore;
 use super::{EnrolRequest, Issued, IssuedLeaf, Refusal, Refused, Refusing, RenewRequest, unix};
+use crate::pki::revoked::serial_of;
 use crate::pki::{HostName, PkiError, ServiceName, spiffe_id_of};
 use crate::proxy::Lifecycle;
 use crate::proxy::http_server::{self, ConnInfo, HttpLimits, HttpStats, LogBudget, reply};
@@ -510,7 +511,8 @@ impl Service {
         wanted
             .iter()
             .map(|(name, csr)| {
-                let signed = cas.set.sign(name, host, csr, self.options.leaf_ttl).map_err(Failure::Internal)?;
+                let signed =
+                    cas.set.sign(name, host, csr, self.options.leaf_ttl).map_err(Failure::Internal)?;
                 Ok((name.clone(), signed))
             })
             .collect()
@@ -722,11 +724,4 @@ fn ca_stamp(dir: &Path) -> Vec<Option<(u64, SystemTime)>> {
 enum Failure {
     Refused(Refusing),
     Internal(PkiError),
-}
-
-/// A certificate's serial, hex without leading zeros.
-pub(crate) fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    Some(super::serial_hex(x509.raw_serial()))
 }
