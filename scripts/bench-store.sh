@@ -50,6 +50,11 @@ runuser -u nobody -- "$bin/pg_ctl" -D "$work/data" -w -l "$work/log" -o "-c list
 createdb() { PGPASSWORD=secret "$bin/createdb" -h 127.0.0.1 -p "$port" -U cordon "$1"; }
 psql() { PGPASSWORD=secret "$bin/psql" -h 127.0.0.1 -p "$port" -U cordon -d "$1" -qAtc "$2"; }
 url() { echo "postgres://cordon@127.0.0.1:$port/$1?password_file=$work/pw"; }
+# store_init DB: a new database DB with `cordon store init` (its notices only on failure).
+store_init() {
+    createdb "$1"
+    "$cordon" store init --db "$(url "$1")" >/dev/null 2>"$work/init.log" || { cat "$work/init.log" >&2; exit 1; }
+}
 printf '[modes]\n"*" = "learn"\n' >"$work/policy.toml"
 
 # gen.py fleet PATH HOSTS EDGES HOURS SERVICES: a ledger (schema version 3) of HOSTS x EDGES x
@@ -158,8 +163,7 @@ tls_setup() {
 # in cordon_ingest; sets serve_addr and serve_pid.
 serve() {
     tls_setup
-    createdb "$1"
-    "$cordon" store init --db "$(url "$1")" >/dev/null
+    store_init "$1"
     if [ ! -f "$work/ingest-pw" ]; then
         psql "$1" "CREATE ROLE ingest_svc LOGIN PASSWORD 'ingest-secret'; GRANT cordon_ingest TO ingest_svc"
         (umask 077; echo ingest-secret >"$work/ingest-pw")
@@ -217,8 +221,7 @@ if [ "${SKIP_INGEST:-}" != 1 ]; then
     BENCH_OUT="$work/ship-https.out" BENCH_JSON="$work/https.json" BENCH_SERVICE_PID=$serve_pid \
         t "$cordon" ship --db "$work/host.db" --to "https://$serve_addr" --config "$work/ship-as-host/cordon.toml" >/dev/null
     python3 "$work/rate.py" "(a) through the ingest service (cordon ship --to https://)" "$rows" "$work/https.json"
-    createdb direct
-    "$cordon" store init --db "$(url direct)" >/dev/null
+    store_init direct
     BENCH_OUT="$work/ship-direct.out" BENCH_JSON="$work/direct.json" \
         t "$cordon" ship --db "$work/host.db" --to "$(url direct)" >/dev/null
     python3 "$work/rate.py" "(b) straight to PostgreSQL (cordon ship --to postgres://)" "$rows" "$work/direct.json"
@@ -257,7 +260,9 @@ python3 "$work/gen.py" host "$work/cpu.db" "$cpu_rows" 200 >/dev/null
 cpu_rows=$(rows_of "$work/cpu.db")
 serve cpu
 proc_cpu() { python3 -c "import os; x=open('/proc/$1/stat').read().rsplit(')', 1)[1].split(); print((int(x[11]) + int(x[12])) / os.sysconf('SC_CLK_TCK'))"; }
-agent_cpu() { # NAME FLEET(0|1) WALL_SECONDS(0 = until shipped): prints "cpu_seconds wall_seconds"
+# agent_cpu NAME FLEET(0|1) WALL_SECONDS (0: until all is shipped): prints its CPU seconds, the
+# seconds measured and its shipper thread's CPU seconds.
+agent_cpu() {
     local dir="$work/$1" admin fleet=
     [ "$2" = 1 ] && fleet=$(printf '[fleet]\nstore = "https://%s"\nship_interval_ms = 200\n' "$serve_addr")
     admin=$(agent_toml "$dir" "$fleet")
@@ -290,12 +295,16 @@ while True:
     if done: break
     time.sleep(0.1)
     s = status()
-thread = 0.0
-with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
-    for line in r.read().decode().splitlines():
-        if line.startswith("cordon_store_shipper_cpu_seconds_total"):
-            thread = float(line.split()[-1])
-print(f"{cpu():.2f} {time.monotonic() - t0:.2f} {thread:.2f}")
+# The shipper thread's own CPU, from /proc: /metrics' cordon_store_shipper_cpu_seconds_total
+# gives it in whole seconds.
+thread = 0
+for task in os.listdir(f"/proc/{pid}/task"):
+    with open(f"/proc/{pid}/task/{task}/stat") as f:
+        x = f.read()
+    if x[x.index("(") + 1 : x.rindex(")")] == "cordon-shipper":
+        fields = x.rsplit(")", 1)[1].split()
+        thread += int(fields[11]) + int(fields[12])
+print(f"{cpu():.2f} {time.monotonic() - t0:.2f} {thread / tick:.2f}")
 PY
     kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
 }
@@ -309,5 +318,5 @@ python3 -c "
 rows=$cpu_rows; d=$ship_cpu-$idle_cpu
 print(f'agent shipping {rows} rows: {$ship_cpu:.2f} s CPU in {$ship_wall:.1f} s; not shipping, same ledger: {$idle_cpu:.2f} s CPU in {$idle_wall:.1f} s')
 print(f'extra CPU per shipped row: {d / rows * 1e6:.1f} us ({rows / $ship_wall:,.0f} rows/s shipped by the agent)')
-print(f'the shipper thread alone (cordon_store_shipper_cpu_seconds_total): {$ship_thread:.2f} s, {$ship_thread / rows * 1e6:.1f} us per row')
+print(f'the shipper thread alone (/proc/PID/task, thread cordon-shipper): {$ship_thread:.2f} s, {$ship_thread / rows * 1e6:.1f} us per row')
 print(f'the ingest service meanwhile: {$service1 - $service0:.2f} s CPU, {($service1 - $service0) / rows * 1e6:.1f} us per row')"
