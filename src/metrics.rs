@@ -325,10 +325,31 @@ impl Collector for ScrapeCollector {
             let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let metric = family.encode_family(&labels)?;
             match self.kind {
-                Kind::Counter => ConstCounter::new(value.max(0.0) as u64).encode(metric)?,
+                // Whole counts print as integers; seconds of CPU and the like keep their
+                // fraction (a counter of 1.4 s is not 1).
+                Kind::Counter if value.fract() == 0.0 || !value.is_finite() => {
+                    ConstCounter::new(value.max(0.0) as u64).encode(metric)?
+                }
+                Kind::Counter => ConstCounter::new(value.max(0.0)).encode(metric)?,
                 Kind::Gauge => ConstGauge::new(value).encode(metric)?,
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scraped_counters_keep_their_fraction_and_counts_stay_whole() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ScrapeCollector::new("t_cpu_seconds", "CPU.", Kind::Counter, || {
+            vec![(vec![("thread", "a".to_string())], 1.4), (vec![("thread", "b".to_string())], 3.0)]
+        })));
+        let text = crate::exposition::encode(&registry);
+        assert!(text.contains("t_cpu_seconds_total{thread=\"a\"} 1.4"), "{text}");
+        assert!(text.contains("t_cpu_seconds_total{thread=\"b\"} 3\n"), "{text}");
     }
 }

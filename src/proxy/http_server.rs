@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::CertificateDer;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Lifecycle;
@@ -323,12 +323,21 @@ async fn one_request<S, F, Fut>(
     let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
     let peer = info.peer;
     let st = stats.clone();
+    // Set when the answer went out before the body was read (413): the close lingers.
+    let unread = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused_early = unread.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let (info, stats, handler) = (info.clone(), st.clone(), handler.clone());
+        let (info, stats, handler, unread) =
+            (info.clone(), st.clone(), handler.clone(), refused_early.clone());
         async move {
             let resp = match read_body(req, limits.max_body, deadline).await {
                 Ok(req) => handler(req, info).await,
-                Err(status) => reply(status, "text/plain", too_bad(status)),
+                Err(status) => {
+                    if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        unread.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    reply(status, "text/plain", too_bad(status))
+                }
             };
             stats.answered(resp.status());
             Ok::<_, Infallible>(resp)
@@ -339,12 +348,35 @@ async fn one_request<S, F, Fut>(
         .header_read_timeout(left)
         .keep_alive(false)
         .serve_connection(TokioIo::new(io), service)
+        .without_shutdown()
         .await;
-    if let Err(e) = served
-        && e.is_timeout()
-    {
-        stats.closed("deadline", peer);
+    match served {
+        Ok(parts) if unread.load(std::sync::atomic::Ordering::Relaxed) => linger(parts.io.into_inner()).await,
+        Ok(parts) => {
+            let mut io = parts.io.into_inner();
+            let _ = tokio::time::timeout(LINGER, tokio::io::AsyncWriteExt::shutdown(&mut io)).await;
+        }
+        Err(e) if e.is_timeout() => stats.closed("deadline", peer),
+        Err(_) => {}
     }
+}
+
+/// How long a connection answered before its body was read goes on being read, and how much of
+/// it at most.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: u64 = 1 << 20;
+
+/// Closes a connection whose request body was left unread: shuts down the sending side (the
+/// answer is out, then the end), then reads and drops what the client is still sending, for at
+/// most [`LINGER`] and [`LINGER_BYTES`]. Closed at once, the unread bytes would make the kernel
+/// reset the connection, and a client still sending would see the reset instead of the 413.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::AsyncWriteExt;
+    let drain = async {
+        io.shutdown().await?;
+        tokio::io::copy(&mut (&mut io).take(LINGER_BYTES), &mut tokio::io::sink()).await
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 fn too_bad(status: StatusCode) -> &'static str {
@@ -462,6 +494,30 @@ mod tests {
             "{}",
             rendered(&stats)
         );
+        life.stop_accepting.cancel();
+    }
+
+    /// A client that sends its whole oversized body before reading reads the 413, not a reset.
+    #[tokio::test]
+    async fn a_client_still_sending_reads_the_413() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, stats, life) = server(Duration::from_secs(5)).await;
+        for round in 0..8 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            // Past the limit (1 KiB here), within what a close lingers for.
+            let body = vec![b'x'; 512 * 1024];
+            let head = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
+            c.write_all(head.as_bytes()).await.unwrap();
+            // The answer is on its way while the body is still going out; a client that sends
+            // its whole body before it reads (as most do) must not fail writing it.
+            let sent = c.write_all(&body).await;
+            assert!(sent.is_ok(), "round {round}: {sent:?}");
+            let mut out = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+            assert!(matches!(read, Ok(Ok(_))), "round {round}: {read:?}");
+            assert!(out.starts_with(b"HTTP/1.1 413"), "round {round}: {}", String::from_utf8_lossy(&out));
+        }
+        assert_eq!(stats.answers(413), 8);
         life.stop_accepting.cancel();
     }
 

@@ -99,8 +99,14 @@ impl Outbound {
     }
 }
 
+/// Requests `cordon ship --to https://` keeps in flight: while the service and the store work on
+/// one batch, the next is encoded and its connection made (one at a time, the round trip bounded
+/// the rate, not the CPU; see docs/fleet.md, "The ingest rate").
+const IN_FLIGHT: usize = 2;
+
 /// `cordon ship --db FILE --to https://ADDR --config cordon.toml`: every row of the ledger file
-/// through the ingest service, as this host. Returns what was sent and the service's answers.
+/// through the ingest service, as this host, [`IN_FLIGHT`] batches at a time. Returns what was
+/// sent and the service's answers; the first failure ends it (shipping again is safe).
 pub fn ship_file(
     db: &std::path::Path,
     out: &Outbound,
@@ -110,17 +116,39 @@ pub fn ship_file(
     super::block_on(async {
         let mut shipped = super::Shipped::default();
         let mut total = Answer::default();
-        super::each_batch(db, batch_rows.clamp(1, wire::MAX_ROWS), async |batch| {
-            let answer = out.send(&batch).await?;
+        let mut sending = tokio::task::JoinSet::new();
+        let mut add = |done: Result<Result<Answer, StoreError>, tokio::task::JoinError>| {
+            let answer = done.map_err(|e| StoreError::Runtime(std::io::Error::other(e.to_string())))??;
             shipped.rows += answer.accepted;
             shipped.batches += 1;
             total.accepted += answer.accepted;
             for (cause, n) in answer.refused {
                 *total.refused.entry(cause).or_default() += n;
             }
+            Ok::<_, StoreError>(())
+        };
+        let read = super::each_batch(db, batch_rows.clamp(1, wire::MAX_ROWS), async |batch| {
+            if sending.len() >= IN_FLIGHT
+                && let Some(done) = sending.join_next().await
+            {
+                add(done)?;
+            }
+            let out = out.clone();
+            sending.spawn(async move { out.send(&batch).await });
             Ok(())
         })
-        .await?;
+        .await;
+        // What is under way lands (or fails) before the answer: nothing is left running.
+        let mut landed = Ok(());
+        while let Some(done) = sending.join_next().await {
+            if let Err(e) = add(done)
+                && landed.is_ok()
+            {
+                landed = Err(e);
+            }
+        }
+        read?;
+        landed?;
         Ok((shipped, total))
     })?
 }

@@ -55,6 +55,22 @@ impl Signer {
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
+
+    /// CPU time (user and system) the service has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+}
+
+/// User and system CPU seconds from a `/proc/PID/stat` file (Linux: 100 clock ticks a second).
+pub fn cpu_seconds(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // The fields after the command name, which may hold spaces; utime and stime are fields 14 and
+    // 15 of proc(5), 11 and 12 here.
+    let fields: Vec<&str> =
+        text.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 impl Drop for Signer {
