@@ -169,7 +169,7 @@ impl Renewer {
             dir,
             host,
             identities,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: super::provider(),
             progress: Mutex::new(BTreeMap::new()),
             poll: Default::default(),
         })
@@ -616,7 +616,7 @@ pub async fn trust_domain_of(
     bundle: &Path,
     deadline: Duration,
 ) -> Result<TrustDomain, IssuerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::provider();
     let verifier = Arc::new(IssuerVerifier {
         roots: Arc::new(load_roots(bundle)?),
         uri: None,

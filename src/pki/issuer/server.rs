@@ -125,7 +125,7 @@ fn load_cas(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Cas, PkiError>
 impl Service {
     /// Loads the CA directory and replays the issuance log.
     pub fn open(options: ServeOptions) -> Result<Arc<Service>, PkiError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = super::provider();
         let cas = load_cas(&options.dir, &provider)?;
         let (leases, done) = Leases::compact(&options.log)?;
         if done.archived + done.bad > 0 {
