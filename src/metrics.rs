@@ -345,9 +345,12 @@ mod tests {
     #[test]
     fn scraped_counters_keep_their_fraction_and_counts_stay_whole() {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(ScrapeCollector::new("t_cpu_seconds", "CPU.", Kind::Counter, || {
-            vec![(vec![("thread", "a".to_string())], 1.4), (vec![("thread", "b".to_string())], 3.0)]
-        })));
+        registry.register_collector(Box::new(ScrapeCollector::new(
+            "t_cpu_seconds",
+            "CPU.",
+            Kind::Counter,
+            || vec![(vec![("thread", "a".to_string())], 1.4), (vec![("thread", "b".to_string())], 3.0)],
+        )));
         let text = crate::exposition::encode(&registry);
         assert!(text.contains("t_cpu_seconds_total{thread=\"a\"} 1.4"), "{text}");
         assert!(text.contains("t_cpu_seconds_total{thread=\"b\"} 3\n"), "{text}");

@@ -185,6 +185,15 @@ async fn revoked_hosts_and_serials_are_refused_and_a_new_token_brings_a_host_bac
     ]);
     assert!(out.contains("revoked serial"), "{out}");
     assert_eq!(refused(hosts[0].renew(&web).await), "revoked");
+    // A typo is refused, not written: a zero serial would be an entry every agent refuses, and
+    // with it the whole list.
+    let before = std::fs::read(world.ca().join("revoked.json")).unwrap();
+    for typo in ["0", "00:00", "xyz"] {
+        let out = cordon(&["ca", "revoke", "--dir", ca, "--serial", typo]);
+        assert!(!out.status.success(), "--serial {typo} must be refused");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--serial"), "{out:?}");
+    }
+    assert_eq!(std::fs::read(world.ca().join("revoked.json")).unwrap(), before);
 
     // A host: its leaves, and a token minted before the revocation, are refused.
     let early = token(&world, "b-host", &["web"], "1h");
