@@ -83,7 +83,7 @@ pub struct RevocationList {
 }
 
 impl RevocationList {
-    /// Parses and checks a document: at most [`MAX_BYTES`] and [`MAX_ENTRIES`], every serial hex
+    /// Parses and checks a document: at most `MAX_BYTES` and `MAX_ENTRIES`, every serial hex
     /// (put in [`serial_of`]'s form), every host a [`HostName`], `generated` empty or RFC 3339.
     /// `origin` (a file, or the service's address) names it in errors; a bad document is refused
     /// whole.

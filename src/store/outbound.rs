@@ -105,7 +105,7 @@ impl Outbound {
 const IN_FLIGHT: usize = 2;
 
 /// `cordon ship --db FILE --to https://ADDR --config cordon.toml`: every row of the ledger file
-/// through the ingest service, as this host, [`IN_FLIGHT`] batches at a time. Returns what was
+/// through the ingest service, as this host, `IN_FLIGHT` batches at a time. Returns what was
 /// sent and the service's answers; the first failure ends it (shipping again is safe).
 pub fn ship_file(
     db: &std::path::Path,
