@@ -338,6 +338,98 @@ impl Collector for ScrapeCollector {
     }
 }
 
+/// Seconds since the revocation list in force was written by its source (or, when it does not
+/// say, since this process put it in force).
+pub(crate) fn revocations_age_seconds(tls: &crate::pki::TlsStore) -> f64 {
+    let list = tls.revocations();
+    let since = list.generated().unwrap_or_else(|| tls.revocation_watch().since());
+    std::time::SystemTime::now().duration_since(since).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// What a process holding leaves shows about them, agent or ingest service alike (so that the
+/// same alerts cover both): each identity's time to expiry, renewals with the signing service
+/// by result, the revocation list's size and age, and its polls by result.
+pub fn identity(
+    tls: &Arc<crate::pki::TlsStore>,
+    renewer: Option<&Arc<crate::pki::issuer::Renewer>>,
+) -> Vec<ScrapeCollector> {
+    use std::sync::atomic::Ordering;
+    let mut out = Vec::new();
+    let t = tls.clone();
+    out.push(ScrapeCollector::new(
+        "certificate_expiry_seconds",
+        "Seconds until each identity's certificate expires (negative once expired)",
+        Kind::Gauge,
+        move || {
+            let now = std::time::SystemTime::now();
+            t.expiries()
+                .into_iter()
+                .map(|(id, at)| {
+                    let left = match at.duration_since(now) {
+                        Ok(d) => d.as_secs_f64(),
+                        Err(e) => -e.duration().as_secs_f64(),
+                    };
+                    (vec![("identity", id.to_string())], left)
+                })
+                .collect()
+        },
+    ));
+    let t = tls.clone();
+    out.push(ScrapeCollector::new(
+        "revocations",
+        "Entries in the revocation list in force, by kind (serial, host)",
+        Kind::Gauge,
+        move || {
+            let list = t.revocations();
+            vec![
+                (vec![("kind", "serial".into())], list.serial_count() as f64),
+                (vec![("kind", "host".into())], list.host_count() as f64),
+            ]
+        },
+    ));
+    let t = tls.clone();
+    out.push(ScrapeCollector::new(
+        "revocations_age_seconds",
+        "Seconds since the revocation list in force was written by its source",
+        Kind::Gauge,
+        move || vec![(vec![], revocations_age_seconds(&t))],
+    ));
+    if let Some(r) = renewer {
+        let renewer = r.clone();
+        out.push(ScrapeCollector::new(
+            "certificate_renewals",
+            "Renewals with the signing service, by identity and result",
+            Kind::Counter,
+            move || {
+                renewer
+                    .counts()
+                    .into_iter()
+                    .flat_map(|(id, ok, failed)| {
+                        [
+                            (vec![("identity", id.to_string()), ("result", "ok".into())], ok as f64),
+                            (vec![("identity", id.to_string()), ("result", "failed".into())], failed as f64),
+                        ]
+                    })
+                    .collect()
+            },
+        ));
+        let r = r.clone();
+        out.push(ScrapeCollector::new(
+            "revocation_polls",
+            "Polls of the signing service's revocation list, by result",
+            Kind::Counter,
+            move || {
+                let s = r.poll_stats();
+                vec![
+                    (vec![("result", "ok".into())], s.ok.load(Ordering::Relaxed) as f64),
+                    (vec![("result", "failed".into())], s.failed.load(Ordering::Relaxed) as f64),
+                ]
+            },
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

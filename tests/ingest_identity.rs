@@ -20,7 +20,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use support::postgres::Postgres;
 use support::signer::{Signer, token};
-use support::{TRUST_DOMAIN, World, cordon, cordon_ok, eventually};
+use support::{TRUST_DOMAIN, World, cordon, cordon_ok, eventually, metric};
 
 const INGEST_PASSWORD: &str = "ingest-secret";
 
@@ -137,6 +137,26 @@ fn ship(config: &Path, ledger: &Path, addr: &str) -> std::process::Output {
 /// resumption, which would carry the leaf of an earlier one), after checking it proves
 /// `cordon-store` and is valid now; None when the handshake fails.
 async fn presented_serial(world: &World, addr: &str) -> Option<String> {
+    let conn = connect_as_web(world, addr).await?;
+    let leaf = conn.get_ref().1.peer_certificates()?.first()?.clone();
+    serial_of(&leaf)
+}
+
+/// The ingest service's `/metrics`, fetched over mTLS with web-1's leaf.
+async fn scrape(world: &World, addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = connect_as_web(world, addr).await.expect("a handshake with the ingest service");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: cordon-store\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    let _ = conn.read_to_string(&mut out).await;
+    out
+}
+
+/// A full handshake (no resumption) with the ingest service as web-1.
+async fn connect_as_web(
+    world: &World,
+    addr: &str,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let config = world.config("web-1", &[], &[("db", "web")]);
     let web = ServiceName::new("web").unwrap();
     let tls = TlsStore::load(&config.tls, &config.trust_domain, std::slice::from_ref(&web)).unwrap();
@@ -147,9 +167,7 @@ async fn presented_serial(world: &World, addr: &str) -> Option<String> {
     client.resumption = rustls::client::Resumption::disabled();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("cordon-store").unwrap();
-    let conn = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.ok()?;
-    let leaf = conn.get_ref().1.peer_certificates()?.first()?.clone();
-    serial_of(&leaf)
+    tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.ok()
 }
 
 fn leaf_on_disk(world: &World) -> CertificateDer<'static> {
@@ -197,6 +215,15 @@ async fn the_ingest_service_enrols_its_leaf_and_renews_it_while_serving() {
     .await;
     let out = ship(&config, &ledger, &serve.addr);
     assert!(out.status.success(), "still serving: {}\n{}", String::from_utf8_lossy(&out.stderr), serve.log());
+    // Its leaf shows on /metrics under the agents' names, so their alerts cover it too.
+    let m = scrape(&world, &serve.addr).await;
+    let left = metric(&m, "cordon_certificate_expiry_seconds", &[("identity", "cordon-store")]);
+    assert!(left > 0.0 && left <= 6.0, "{m}");
+    let renewed =
+        metric(&m, "cordon_certificate_renewals_total", &[("identity", "cordon-store"), ("result", "ok")]);
+    assert!(renewed >= 1.0, "{m}");
+    assert!(metric(&m, "cordon_ingest_rows_accepted_total", &[]) >= 2.0, "{m}");
+    assert!(m.contains("cordon_revocation_polls_total{result=\"ok\"}"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +254,21 @@ async fn a_revoked_host_cannot_ship_through_the_ingest_service() {
     let log = serve.log();
     let lines = log.lines().filter(|l| l.contains("refused") && l.contains("revoked")).count();
     assert_eq!(lines, 1, "{log}");
+    // The list it enforces shows on its /metrics (scraped as another host, not revoked).
+    cordon_ok(&[
+        "cert",
+        "issue",
+        "--ca",
+        s(&world.ca()),
+        "--service",
+        "web",
+        "--host",
+        "web-2",
+        "--out",
+        s(&world.path("tls/web")),
+    ]);
+    let m = scrape(&world, &serve.addr).await;
+    assert_eq!(metric(&m, "cordon_revocations", &[("kind", "host")]), 1.0, "{m}");
 }
 
 #[test]

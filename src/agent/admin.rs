@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use super::Parts;
 use crate::ledger::RecorderHandle;
 use crate::metrics::{Kind, Metrics, ScrapeCollector};
-use crate::pki::TlsStore;
 use crate::policy::PolicyWatcher;
 use crate::proxy::Lifecycle;
 use crate::proxy::http_server::{self, HttpLimits, HttpStats, reply};
@@ -232,7 +231,6 @@ pub(crate) fn register_shipper(metrics: &mut Metrics, stats: &Arc<crate::store::
 /// Metrics read at scrape time from the other parts' own counters.
 pub(crate) fn register_collectors(
     metrics: &mut Metrics,
-    tls: &Arc<TlsStore>,
     discovery: &cordon_discovery::Watcher,
     policy: &PolicyWatcher,
     recorder: &RecorderHandle,
@@ -322,47 +320,6 @@ pub(crate) fn register_collectors(
                 (vec![("what", "discovery".into())], ds2.last_ok.load(Ordering::Relaxed) as f64),
                 (vec![("what", "policy".into())], ps2.last_ok.load(Ordering::Relaxed) as f64),
             ]
-        },
-    ));
-    let tls = tls.clone();
-    metrics.register_collector(ScrapeCollector::new(
-        "certificate_expiry_seconds",
-        "Seconds until each identity's certificate expires (negative once expired)",
-        Kind::Gauge,
-        move || {
-            let now = SystemTime::now();
-            tls.expiries()
-                .into_iter()
-                .map(|(id, t)| {
-                    let left = match t.duration_since(now) {
-                        Ok(d) => d.as_secs_f64(),
-                        Err(e) => -e.duration().as_secs_f64(),
-                    };
-                    (vec![("identity", id.to_string())], left)
-                })
-                .collect()
-        },
-    ));
-}
-
-/// Renewals with the signing service (`tls.issuer`), by identity and result.
-pub(crate) fn register_renewer(metrics: &mut Metrics, renewer: &Arc<crate::pki::issuer::Renewer>) {
-    let renewer = renewer.clone();
-    metrics.register_collector(ScrapeCollector::new(
-        "certificate_renewals",
-        "Renewals with the signing service, by identity and result",
-        Kind::Counter,
-        move || {
-            renewer
-                .counts()
-                .into_iter()
-                .flat_map(|(id, ok, failed)| {
-                    [
-                        (vec![("identity", id.to_string()), ("result", "ok".into())], ok as f64),
-                        (vec![("identity", id.to_string()), ("result", "failed".into())], failed as f64),
-                    ]
-                })
-                .collect()
         },
     ));
 }

@@ -199,20 +199,12 @@ impl Agent {
         let mut bound = Bound::default();
         let mut metrics = Metrics::new();
         let lockdown_counters = Arc::new(std::sync::Mutex::new(Vec::new()));
-        admin::register_collectors(
-            &mut metrics,
-            &tls,
-            &discovery,
-            &policy,
-            &recorder_handle,
-            &lockdown_counters,
-        );
+        admin::register_collectors(&mut metrics, &discovery, &policy, &recorder_handle, &lockdown_counters);
         let served: Vec<String> = config.services.iter().map(|s| s.name.to_string()).collect();
         admin::register_modes(&mut metrics, policy_rx.clone(), served);
-        if let Some(r) = &renewer {
-            admin::register_renewer(&mut metrics, r);
+        for c in crate::metrics::identity(&tls, renewer.as_ref()) {
+            metrics.register_collector(c);
         }
-        revoked::register(&mut metrics, &tls, renewer.as_ref());
         if let Some(s) = &shipper {
             admin::register_shipper(&mut metrics, s.stats());
         }

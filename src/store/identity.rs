@@ -148,6 +148,12 @@ impl Identity {
         }
     }
 
+    /// Its leaf's expiry, renewals and the revocation list, for `/metrics` (as an agent shows
+    /// them).
+    pub fn collectors(&self) -> Vec<crate::metrics::ScrapeCollector> {
+        crate::metrics::identity(&self.tls, self.renewer.as_ref())
+    }
+
     /// The server config presenting the current leaf (None only before there is one).
     pub fn server_config(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.server_config(&service_name(), false).map(|s| s.config)

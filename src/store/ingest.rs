@@ -304,21 +304,24 @@ impl Ingest {
             .iter()
             .map(|(label, n)| (vec![("answer", (*label).to_owned())], *n as f64))
             .collect();
-        let mut registry = prometheus_client::registry::Registry::with_prefix("cordon_ingest");
+        let mut registry = prometheus_client::registry::Registry::with_prefix("cordon");
+        let ingest = registry.sub_registry_with_prefix("ingest");
         let families = [
             ("rows_accepted", "Rows written to the store", accepted),
             ("rows_refused", "Rows refused, by cause", refused),
             ("requests", "Requests answered, by answer", answers),
         ];
         for (name, help, samples) in families {
-            registry.register_collector(Box::new(ScrapeCollector::new(
-                name,
-                help,
-                Kind::Counter,
-                move || samples.clone(),
-            )));
+            ingest.register_collector(Box::new(ScrapeCollector::new(name, help, Kind::Counter, move || {
+                samples.clone()
+            })));
         }
-        self.http.register(&mut registry);
+        self.http.register(ingest);
+        // Its own leaf and the revocation list, under the names agents use, so the same alerts
+        // (a certificate running out, a stale list) cover the ingest service.
+        for c in self.identity.collectors() {
+            registry.register_collector(Box::new(c));
+        }
         crate::exposition::encode(&registry)
     }
 }
