@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 shift || true
-all=(discovery_json haproxy_cfg haproxy_log policy_toml cordon_toml hop_frames client_hello)
+all=(discovery_json haproxy_cfg haproxy_log policy_toml cordon_toml hop_frames client_hello revocation_list)
 targets=("$@")
 if [ $# -eq 0 ]; then targets=("${all[@]}"); fi
 
