@@ -38,14 +38,8 @@ fn ledger(path: &Path) {
             mode: Mode::Learn,
             verdict: Verdict::Deny,
         };
-        handle.record_wait(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
-        handle.record_wait(Event::Closed {
-            edge,
-            at: SystemTime::now(),
-            bytes_to_destination: 10,
-            bytes_to_source: 100,
-            duration: Duration::from_millis(1),
-        });
+        let now = SystemTime::now();
+        support::connection(&handle, &edge, now, now, (10, 100));
     }
     rec.shutdown();
 }

@@ -38,15 +38,7 @@ fn traffic(
     for d in days {
         for i in 0..per_day {
             let at = UNIX_EPOCH + Duration::from_secs(start() + d * DAY + 3600 + i);
-            h.record_wait(Event::Opened { edge: edge.clone(), at });
-            let duration = Duration::from_millis(3);
-            h.record_wait(Event::Closed {
-                edge: edge.clone(),
-                at,
-                bytes_to_destination: 100,
-                bytes_to_source: 1000,
-                duration,
-            });
+            support::connection(h, &edge, at, at, (100, 1000));
         }
     }
 }

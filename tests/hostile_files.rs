@@ -27,15 +27,7 @@ fn good_ledger(path: &Path) {
     };
     let at = SystemTime::now() - Duration::from_secs(7200);
     for _ in 0..5 {
-        h.record_wait(Event::Opened { edge: edge.clone(), at });
-        let duration = Duration::from_millis(2);
-        h.record_wait(Event::Closed {
-            edge: edge.clone(),
-            at,
-            bytes_to_destination: 10,
-            bytes_to_source: 90,
-            duration,
-        });
+        support::connection(&h, &edge, at, at, (10, 90));
     }
     rec.shutdown();
     let decl = Declaration {

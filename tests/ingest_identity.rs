@@ -117,14 +117,8 @@ fn web_host(world: &World) -> (PathBuf, PathBuf) {
         mode: Mode::Learn,
         verdict: Verdict::Allow,
     };
-    handle.record_wait(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
-    handle.record_wait(Event::Closed {
-        edge,
-        at: SystemTime::now(),
-        bytes_to_destination: 10,
-        bytes_to_source: 100,
-        duration: Duration::from_millis(1),
-    });
+    let now = SystemTime::now();
+    support::connection(&handle, &edge, now, now, (10, 100));
     rec.shutdown();
     (world.path("web-1.toml"), ledger)
 }

@@ -140,14 +140,8 @@ fn ledger_with_callers(path: &Path, callers: &[(&str, Identified, usize)]) {
             verdict: Verdict::Deny,
         };
         for _ in 0..*n {
-            handle.record_wait(Event::Opened { edge: edge.clone(), at: SystemTime::now() });
-            handle.record_wait(Event::Closed {
-                edge: edge.clone(),
-                at: SystemTime::now(),
-                bytes_to_destination: 10,
-                bytes_to_source: 100,
-                duration: std::time::Duration::from_millis(1),
-            });
+            let now = SystemTime::now();
+            support::connection(&handle, &edge, now, now, (10, 100));
         }
     }
     rec.shutdown();

@@ -34,14 +34,7 @@ fn record(db: &Path, host: &str, t: u64, n: u64, edges: &[EdgeKey]) {
     let (recorder, handle) = Recorder::start(db, host, 4096, Duration::from_secs(3600)).unwrap();
     for e in edges {
         for i in 0..n {
-            handle.record_wait(Event::Opened { edge: e.clone(), at: at(t + i) });
-            handle.record_wait(Event::Closed {
-                edge: e.clone(),
-                at: at(t + i + 1),
-                bytes_to_destination: 10,
-                bytes_to_source: 100,
-                duration: Duration::from_millis(3),
-            });
+            support::connection(&handle, e, at(t + i), at(t + i + 1), (10, 100));
         }
     }
     recorder.shutdown();

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cordon::agent::Agent;
 use cordon::agent::config::Config;
+use cordon::ledger::{EdgeKey, Event, RecorderHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -374,4 +375,17 @@ pub fn write_secret(path: &std::path::Path, contents: impl AsRef<[u8]>) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// One connection on `edge` as a proxy records it: opened at `opened`, closed at `closed` after
+/// carrying `bytes` (to the destination, to the source).
+pub fn connection(h: &RecorderHandle, edge: &EdgeKey, opened: SystemTime, closed: SystemTime, bytes: (u64, u64)) {
+    h.record_wait(Event::Opened { edge: edge.clone(), at: opened });
+    h.record_wait(Event::Closed {
+        edge: edge.clone(),
+        at: closed,
+        bytes_to_destination: bytes.0,
+        bytes_to_source: bytes.1,
+        duration: closed.duration_since(opened).unwrap_or_default(),
+    });
 }
