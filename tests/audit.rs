@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use cordon::ledger::{EdgeKey, Event, Recorder};
+use cordon::ledger::{EdgeKey, Recorder};
 use cordon::pki::issuer::client::IssuerError;
 use cordon::pki::issuer::{IssuerSettings, Renewer};
 use cordon::pki::{ServiceName, TrustDomain};

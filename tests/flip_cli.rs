@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cordon::ledger::{EdgeKey, Event, Recorder, RecorderHandle};
+use cordon::ledger::{EdgeKey, Recorder, RecorderHandle};
 use cordon::policy::{Identified, Mode, Verdict};
 
 const DAY: u64 = 86_400;

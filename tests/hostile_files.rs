@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use cordon::ledger::{self, Declaration, DeclarationOrigin, EdgeKey, Event, Recorder};
+use cordon::ledger::{self, Declaration, DeclarationOrigin, EdgeKey, Recorder};
 use cordon::policy::{Identified, Mode, Verdict};
 
 fn s(p: &Path) -> &str {

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cordon::ledger::{EdgeKey, Event, Recorder};
+use cordon::ledger::{EdgeKey, Recorder};
 use cordon::pki::{HopOffer, ServiceName, TlsStore, host_of, serial_of, spiffe_id_of};
 use cordon::policy::{Identified, Mode, Verdict};
 use rustls_pki_types::CertificateDer;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cordon::ledger::{EdgeKey, Event, Recorder};
+use cordon::ledger::{EdgeKey, Recorder};
 use cordon::policy::{
     DecisionLog, DecisionRecord, Identified, Mode, Outcome, Policy, PolicyWatcher, Verdict,
 };

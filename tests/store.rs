@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cordon::ledger::{Declaration, DeclarationOrigin, EdgeKey, Event, Recorder};
+use cordon::ledger::{Declaration, DeclarationOrigin, EdgeKey, Recorder};
 use cordon::policy::{Identified, Mode, Verdict};
 use cordon::store::{self, FleetSettings, ShipTo, StoreUrl};
 use support::postgres::Postgres;

@@ -379,7 +379,13 @@ pub fn write_secret(path: &std::path::Path, contents: impl AsRef<[u8]>) {
 
 /// One connection on `edge` as a proxy records it: opened at `opened`, closed at `closed` after
 /// carrying `bytes` (to the destination, to the source).
-pub fn connection(h: &RecorderHandle, edge: &EdgeKey, opened: SystemTime, closed: SystemTime, bytes: (u64, u64)) {
+pub fn connection(
+    h: &RecorderHandle,
+    edge: &EdgeKey,
+    opened: SystemTime,
+    closed: SystemTime,
+    bytes: (u64, u64),
+) {
     h.record_wait(Event::Opened { edge: edge.clone(), at: opened });
     h.record_wait(Event::Closed {
         edge: edge.clone(),
