@@ -133,22 +133,7 @@ async fn every_metric_the_rules_and_their_tests_use_is_in_a_live_scrape() {
     let signer_url = format!("https://{}", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(signer.clone().run(listener, stop.clone()));
-
-    let ca = world.ca();
-    let out = cordon_ok(&[
-        "ca",
-        "token",
-        "--dir",
-        ca.to_str().unwrap(),
-        "--host",
-        "db-host",
-        "--service",
-        "db",
-        "--service",
-        "cache",
-    ]);
-    let token = world.path("db-host.token");
-    support::write_secret(&token, out.lines().last().unwrap());
+    let token = support::signer::token(&world, "db-host", &["db", "cache"], "1h");
     let app = EchoApp::start().await;
     // An ingest service that is not there: the shipper keeps failing, and says so in /metrics.
     let store = format!("https://127.0.0.1:{}", dead_port().await);

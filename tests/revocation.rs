@@ -263,20 +263,7 @@ async fn enrolled(
     upstream: Option<&str>,
     poll_ms: u64,
 ) -> Agent {
-    let out = cordon_ok(&[
-        "ca",
-        "token",
-        "--dir",
-        world.ca().to_str().unwrap(),
-        "--host",
-        host,
-        "--service",
-        service.0,
-        "--ttl",
-        "1h",
-    ]);
-    let token_file = world.path(&format!("{host}.token"));
-    support::write_secret(&token_file, out.lines().last().unwrap().trim());
+    let token_file = support::signer::token(world, host, &[service.0], "1h");
     let base = world.path(&format!("hosts/{host}"));
     std::fs::create_dir_all(base.join("tls")).unwrap();
     std::fs::copy(world.ca().join("ca.pem"), base.join("bundle.pem")).unwrap();
@@ -373,19 +360,8 @@ async fn a_revoked_host_enrols_again_with_a_new_token_before_its_leaf_runs_out()
         SystemTime::now().duration_since(revoked_at).unwrap_or_default() > Duration::from_millis(1100)
     })
     .await;
-    let out = cordon_ok(&[
-        "ca",
-        "token",
-        "--dir",
-        ca.to_str().unwrap(),
-        "--host",
-        "db-host",
-        "--service",
-        "db",
-        "--ttl",
-        "1h",
-    ]);
-    support::write_secret(&world.path("db-host.token"), out.lines().last().unwrap().trim());
+    // Into the agent's join_token_file, where the operator puts it.
+    support::signer::token(&world, "db-host", &["db"], "1h");
     eventually("db-host enrols again with the new token", 40 * SECOND, || async {
         serial_in(&cert) != first
     })
