@@ -48,18 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         );
     }
     let policy = Policy::load(&args.policy)?;
-    let since = args.since.map(|w| std::time::SystemTime::now() - w);
-    let observed = super::review::load(&args.db, since)?;
-    let discovered = super::policy::Discovered::load(&super::policy::KnownArgs {
-        discovery: args.discovery.clone(),
-        config: None,
-    })?;
-    let judging = graph::Judging {
-        min_history: args.min_history,
-        now: std::time::SystemTime::now(),
-        discovered: &|ip| discovered.service_at(ip),
-    };
-    let services = graph::diff(&observed, &policy, None, &judging);
+    let observed = super::review::load(&args.db, super::review::since(args.since))?;
+    let services =
+        super::review::readiness(&observed, &policy, None, args.discovery.clone(), args.min_history)?;
     let proposal = graph::propose(&observed, 1, Some(&policy));
     let toml = format::proposal_toml(&proposal, &[format!("proposed from {}", args.db)]);
     let html = report::render(&db_path, &observed, &policy, &services, &toml);

@@ -113,7 +113,23 @@ pub struct MergeArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-fn since(window: Option<std::time::Duration>) -> Option<SystemTime> {
+/// Every recorded service's readiness (or only `service`'s), as `diff` and the report judge it:
+/// by `policy`, with `min_history`, a plaintext caller named by the service the discovery files
+/// in `discovery` place at its address.
+pub(super) fn readiness(
+    observed: &graph::Observed,
+    policy: &Policy,
+    service: Option<&str>,
+    discovery: Option<PathBuf>,
+    min_history: std::time::Duration,
+) -> anyhow::Result<Vec<graph::ServiceReadiness>> {
+    let discovered = super::policy::Discovered::load(&super::policy::KnownArgs { discovery, config: None })?;
+    let judging =
+        graph::Judging { min_history, now: SystemTime::now(), discovered: &|ip| discovered.service_at(ip) };
+    Ok(graph::diff(observed, policy, service, &judging))
+}
+
+pub(super) fn since(window: Option<std::time::Duration>) -> Option<SystemTime> {
     window.map(|w| SystemTime::now().checked_sub(w).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
@@ -166,16 +182,8 @@ pub fn propose(args: ProposeArgs) -> anyhow::Result<Outcome> {
 pub fn diff(args: DiffArgs) -> anyhow::Result<Outcome> {
     let policy = load_policy(&args.policy)?;
     let observed = load(&args.db, since(args.since))?;
-    let discovered = super::policy::Discovered::load(&super::policy::KnownArgs {
-        discovery: args.discovery.clone(),
-        config: None,
-    })?;
-    let judging = graph::Judging {
-        min_history: args.min_history,
-        now: SystemTime::now(),
-        discovered: &|ip| discovered.service_at(ip),
-    };
-    let services = graph::diff(&observed, &policy, args.service.as_deref(), &judging);
+    let services =
+        readiness(&observed, &policy, args.service.as_deref(), args.discovery.clone(), args.min_history)?;
     if args.format == DiffFormat::Json {
         let mut readiness = Vec::with_capacity(services.len());
         for s in &services {
