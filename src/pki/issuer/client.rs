@@ -215,20 +215,7 @@ impl Renewer {
         if missing.is_empty() {
             return Ok(());
         }
-        let until = tokio::time::Instant::now() + deadline;
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.enrol(&missing).await {
-                Err(IssuerError::Unreachable { addr, message })
-                    if tokio::time::Instant::now() + backoff < until =>
-                {
-                    warn!(issuer = %addr, error = %message, "signing service unreachable; retrying enrolment");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
-        }
+        while_unreachable(deadline, "enrolment", || self.enrol(&missing)).await
     }
 
     async fn enrol(&self, identities: &[ServiceName]) -> Result<(), IssuerError> {
@@ -348,16 +335,7 @@ impl Renewer {
             provider: self.provider.clone(),
             learned: Default::default(),
         };
-        let builder = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| PkiError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier));
-        let config = match cert {
-            Some(c) => builder.with_client_cert_resolver(Arc::new(Shows(c))),
-            None => builder.with_no_client_auth(),
-        };
-        Ok(Arc::new(config))
+        Ok(issuer_config(Arc::new(verifier), cert)?)
     }
 
     /// The service's `/v1/status` document.
@@ -587,6 +565,49 @@ impl Renewer {
     }
 }
 
+/// TLS 1.3 to the signing service, checked by `verifier`, showing `cert` when there is one.
+fn issuer_config(
+    verifier: Arc<IssuerVerifier>,
+    cert: Option<Arc<CertifiedKey>>,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let builder = ClientConfig::builder_with_provider(verifier.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match cert {
+        Some(c) => builder.with_client_cert_resolver(Arc::new(Shows(c))),
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Runs `attempt` again while the signing service is unreachable (backing off from 200 ms to
+/// 5 s), until `deadline` has passed; any other outcome is returned at once.
+async fn while_unreachable<T, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, IssuerError>
+where
+    Fut: std::future::Future<Output = Result<T, IssuerError>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Err(IssuerError::Unreachable { addr, message })
+                if tokio::time::Instant::now() + backoff < until =>
+            {
+                warn!(issuer = %addr, error = %message, "signing service unreachable; retrying {what}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The CA certificates of the bundle file.
 fn load_roots(bundle: &Path) -> Result<RootCertStore, PkiError> {
     let pem = read(bundle)?;
@@ -616,26 +637,17 @@ pub async fn trust_domain_of(
     bundle: &Path,
     deadline: Duration,
 ) -> Result<TrustDomain, IssuerError> {
-    let provider = super::provider();
     let verifier = Arc::new(IssuerVerifier {
         roots: Arc::new(load_roots(bundle)?),
         uri: None,
-        provider: provider.clone(),
+        provider: super::provider(),
         learned: Default::default(),
     });
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| PkiError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    let config = Arc::new(config);
+    let config = issuer_config(verifier.clone(), None)?;
     let addr = settings.addr.as_str();
     let unreachable = |message: String| IssuerError::Unreachable { addr: addr.to_owned(), message };
-    let until = tokio::time::Instant::now() + deadline;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let handshake = async {
+    let handshake = || async {
+        let shake = async {
             let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
             tokio_rustls::TlsConnector::from(config.clone())
                 .connect(server_name_of(addr), tcp)
@@ -643,25 +655,17 @@ pub async fn trust_domain_of(
                 .map_err(|e| unreachable(e.to_string()))?;
             Ok::<_, IssuerError>(())
         };
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, handshake)
+        tokio::time::timeout(REQUEST_TIMEOUT, shake)
             .await
-            .unwrap_or_else(|_| Err(unreachable(format!("no handshake within {REQUEST_TIMEOUT:?}"))));
-        match result {
-            Ok(()) => {
-                return verifier.learned.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or_else(|| {
-                    IssuerError::BadAnswer { addr: addr.to_owned(), message: "no trust domain".into() }
-                });
-            }
-            Err(IssuerError::Unreachable { message, .. })
-                if tokio::time::Instant::now() + backoff < until =>
-            {
-                warn!(issuer = %addr, error = %message, "signing service unreachable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+            .unwrap_or_else(|_| Err(unreachable(format!("no handshake within {REQUEST_TIMEOUT:?}"))))
+    };
+    while_unreachable(deadline, "the first handshake", handshake).await?;
+    verifier
+        .learned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| IssuerError::BadAnswer { addr: addr.to_owned(), message: "no trust domain".into() })
 }
 
 /// A fresh P-256 key and a CSR for `id`.
